@@ -1,0 +1,1 @@
+"""rewire: label-free contrastive rewiring of pre-trained speech encoders (SpeechBrain recipes)."""
