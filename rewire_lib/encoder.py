@@ -1,0 +1,191 @@
+"""Any Hugging Face speech encoder behind one interface: padded 16 kHz batches in, every layer out.
+
+The recipes never care which family (wav2vec 2.0, HuBERT, WavLM, data2vec-audio) they run: they
+receive all hidden states stacked as [L+1, B, T, D] plus a boolean mask of the valid frames, so
+pooling and layer weighting can ignore padding.
+"""
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from transformers import AutoConfig, AutoFeatureExtractor, AutoModel, Wav2Vec2FeatureExtractor
+from transformers.utils import logging as hf_logging
+
+logger = logging.getLogger(__name__)
+hf_logging.disable_progress_bar()  # per-shard bars would drown the recipes' own progress output
+
+SAMPLE_RATE = 16000
+SUPPORTED_MODEL_TYPES = ("wav2vec2", "hubert", "wavlm", "data2vec-audio", "wav2vec2-conformer")
+
+
+class EncoderLoadError(RuntimeError):
+    """The encoder source does not exist or is not a speech encoder we can drive."""
+
+
+@dataclass
+class EncoderOutput:
+    hidden_states: torch.Tensor  # [L+1, B, T, D]: CNN/projection output, then each Transformer layer
+    frame_mask: torch.Tensor  # [B, T] bool, True on frames computed from real (non-padded) audio
+
+
+def _looks_like_local_path(source: str) -> bool:
+    """Hub ids are 'name' or 'org/name'; anything else (./x, /x, ~/x, a/b/c) can only be a folder."""
+    return source.startswith((".", "/", "~")) or source.count("/") > 1
+
+
+def _resolve_source(source: str | os.PathLike) -> str:
+    """Return a folder path or hub id, with a clear error for a folder that is missing or not a model."""
+    source = str(source)
+    path = Path(source).expanduser()
+    if path.exists():
+        if not (path / "config.json").is_file():
+            raise EncoderLoadError(
+                f"Encoder folder '{source}' has no config.json: expected a folder written by "
+                "save_pretrained (config.json + model weights + preprocessor_config.json)."
+            )
+        return str(path)
+    if _looks_like_local_path(source):
+        raise EncoderLoadError(
+            f"Encoder '{source}' does not exist: give a local folder written by save_pretrained "
+            "or a Hugging Face hub id such as 'facebook/wav2vec2-base'."
+        )
+    return source
+
+
+class SpeechEncoder(torch.nn.Module):
+    """A Hugging Face audio encoder plus the input preparation its feature extractor specifies."""
+
+    def __init__(self, model, do_normalize: bool = True, use_attention_mask: bool = True):
+        super().__init__()
+        model_type = getattr(model.config, "model_type", "?")
+        if model_type not in SUPPORTED_MODEL_TYPES or not hasattr(model, "_get_feat_extract_output_lengths"):
+            raise EncoderLoadError(
+                f"'{model_type}' is not a supported speech encoder; expected one of {SUPPORTED_MODEL_TYPES}."
+            )
+        self.model = model
+        self.do_normalize = do_normalize
+        self.use_attention_mask = use_attention_mask
+
+    # ------------------------------------------------------------------ loading / saving
+    @classmethod
+    def from_pretrained(
+        cls,
+        source: str | os.PathLike,
+        apply_spec_augment: bool | None = None,
+        layerdrop: float | None = None,
+        gradient_checkpointing: bool = False,
+        **model_kwargs,
+    ) -> "SpeechEncoder":
+        """Load by hub id or local folder. `apply_spec_augment`/`layerdrop` override the config
+        (the rewiring paper kept the config's values; downstream probing usually turns them off)."""
+        resolved = _resolve_source(source)
+        try:
+            config = AutoConfig.from_pretrained(resolved)
+        except (OSError, ValueError) as err:
+            raise EncoderLoadError(
+                f"Cannot load encoder config from '{source}' (not a local folder; as a hub id it needs a "
+                f"network or a filled Hugging Face cache): {err}"
+            ) from err
+        if getattr(config, "model_type", None) not in SUPPORTED_MODEL_TYPES:
+            raise EncoderLoadError(
+                f"'{source}' is a '{getattr(config, 'model_type', None)}' model, not a speech encoder; "
+                f"expected one of {SUPPORTED_MODEL_TYPES}."
+            )
+        if apply_spec_augment is not None:
+            config.apply_spec_augment = apply_spec_augment
+        if layerdrop is not None:
+            config.layerdrop = layerdrop
+        try:
+            model = AutoModel.from_pretrained(resolved, config=config, **model_kwargs)
+        except (OSError, ValueError) as err:
+            raise EncoderLoadError(f"Cannot load encoder weights from '{source}': {err}") from err
+        if gradient_checkpointing:
+            model.gradient_checkpointing_enable()
+        try:
+            extractor = AutoFeatureExtractor.from_pretrained(resolved)
+        except (OSError, ValueError):
+            logger.warning("No feature-extractor config with '%s': using wav2vec 2.0 defaults "
+                           "(per-utterance normalisation, attention mask).", source)
+            extractor = Wav2Vec2FeatureExtractor(do_normalize=True, return_attention_mask=True)
+        if getattr(extractor, "sampling_rate", SAMPLE_RATE) != SAMPLE_RATE:
+            raise EncoderLoadError(f"Encoder '{source}' expects {extractor.sampling_rate} Hz; only 16 kHz is supported.")
+        encoder = cls(model, do_normalize=extractor.do_normalize,
+                      use_attention_mask=extractor.return_attention_mask)
+        encoder.source = str(source)
+        return encoder
+
+    def feature_extractor(self) -> Wav2Vec2FeatureExtractor:
+        return Wav2Vec2FeatureExtractor(
+            sampling_rate=SAMPLE_RATE, do_normalize=self.do_normalize,
+            return_attention_mask=self.use_attention_mask, padding_value=0.0,
+        )
+
+    def save_pretrained(self, folder: str | os.PathLike) -> None:
+        """Write weights, config and feature-extractor config so `AutoModel.from_pretrained` loads it."""
+        folder = Path(folder)
+        folder.mkdir(parents=True, exist_ok=True)
+        self.model.save_pretrained(folder)
+        self.feature_extractor().save_pretrained(folder)
+
+    # ------------------------------------------------------------------ properties
+    @property
+    def num_layers(self) -> int:
+        """Number of hidden states returned: the CNN/projection output plus every Transformer layer."""
+        return self.model.config.num_hidden_layers + 1
+
+    @property
+    def hidden_size(self) -> int:
+        return self.model.config.hidden_size
+
+    def min_samples(self) -> int:
+        """Shortest input that still yields one frame (the CNN's receptive field)."""
+        lengths = torch.arange(1, 2000)
+        frames = self.model._get_feat_extract_output_lengths(lengths)
+        return int(lengths[frames >= 1][0])
+
+    def frame_lengths(self, sample_lengths: torch.Tensor) -> torch.Tensor:
+        return self.model._get_feat_extract_output_lengths(sample_lengths).long()
+
+    # ------------------------------------------------------------------ forward
+    def prepare_inputs(self, wavs: torch.Tensor, sample_lengths: torch.Tensor):
+        """Do what the HF feature extractor does, on tensors and in the graph.
+
+        Written by hand because `Wav2Vec2FeatureExtractor.__call__` takes lists of numpy arrays:
+        it would force a CPU round trip per batch. Semantics match it: zero padding, per-utterance
+        zero-mean/unit-variance over valid samples only, attention mask only if the model wants one.
+        """
+        positions = torch.arange(wavs.shape[1], device=wavs.device)
+        sample_mask = positions[None, :] < sample_lengths[:, None]
+        wavs = wavs * sample_mask
+        if self.do_normalize:
+            count = sample_lengths.clamp(min=1).to(wavs.dtype)[:, None]
+            mean = wavs.sum(dim=1, keepdim=True) / count
+            var = (((wavs - mean) * sample_mask) ** 2).sum(dim=1, keepdim=True) / count
+            wavs = (wavs - mean) / torch.sqrt(var + 1e-7) * sample_mask
+        attention_mask = sample_mask.long() if self.use_attention_mask else None
+        return wavs, attention_mask
+
+    def forward(self, wavs: torch.Tensor, wav_lens: torch.Tensor | None = None) -> EncoderOutput:
+        """wavs: [B, S] padded 16 kHz audio; wav_lens: SpeechBrain relative lengths in (0, 1]."""
+        if wavs.dim() != 2:
+            raise ValueError(f"Expected a [batch, samples] waveform batch, got shape {tuple(wavs.shape)}")
+        batch, max_samples = wavs.shape
+        if wav_lens is None:
+            wav_lens = torch.ones(batch, device=wavs.device)
+        sample_lengths = torch.round(wav_lens.to(wavs.device) * max_samples).long().clamp(1, max_samples)
+        if int(sample_lengths.min()) < self.min_samples():
+            raise ValueError(
+                f"An utterance of {int(sample_lengths.min())} samples is shorter than the encoder's "
+                f"receptive field ({self.min_samples()} samples = {self.min_samples() / SAMPLE_RATE:.3f} s)."
+            )
+        inputs, attention_mask = self.prepare_inputs(wavs, sample_lengths)
+        out = self.model(inputs, attention_mask=attention_mask, output_hidden_states=True, return_dict=True)
+        hidden = torch.stack(out.hidden_states, dim=0)
+        frames = hidden.shape[2]
+        frame_lengths = self.frame_lengths(sample_lengths).clamp(1, frames)
+        frame_mask = torch.arange(frames, device=wavs.device)[None, :] < frame_lengths[:, None]
+        return EncoderOutput(hidden_states=hidden, frame_mask=frame_mask)
