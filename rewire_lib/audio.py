@@ -1,0 +1,134 @@
+"""Reading, inspecting and writing audio (soundfile for I/O, torchaudio for resampling).
+
+- `load_audio(path, target_sr=16000) -> torch.FloatTensor [samples]`: mono (channels averaged),
+  resampled, float32. Any format soundfile reads: WAV 8/16/24/32-bit integer or float, FLAC, ...
+  Names with a doubled extension (`x.wav.wav`, as the Speech Commands test set ships them) are
+  read by content, not by name.
+- `audio_info(path) -> AudioInfo(sample_rate, channels, frames, duration)` from the header only.
+- `write_audio(path, wav, sr)`: atomic 16-bit PCM WAV (temp file in the same folder, then rename).
+
+Problems raise `AudioError` naming the file and the reason (missing, unreadable, empty,
+non-finite samples). Resampling and down-mixing are logged once per distinct source format.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import tempfile
+import threading
+from pathlib import Path
+from typing import NamedTuple, Union
+
+import numpy as np
+import soundfile as sf
+import torch
+
+log = logging.getLogger(__name__)
+
+PathLike = Union[str, os.PathLike]
+
+_noted = set()
+_noted_lock = threading.Lock()
+
+
+class AudioError(RuntimeError):
+    """An audio file is missing, unreadable, empty or holds non-finite samples."""
+
+    def __init__(self, path: PathLike, reason: str):
+        self.path = str(path)
+        self.reason = reason
+        super().__init__(f"{self.path}: {reason}")
+
+
+class AudioInfo(NamedTuple):
+    sample_rate: int
+    channels: int
+    frames: int
+    duration: float  # seconds
+
+
+def _note_once(key, message: str) -> None:
+    with _noted_lock:
+        if key in _noted:
+            return
+        _noted.add(key)
+    log.info(message)
+
+
+def _check_exists(path: Path) -> None:
+    if not path.exists():
+        raise AudioError(path, "file does not exist")
+    if not path.is_file():
+        raise AudioError(path, "not a regular file")
+
+
+def audio_info(path: PathLike) -> AudioInfo:
+    """Sample rate, channel count, frame count and duration read from the file header."""
+    path = Path(path)
+    _check_exists(path)
+    try:
+        info = sf.info(str(path))
+    except Exception as exc:  # soundfile raises LibsndfileError / RuntimeError / TypeError
+        raise AudioError(path, f"unreadable audio ({exc})") from exc
+    if info.samplerate <= 0:
+        raise AudioError(path, f"invalid sample rate {info.samplerate}")
+    return AudioInfo(int(info.samplerate), int(info.channels), int(info.frames),
+                     float(info.frames) / float(info.samplerate))
+
+
+def resample(wav: torch.Tensor, orig_sr: int, target_sr: int) -> torch.Tensor:
+    """Resample a [samples] or [channels, samples] float tensor (torchaudio, band-limited sinc)."""
+    if orig_sr == target_sr:
+        return wav
+    import torchaudio.functional as AF
+
+    return AF.resample(wav, int(orig_sr), int(target_sr))
+
+
+def load_audio(path: PathLike, target_sr: int = 16000) -> torch.Tensor:
+    """Mono float32 waveform of `path` at `target_sr` Hz (None keeps the file's rate)."""
+    path = Path(path)
+    _check_exists(path)
+    try:
+        data, sr = sf.read(str(path), dtype="float32", always_2d=True)
+    except Exception as exc:
+        raise AudioError(path, f"unreadable audio ({exc})") from exc
+    if data.shape[0] == 0:
+        raise AudioError(path, "empty audio (0 samples)")
+    if not np.isfinite(data).all():
+        raise AudioError(path, "non-finite samples (NaN or Inf)")
+    if data.shape[1] > 1:
+        _note_once(("mix", data.shape[1]), f"mixing {data.shape[1]} channels down to mono (first seen: {path})")
+        data = data.mean(axis=1)
+    else:
+        data = data[:, 0]
+    wav = torch.from_numpy(np.ascontiguousarray(data, dtype=np.float32))
+    if target_sr is not None and sr != target_sr:
+        _note_once(("resample", sr, target_sr), f"resampling {sr} Hz -> {target_sr} Hz (first seen: {path})")
+        wav = resample(wav, sr, target_sr)
+    return wav.to(torch.float32)
+
+
+def write_audio(path: PathLike, wav, sr: int) -> None:
+    """Write mono ([samples]) or multi-channel ([samples, channels]) audio as 16-bit PCM WAV,
+    atomically. Accepts numpy arrays or torch tensors of floats in [-1, 1] (clipped)."""
+    path = Path(path)
+    if isinstance(wav, torch.Tensor):
+        wav = wav.detach().cpu().numpy()
+    wav = np.asarray(wav)
+    if wav.size == 0:
+        raise AudioError(path, "refusing to write empty audio")
+    if np.issubdtype(wav.dtype, np.floating):
+        if not np.isfinite(wav).all():
+            raise AudioError(path, "refusing to write non-finite samples (NaN or Inf)")
+        wav = np.clip(wav, -1.0, 1.0).astype(np.float32)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=str(path.parent))
+    os.close(fd)
+    try:
+        sf.write(tmp, wav, int(sr), subtype="PCM_16", format="WAV")
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise

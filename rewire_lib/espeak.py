@@ -1,0 +1,244 @@
+"""eSpeak NG speech synthesis and IPA phonemization through ctypes, offline.
+
+The shared library and its data come from the `espeakng-loader` wheel (no system package is
+needed). libespeak-ng keeps global state (current voice, parameters, callback), so the process
+holds one engine (`get_engine()`), every call goes through a lock, and a forked child
+re-initialises the library on first use.
+
+    from rewire_lib.espeak import synthesize, phonemize, phonemize_tokens
+    wav, sr = synthesize("hello world", voice="en-us+f3", rate=160, pitch=60)   # float32, 22050
+    phonemize("hello world")          # 'həlˈoʊ wˈɜːld'
+    phonemize_tokens("hello world")   # ['h', 'ə', 'l', 'oʊ', '|', 'w', 'ɜː', 'l', 'd'] (no stress)
+
+Reproducibility: the output of one call depends slightly on what the same process spoke before
+(eSpeak keeps glottal-phase / pitch-flutter state across utterances, and neither re-initialising
+nor `espeak_ng_SetRandSeed` resets it), so a repeat in one process can differ by a few samples.
+A fresh process speaking the same sequence of calls gives the same bytes: deterministic corpora
+render fixed chunks of utterances in fresh (spawned) worker processes (see data_prep/synth.py).
+
+Voice names are eSpeak NG voice names, optionally with a variant after `+`
+("en-us", "en+m2", "en-us+f3", "en-gb-x-rp+klatt").  A text that yields no audio gives an
+empty array: callers count and skip it.
+"""
+from __future__ import annotations
+
+import ctypes
+import os
+import threading
+from typing import List, Optional, Tuple
+
+import numpy as np
+
+INSTALL_HINT = "pip install espeakng-loader  (pinned in requirements.txt)"
+
+# speak_lib.h constants
+AUDIO_OUTPUT_SYNCHRONOUS = 2
+espeakINITIALIZE_DONT_EXIT = 0x8000
+espeakCHARS_UTF8 = 1
+espeakENDPAUSE = 0x1000
+POS_CHARACTER = 1
+espeakRATE, espeakVOLUME, espeakPITCH, espeakRANGE, espeakWORDGAP = 1, 2, 3, 4, 7
+espeakPHONEMES_IPA = 0x02
+EE_OK = 0
+
+# stress and length-free marks removed by `phonemize_tokens` (documented form: no stress)
+STRESS_MARKS = "ˈˌ"
+WORD_BOUNDARY = "|"
+
+_SYNTH_CALLBACK = ctypes.CFUNCTYPE(
+    ctypes.c_int, ctypes.POINTER(ctypes.c_short), ctypes.c_int, ctypes.c_void_p
+)
+
+
+class EspeakError(RuntimeError):
+    """eSpeak NG is missing or failed."""
+
+
+def _loader():
+    try:
+        import espeakng_loader  # noqa: WPS433
+    except ImportError as exc:  # pragma: no cover - depends on the environment
+        raise EspeakError(
+            f"eSpeak NG is not available: the Python package 'espeakng-loader' is missing. "
+            f"Install it with: {INSTALL_HINT}"
+        ) from exc
+    return espeakng_loader
+
+
+def espeak_available() -> bool:
+    """True when the eSpeak NG library can be loaded and initialised."""
+    try:
+        get_engine()
+        return True
+    except EspeakError:
+        return False
+
+
+class _Engine:
+    """One initialised libespeak-ng; use `get_engine()` instead of making one."""
+
+    def __init__(self) -> None:
+        loader = _loader()
+        try:
+            lib_path = loader.get_library_path()
+            data_path = loader.get_data_path()
+        except Exception as exc:  # noqa: BLE001 - the loader raises RuntimeError/OSError
+            raise EspeakError(f"espeakng-loader could not locate its files ({exc}); reinstall: {INSTALL_HINT}") from exc
+        if not os.path.exists(lib_path):
+            raise EspeakError(f"eSpeak NG library missing at {lib_path}; reinstall: {INSTALL_HINT}")
+        try:
+            lib = ctypes.CDLL(lib_path)
+        except OSError as exc:
+            raise EspeakError(f"cannot load eSpeak NG library {lib_path}: {exc}; reinstall: {INSTALL_HINT}") from exc
+        lib.espeak_Initialize.restype = ctypes.c_int
+        lib.espeak_Initialize.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_char_p, ctypes.c_int]
+        lib.espeak_SetSynthCallback.restype = None
+        lib.espeak_SetSynthCallback.argtypes = [_SYNTH_CALLBACK]
+        lib.espeak_SetVoiceByName.restype = ctypes.c_int
+        lib.espeak_SetVoiceByName.argtypes = [ctypes.c_char_p]
+        lib.espeak_SetParameter.restype = ctypes.c_int
+        lib.espeak_SetParameter.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_int]
+        lib.espeak_Synth.restype = ctypes.c_int
+        lib.espeak_Synth.argtypes = [
+            ctypes.c_char_p, ctypes.c_size_t, ctypes.c_uint, ctypes.c_int, ctypes.c_uint,
+            ctypes.c_uint, ctypes.POINTER(ctypes.c_uint), ctypes.c_void_p,
+        ]
+        lib.espeak_TextToPhonemes.restype = ctypes.c_char_p
+        lib.espeak_TextToPhonemes.argtypes = [ctypes.POINTER(ctypes.c_char_p), ctypes.c_int, ctypes.c_int]
+        self.lib = lib
+        self.data_path = data_path
+        self.lock = threading.RLock()
+        self._chunks: List[np.ndarray] = []
+        # keep a reference: ctypes callbacks must outlive their registration
+        self._callback = _SYNTH_CALLBACK(self._on_samples)
+        self.pid = -1
+        self.sample_rate = 0
+        self._init()
+
+    def _init(self) -> None:
+        parent = os.path.dirname(self.data_path.rstrip("/"))
+        sr = self.lib.espeak_Initialize(
+            AUDIO_OUTPUT_SYNCHRONOUS, 0, parent.encode(), espeakINITIALIZE_DONT_EXIT
+        )
+        if sr <= 0:
+            raise EspeakError(f"espeak_Initialize failed (returned {sr}) with data at {self.data_path}")
+        self.lib.espeak_SetSynthCallback(self._callback)
+        self.sample_rate = int(sr)
+        self.pid = os.getpid()
+        self._voice: Optional[str] = None
+
+    def _check_process(self) -> None:
+        if self.pid != os.getpid():  # forked child: give it its own state
+            self._chunks = []
+            self._init()
+
+    def _on_samples(self, wav, numsamples, _events) -> int:
+        if wav and numsamples > 0:
+            self._chunks.append(np.ctypeslib.as_array(wav, shape=(numsamples,)).copy())
+        return 0
+
+    def _set_voice(self, voice: str) -> None:
+        if voice == self._voice:
+            return
+        err = self.lib.espeak_SetVoiceByName(voice.encode())
+        if err != EE_OK:
+            self._voice = None
+            raise EspeakError(f"unknown eSpeak NG voice {voice!r} (error {err}); e.g. 'en-us', 'en-us+f3', 'en+m2'")
+        self._voice = voice
+
+    def _set(self, param: int, value: int, name: str) -> None:
+        if self.lib.espeak_SetParameter(param, int(value), 0) != EE_OK:
+            raise EspeakError(f"eSpeak NG rejected {name}={value}")
+
+    def synthesize(self, text: str, voice: str = "en-us", rate: int = 175, pitch: int = 50,
+                   pitch_range: int = 50, volume: int = 100, word_gap: int = 0) -> Tuple[np.ndarray, int]:
+        data = text.encode("utf-8")
+        with self.lock:
+            self._check_process()
+            self._set_voice(voice)
+            self._set(espeakRATE, rate, "rate")
+            self._set(espeakPITCH, pitch, "pitch")
+            self._set(espeakRANGE, pitch_range, "pitch_range")
+            self._set(espeakVOLUME, volume, "volume")
+            self._set(espeakWORDGAP, word_gap, "word_gap")
+            self._chunks = []
+            buf = ctypes.create_string_buffer(data)
+            err = self.lib.espeak_Synth(buf, len(data) + 1, 0, POS_CHARACTER, 0,
+                                        espeakCHARS_UTF8 | espeakENDPAUSE, None, None)
+            chunks, self._chunks = self._chunks, []
+            if err != EE_OK:
+                raise EspeakError(f"espeak_Synth failed (error {err}) for text {text[:60]!r}")
+        wav = np.concatenate(chunks) if chunks else np.zeros(0, dtype=np.int16)
+        if not wav.size or not np.any(wav):  # nothing spoken (empty text, punctuation only)
+            return np.zeros(0, dtype=np.float32), self.sample_rate
+        return wav.astype(np.float32) / 32768.0, self.sample_rate
+
+    def phonemize(self, text: str, voice: str = "en-us", separator: Optional[str] = None) -> str:
+        mode = espeakPHONEMES_IPA
+        if separator:
+            mode |= ord(separator) << 8
+        data = text.encode("utf-8")
+        parts: List[str] = []
+        with self.lock:
+            self._check_process()
+            self._set_voice(voice)
+            buf = ctypes.create_string_buffer(data)
+            ptr = ctypes.c_char_p(ctypes.addressof(buf))
+            # one clause per call; the library advances the pointer and sets it to NULL at the end
+            for _ in range(len(data) + 2):
+                if not ptr.value:
+                    break
+                out = self.lib.espeak_TextToPhonemes(ctypes.byref(ptr), espeakCHARS_UTF8, mode)
+                if out:
+                    parts.append(out.decode("utf-8", errors="replace").strip())
+        return " ".join(p for p in parts if p)
+
+
+_ENGINE: Optional[_Engine] = None
+_ENGINE_LOCK = threading.Lock()
+
+
+def get_engine() -> _Engine:
+    """The process-wide eSpeak NG engine (initialised on first use)."""
+    global _ENGINE
+    with _ENGINE_LOCK:
+        if _ENGINE is None:
+            _ENGINE = _Engine()
+        return _ENGINE
+
+
+def sample_rate() -> int:
+    """eSpeak NG's output sample rate (22050 Hz)."""
+    return get_engine().sample_rate
+
+
+def synthesize(text: str, voice: str = "en-us", rate: int = 175, pitch: int = 50, pitch_range: int = 50,
+               volume: int = 100, word_gap: int = 0) -> Tuple[np.ndarray, int]:
+    """Speak `text`; returns (float32 samples in [-1, 1], sample rate 22050).
+
+    rate: words per minute (80..450); pitch, pitch_range: 0..100; volume: 0..200 (100 normal);
+    word_gap: extra pause between words in units of 10 ms. Empty array if nothing is spoken.
+    """
+    return get_engine().synthesize(text, voice=voice, rate=rate, pitch=pitch, pitch_range=pitch_range,
+                                   volume=volume, word_gap=word_gap)
+
+
+def phonemize(text: str, voice: str = "en-us") -> str:
+    """IPA transcription of `text` (with eSpeak's stress marks; words separated by spaces)."""
+    return get_engine().phonemize(text, voice=voice)
+
+
+def phonemize_tokens(text: str, voice: str = "en-us", word_boundary: bool = True) -> List[str]:
+    """IPA phoneme sequence of `text`: one token per phoneme (multi-letter phonemes such as 'oʊ',
+    'tʃ' stay one token), stress marks ˈ ˌ removed, '|' between words when `word_boundary`."""
+    ipa = get_engine().phonemize(text, voice=voice, separator="_")
+    tokens: List[str] = []
+    for word in ipa.split():
+        phones = [p.strip(STRESS_MARKS) for p in word.split("_")]
+        phones = [p for p in phones if p]
+        if not phones:
+            continue
+        if tokens and word_boundary:
+            tokens.append(WORD_BOUNDARY)
+        tokens.extend(phones)
+    return tokens
