@@ -1,0 +1,96 @@
+"""Curves people read: CSV logs appended row by row, and their PNG pictures."""
+from __future__ import annotations
+
+import csv
+import os
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+
+
+class CSVLog:
+    """Append-only CSV with a fixed header. Rows are flushed at once so a killed run keeps its log."""
+
+    def __init__(self, path: str | os.PathLike, fields: list[str]):
+        self.path = Path(path)
+        self.fields = list(fields)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        if not self.path.exists() or self.path.stat().st_size == 0:
+            with open(self.path, "w", newline="") as f:
+                csv.writer(f).writerow(self.fields)
+
+    def append(self, **row) -> None:
+        unknown = set(row) - set(self.fields)
+        if unknown:
+            raise KeyError(f"{self.path}: unknown columns {sorted(unknown)}; expected {self.fields}")
+        with open(self.path, "a", newline="") as f:
+            csv.DictWriter(f, self.fields).writerow(row)
+            f.flush()
+
+    def truncate_after(self, column: str, last_value: float) -> None:
+        """Drop rows written after `last_value` of `column` (a resumed run rewrites them)."""
+        rows = read_csv(self.path)
+        keep = [r for r in rows if float(r[column]) <= last_value]
+        atomic_write_csv(self.path, self.fields, keep)
+
+
+def read_csv(path: str | os.PathLike) -> list[dict]:
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def atomic_write_csv(path: str | os.PathLike, fields: list[str], rows: list[dict]) -> None:
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    with open(tmp, "w", newline="") as f:
+        writer = csv.DictWriter(f, fields, extrasaction="ignore")
+        writer.writeheader()
+        writer.writerows(rows)
+    os.replace(tmp, path)
+
+
+def plot_columns(csv_path, png_path, x: str, ys: list[str], title: str = "", smooth: int = 1) -> None:
+    """One subplot per column in `ys` against `x`; `smooth` > 1 adds a running mean line."""
+    rows = read_csv(csv_path)
+    fig, axes = plt.subplots(len(ys), 1, figsize=(7, 2.6 * len(ys)), squeeze=False)
+    for ax, y in zip(axes[:, 0], ys):
+        pts = [(float(r[x]), float(r[y])) for r in rows if r.get(y) not in (None, "")]
+        if pts:
+            xs, vs = zip(*pts)
+            ax.plot(xs, vs, lw=0.8, alpha=0.6 if smooth > 1 else 1.0, label=y)
+            if smooth > 1 and len(vs) >= smooth:
+                kernel = [sum(vs[max(0, i - smooth + 1): i + 1]) / len(vs[max(0, i - smooth + 1): i + 1])
+                          for i in range(len(vs))]
+                ax.plot(xs, kernel, lw=1.6, label=f"{y} (running mean {smooth})")
+            ax.legend(loc="best", fontsize=8)
+        ax.set_xlabel(x)
+        ax.set_ylabel(y)
+        ax.grid(alpha=0.3)
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
+    save_figure(fig, png_path)
+
+
+def plot_layer_weights(weights, png_path, title: str = "Learned layer weights") -> None:
+    fig, ax = plt.subplots(figsize=(6, 3))
+    ax.bar(range(len(weights)), [float(w) for w in weights])
+    ax.axhline(1.0 / len(weights), color="gray", ls="--", lw=0.8, label="equal weights")
+    ax.set_xlabel("hidden state (0 = CNN/projection output)")
+    ax.set_ylabel("softmax weight")
+    ax.set_title(title)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    save_figure(fig, png_path)
+
+
+def save_figure(fig, png_path) -> None:
+    png_path = Path(png_path)
+    png_path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = png_path.with_name(f".{png_path.stem}.{os.getpid()}.tmp.png")
+    fig.savefig(tmp, dpi=110)
+    plt.close(fig)
+    os.replace(tmp, png_path)

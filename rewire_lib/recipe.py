@@ -1,0 +1,70 @@
+"""What every recipe's `train.py` does before training: parse the command line, load and check the
+YAML, set up the experiment folder and DDP. Kept here so recipes stay short and identical in this."""
+from __future__ import annotations
+
+import logging
+import sys
+from pathlib import Path
+
+import speechbrain as sb
+import torch
+from hyperpyyaml import load_hyperpyyaml
+
+from rewire_lib.paths import REPO_ROOT
+
+logger = logging.getLogger(__name__)
+
+
+class HparamsError(ValueError):
+    """A YAML file or command-line override is missing a key, names an unknown one, or has a wrong type."""
+
+
+def _check_types(hparams: dict, schema: dict, hparams_file: str) -> None:
+    for key, expected in schema.items():
+        if key not in hparams:
+            raise HparamsError(f"{hparams_file}: required key '{key}' is missing")
+        value = hparams[key]
+        if value is None and type(None) in (expected if isinstance(expected, tuple) else (expected,)):
+            continue
+        if isinstance(value, bool) and expected in (int, float):
+            raise HparamsError(f"{hparams_file}: '{key}' must be a number, got {value!r}")
+        if expected is float and isinstance(value, int):
+            continue
+        if not isinstance(value, expected):
+            names = expected.__name__ if isinstance(expected, type) else " or ".join(t.__name__ for t in expected)
+            raise HparamsError(f"{hparams_file}: '{key}' must be {names}, got {value!r} ({type(value).__name__})")
+
+
+def load_recipe(argv: list[str] | None = None, schema: dict | None = None):
+    """Parse `train.py HPARAMS.yaml [--key value ...]`, load the YAML with overrides and check it.
+
+    `repo_root` is always injected so YAML paths (`!ref <repo_root>/pretrained/...`) resolve the same
+    whether the recipe is started from its folder or from the repository root. Unknown override keys
+    and values of the wrong type are reported with the file and key, not as a deep traceback.
+    Returns (hparams, run_opts, hparams_file, overrides).
+    """
+    argv = sys.argv[1:] if argv is None else argv
+    hparams_file, run_opts, overrides = sb.parse_arguments(argv)
+    if not Path(hparams_file).is_file():
+        raise HparamsError(f"Hyperparameter file '{hparams_file}' does not exist")
+    override_dict = load_hyperpyyaml(overrides) if overrides else {}
+    override_dict = dict(override_dict or {})
+    with open(hparams_file) as fin:
+        text = fin.read()
+    if "repo_root" in text and "repo_root" not in override_dict:
+        override_dict["repo_root"] = str(REPO_ROOT)
+    try:
+        hparams = load_hyperpyyaml(text, override_dict)
+    except KeyError as err:
+        raise HparamsError(f"{hparams_file}: {err.args[0] if err.args else err} "
+                           "(is the key spelled as in the YAML file?)") from None
+    _check_types(hparams, schema or {}, hparams_file)
+    if run_opts.get("device", "cpu").startswith("cuda") and not torch.cuda.is_available():
+        raise HparamsError("--device cuda was asked for but no GPU is visible; use --device cpu")
+    sb.utils.distributed.ddp_init_group(run_opts)
+    sb.create_experiment_directory(
+        experiment_directory=hparams["output_folder"],
+        hyperparams_to_save=hparams_file,
+        overrides=override_dict,
+    )
+    return hparams, run_opts, hparams_file, override_dict
