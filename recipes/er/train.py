@@ -1,0 +1,10 @@
+#!/usr/bin/env python3
+"""Emotion recognition (SUPERB ER). Run: `python train.py hparams/baseline.yaml [--key value ...]` (or hparams/rewired.yaml)."""
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+from rewire_lib.downstream import run_task  # noqa: E402
+
+if __name__ == "__main__":
+    run_task("er")

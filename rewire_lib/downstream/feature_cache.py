@@ -1,0 +1,134 @@
+"""Frozen-encoder feature cache: each utterance's stacked hidden states [L+1, T, D] are computed
+once and reused in later epochs and evaluations.
+
+Keys are content-addressed so that nothing stale is ever reused:
+- the encoder's fingerprint (`encoder_fingerprint`): a hash of its class, config and every
+  tensor of its state dict, plus the input preparation (normalisation, attention mask);
+- the audio file: absolute path, size and modification time (ns);
+- the sample rate and any other setting that changes the features (`settings`).
+
+Storage: a dict in memory (default), or one `.pt` file per utterance under
+`<cache_dir>/<encoder fingerprint[:16]>/<key[:2]>/<key>.pt` (a memory layer sits in front).
+Disk writes are atomic (temp file in the same folder, then `os.replace`), so two processes
+filling the same cache at once can only ever both write a complete, identical file; a file
+that cannot be read (truncated by a crash, foreign format) is logged, counted and recomputed.
+`dtype=torch.float16` halves memory and disk; features are returned in float32.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import tempfile
+from pathlib import Path
+from typing import Dict, Optional
+
+import torch
+
+logger = logging.getLogger(__name__)
+
+CACHE_FORMAT = 1  # bump when what a cache entry holds changes
+
+
+def encoder_fingerprint(encoder: torch.nn.Module) -> str:
+    """sha1 of the encoder's class, config, input preparation and every state-dict tensor."""
+    h = hashlib.sha1()
+    model = getattr(encoder, "model", encoder)
+    h.update(type(model).__name__.encode())
+    config = getattr(model, "config", None)
+    if config is not None and hasattr(config, "to_json_string"):
+        h.update(config.to_json_string(use_diff=False).encode())
+    for attr in ("do_normalize", "use_attention_mask"):
+        h.update(f"{attr}={getattr(encoder, attr, None)}".encode())
+    for name, tensor in sorted(encoder.state_dict().items()):
+        t = tensor.detach().cpu().contiguous()
+        h.update(f"{name}:{t.dtype}:{tuple(t.shape)}".encode())
+        if t.dtype == torch.bfloat16:
+            t = t.float()
+        h.update(t.numpy().tobytes())
+    return h.hexdigest()
+
+
+def file_identity(path: str) -> str:
+    """Absolute path, size and mtime of an audio file: changes whenever the file does."""
+    p = Path(path).resolve()
+    st = p.stat()
+    return f"{p}|{st.st_size}|{st.st_mtime_ns}"
+
+
+class FeatureCache:
+    """Cache of per-utterance hidden states for one encoder and one feature setting."""
+
+    def __init__(self, encoder_fp: str, mode: str = "memory", cache_dir: Optional[os.PathLike] = None,
+                 dtype: torch.dtype = torch.float32, settings: Optional[dict] = None):
+        if mode not in ("memory", "disk"):
+            raise ValueError(f"feature cache mode must be 'memory' or 'disk', got {mode!r}")
+        if mode == "disk" and cache_dir is None:
+            raise ValueError("a disk feature cache needs cache_dir")
+        self.encoder_fp = encoder_fp
+        self.mode = mode
+        self.dtype = dtype
+        self.settings = json.dumps(dict(settings or {}, dtype=str(dtype), format=CACHE_FORMAT), sort_keys=True)
+        self.folder = Path(cache_dir) / encoder_fp[:16] if mode == "disk" else None
+        self._memory: Dict[str, torch.Tensor] = {}
+        self.hits = 0
+        self.misses = 0
+        self.bad_files = 0
+
+    # ------------------------------------------------------------------ keys
+    def key(self, wav_path: str) -> str:
+        """Cache key of one audio file under this encoder and setting."""
+        text = f"{self.encoder_fp}\n{file_identity(wav_path)}\n{self.settings}"
+        return hashlib.sha1(text.encode()).hexdigest()
+
+    def _file(self, key: str) -> Path:
+        return self.folder / key[:2] / f"{key}.pt"
+
+    # ------------------------------------------------------------------ get / put
+    def get(self, key: str) -> Optional[torch.Tensor]:
+        """The cached [L+1, T, D] float32 tensor, or None (counted as a miss)."""
+        feats = self._memory.get(key)
+        if feats is None and self.mode == "disk":
+            path = self._file(key)
+            if path.is_file():
+                try:
+                    feats = torch.load(path, map_location="cpu", weights_only=True)
+                    if not isinstance(feats, torch.Tensor) or feats.dim() != 3:
+                        raise ValueError(f"expected a 3-d tensor, got {type(feats).__name__}")
+                    self._memory[key] = feats
+                except Exception as err:  # truncated or foreign file: recompute and overwrite
+                    self.bad_files += 1
+                    logger.warning("feature cache: unreadable entry %s (%s); recomputing", path, err)
+                    feats = None
+        if feats is None:
+            self.misses += 1
+            return None
+        self.hits += 1
+        return feats.float()
+
+    def put(self, key: str, feats: torch.Tensor) -> None:
+        """Store one utterance's [L+1, T, D] hidden states (padding already trimmed)."""
+        if feats.dim() != 3:
+            raise ValueError(f"feature cache stores [layers, frames, dim] tensors, got shape {tuple(feats.shape)}")
+        stored = feats.detach().to("cpu", self.dtype).contiguous().clone()
+        self._memory[key] = stored
+        if self.mode == "disk":
+            path = self._file(key)
+            path.parent.mkdir(parents=True, exist_ok=True)
+            fd, tmp = tempfile.mkstemp(prefix=f".{key}.", suffix=".tmp", dir=str(path.parent))
+            os.close(fd)
+            try:
+                torch.save(stored, tmp)
+                os.replace(tmp, path)
+            except BaseException:
+                if os.path.exists(tmp):
+                    os.unlink(tmp)
+                raise
+
+    def __len__(self) -> int:
+        return len(self._memory)
+
+    def stats(self) -> dict:
+        return dict(mode=self.mode, entries=len(self._memory), hits=self.hits, misses=self.misses,
+                    bad_files=self.bad_files, dtype=str(self.dtype))

@@ -1,0 +1,71 @@
+"""SUPERB-style downstream heads. Each takes the layer-weighted features x [B, T, D] and the
+frame mask [B, T] (True on real frames) and never lets padded frames change a valid output."""
+from __future__ import annotations
+
+from typing import Dict, Optional, Sequence
+
+import torch
+
+from rewire_lib.featurizer import masked_mean
+
+
+class LinearCTCHead(torch.nn.Module):
+    """PR: (optional projection +) linear layer to CTC log-probabilities [B, T, V]."""
+
+    def __init__(self, input_dim: int, vocab_size: int, proj_dim: Optional[int] = None):
+        super().__init__()
+        layers = []
+        if proj_dim:
+            layers.append(torch.nn.Linear(input_dim, proj_dim))
+            input_dim = proj_dim
+        layers.append(torch.nn.Linear(input_dim, vocab_size))
+        self.net = torch.nn.Sequential(*layers)
+
+    def forward(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        return torch.log_softmax(self.net(x), dim=-1)
+
+
+class BiLSTMCTCHead(torch.nn.Module):
+    """ASR: projection, a stack of bidirectional LSTMs over the valid frames only (packed), linear,
+    CTC log-probabilities [B, T, V]."""
+
+    def __init__(self, input_dim: int, vocab_size: int, proj_dim: int = 256, hidden_size: int = 256,
+                 num_layers: int = 2, dropout: float = 0.0):
+        super().__init__()
+        self.proj = torch.nn.Linear(input_dim, proj_dim)
+        self.lstm = torch.nn.LSTM(proj_dim, hidden_size, num_layers=num_layers, bidirectional=True,
+                                  batch_first=True, dropout=dropout if num_layers > 1 else 0.0)
+        self.dropout = torch.nn.Dropout(dropout)
+        self.out = torch.nn.Linear(2 * hidden_size, vocab_size)
+
+    def forward(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        lengths = mask.sum(dim=1).clamp(min=1).cpu()
+        packed = torch.nn.utils.rnn.pack_padded_sequence(self.proj(x), lengths, batch_first=True,
+                                                         enforce_sorted=False)
+        out, _ = self.lstm(packed)
+        out, _ = torch.nn.utils.rnn.pad_packed_sequence(out, batch_first=True, total_length=x.shape[1])
+        return torch.log_softmax(self.out(self.dropout(out)), dim=-1)
+
+
+class PooledLinearHead(torch.nn.Module):
+    """KS / SID / ER: mean over valid frames, then linear to class logits [B, C]."""
+
+    def __init__(self, input_dim: int, num_classes: int):
+        super().__init__()
+        self.out = torch.nn.Linear(input_dim, num_classes)
+
+    def forward(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        return self.out(masked_mean(x, mask))
+
+
+class MultiSlotHead(torch.nn.Module):
+    """IC: mean over valid frames, then one linear layer per slot: {slot: logits [B, C_slot]}."""
+
+    def __init__(self, input_dim: int, slot_sizes: Dict[str, int]):
+        super().__init__()
+        self.slots: Sequence[str] = list(slot_sizes)
+        self.out = torch.nn.ModuleDict({s: torch.nn.Linear(input_dim, n) for s, n in slot_sizes.items()})
+
+    def forward(self, x: torch.Tensor, mask: torch.Tensor) -> Dict[str, torch.Tensor]:
+        pooled = masked_mean(x, mask)
+        return {s: self.out[s](pooled) for s in self.slots}
