@@ -21,7 +21,9 @@ from typing import NamedTuple, Union
 
 import numpy as np
 import soundfile as sf
-import torch
+
+# torch is imported inside the functions that need it, so that light worker processes
+# (corpus synthesis) can write audio without paying for importing torch.
 
 log = logging.getLogger(__name__)
 
@@ -76,7 +78,7 @@ def audio_info(path: PathLike) -> AudioInfo:
                      float(info.frames) / float(info.samplerate))
 
 
-def resample(wav: torch.Tensor, orig_sr: int, target_sr: int) -> torch.Tensor:
+def resample(wav, orig_sr: int, target_sr: int):
     """Resample a [samples] or [channels, samples] float tensor (torchaudio, band-limited sinc)."""
     if orig_sr == target_sr:
         return wav
@@ -85,8 +87,10 @@ def resample(wav: torch.Tensor, orig_sr: int, target_sr: int) -> torch.Tensor:
     return AF.resample(wav, int(orig_sr), int(target_sr))
 
 
-def load_audio(path: PathLike, target_sr: int = 16000) -> torch.Tensor:
-    """Mono float32 waveform of `path` at `target_sr` Hz (None keeps the file's rate)."""
+def load_audio(path: PathLike, target_sr: int = 16000):
+    """Mono float32 waveform (torch.FloatTensor [samples]) of `path` at `target_sr` Hz (None keeps the file's rate)."""
+    import torch
+
     path = Path(path)
     _check_exists(path)
     try:
@@ -113,7 +117,7 @@ def write_audio(path: PathLike, wav, sr: int) -> None:
     """Write mono ([samples]) or multi-channel ([samples, channels]) audio as 16-bit PCM WAV,
     atomically. Accepts numpy arrays or torch tensors of floats in [-1, 1] (clipped)."""
     path = Path(path)
-    if isinstance(wav, torch.Tensor):
+    if type(wav).__module__.startswith("torch"):
         wav = wav.detach().cpu().numpy()
     wav = np.asarray(wav)
     if wav.size == 0:

@@ -25,6 +25,7 @@ from __future__ import annotations
 import ctypes
 import os
 import threading
+import zlib
 from typing import List, Optional, Tuple
 
 import numpy as np
@@ -105,6 +106,17 @@ class _Engine:
         ]
         lib.espeak_TextToPhonemes.restype = ctypes.c_char_p
         lib.espeak_TextToPhonemes.argtypes = [ctypes.POINTER(ctypes.c_char_p), ctypes.c_int, ctypes.c_int]
+        # breath / roughness noise in some voice variants comes from libc rand(): reseeded per call
+        try:
+            lib.espeak_ng_SetRandSeed.restype = None
+            lib.espeak_ng_SetRandSeed.argtypes = [ctypes.c_long]
+            self._set_seed_espeak = lib.espeak_ng_SetRandSeed
+        except AttributeError:  # older library
+            self._set_seed_espeak = None
+        libc = ctypes.CDLL(None)
+        libc.srand.argtypes = [ctypes.c_uint]
+        libc.srand.restype = None
+        self._srand = libc.srand
         self.lib = lib
         self.data_path = data_path
         self.lock = threading.RLock()
@@ -151,8 +163,12 @@ class _Engine:
             raise EspeakError(f"eSpeak NG rejected {name}={value}")
 
     def synthesize(self, text: str, voice: str = "en-us", rate: int = 175, pitch: int = 50,
-                   pitch_range: int = 50, volume: int = 100, word_gap: int = 0) -> Tuple[np.ndarray, int]:
+                   pitch_range: int = 50, volume: int = 100, word_gap: int = 0,
+                   seed: Optional[int] = None) -> Tuple[np.ndarray, int]:
         data = text.encode("utf-8")
+        if seed is None:
+            seed = zlib.crc32(repr((text, voice, rate, pitch, pitch_range, volume, word_gap)).encode())
+        seed = int(seed) & 0x7FFFFFFF
         with self.lock:
             self._check_process()
             self._set_voice(voice)
@@ -162,6 +178,9 @@ class _Engine:
             self._set(espeakVOLUME, volume, "volume")
             self._set(espeakWORDGAP, word_gap, "word_gap")
             self._chunks = []
+            self._srand(seed)
+            if self._set_seed_espeak is not None:
+                self._set_seed_espeak(seed)
             buf = ctypes.create_string_buffer(data)
             err = self.lib.espeak_Synth(buf, len(data) + 1, 0, POS_CHARACTER, 0,
                                         espeakCHARS_UTF8 | espeakENDPAUSE, None, None)
@@ -213,14 +232,15 @@ def sample_rate() -> int:
 
 
 def synthesize(text: str, voice: str = "en-us", rate: int = 175, pitch: int = 50, pitch_range: int = 50,
-               volume: int = 100, word_gap: int = 0) -> Tuple[np.ndarray, int]:
+               volume: int = 100, word_gap: int = 0, seed: Optional[int] = None) -> Tuple[np.ndarray, int]:
     """Speak `text`; returns (float32 samples in [-1, 1], sample rate 22050).
 
     rate: words per minute (80..450); pitch, pitch_range: 0..100; volume: 0..200 (100 normal);
     word_gap: extra pause between words in units of 10 ms. Empty array if nothing is spoken.
+    seed: seeds the noise (breath, roughness) of voice variants; default derived from the arguments.
     """
     return get_engine().synthesize(text, voice=voice, rate=rate, pitch=pitch, pitch_range=pitch_range,
-                                   volume=volume, word_gap=word_gap)
+                                   volume=volume, word_gap=word_gap, seed=seed)
 
 
 def phonemize(text: str, voice: str = "en-us") -> str:

@@ -1,0 +1,1 @@
+"""Corpus preparers: one script per dataset, shared helpers in common.py (see README.md)."""

@@ -1,0 +1,53 @@
+"""Build every default manifest (what run_all.sh needs), skipping work already done.
+
+    python data_prep/prepare_all.py [--data_dir data] [--seed 0] [--scale 1.0] [--num_workers 2]
+
+- `data/synth/`: the eSpeak NG corpus (asr, rewire, ks, ic, er, sid), `data_prep/synth.py`;
+- `data/fsdd/{digits,speakers}/`: FSDD from `../shared/data/fsdd`;
+- `data/speech_commands/`: the Speech Commands v0.02 test set split speaker-disjointly.
+Each preparer writes `prepared.json` with a fingerprint of its arguments and is skipped when it
+matches (so a second call costs about a second); `--force` redoes everything.
+"""
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from data_prep import fsdd, speech_commands_test, synth  # noqa: E402
+from data_prep.common import DEFAULT_FRACTIONS, setup_logging  # noqa: E402
+from rewire_lib.paths import data_dir, shared_data_dir  # noqa: E402
+
+
+def prepare_all(data_root=None, seed: int = 0, scale: float = 1.0, num_workers: int = 2, fractions=DEFAULT_FRACTIONS,
+                hours=(), force: bool = False, shared=None) -> None:
+    data_root = Path(data_root or data_dir())
+    shared = Path(shared or shared_data_dir())
+    synth.generate(data_root / "synth", scale=scale, seed=seed, num_workers=num_workers, fractions=fractions,
+                   hours=hours, force=force)
+    fsdd.prepare(shared / "fsdd", data_root / "fsdd", seed=seed, fractions=fractions, hours=hours, force=force)
+    speech_commands_test.prepare(shared / "speech_commands_v0.02_test", data_root / "speech_commands", seed=seed,
+                                 fractions=fractions, hours=hours, force=force)
+
+
+def main(argv=None) -> None:
+    import argparse
+
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--data_dir", default=None, help="default: rewire_lib.paths.data_dir() (<repo>/data)")
+    p.add_argument("--shared_dir", default=None, help="default: ../shared/data")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--scale", type=float, default=1.0)
+    p.add_argument("--num_workers", type=int, default=2)
+    p.add_argument("--fraction", type=float, nargs="*", default=list(DEFAULT_FRACTIONS))
+    p.add_argument("--hours", type=float, nargs="*", default=[])
+    p.add_argument("--force", action="store_true")
+    a = p.parse_args(argv)
+    setup_logging()
+    prepare_all(a.data_dir, seed=a.seed, scale=a.scale, num_workers=a.num_workers, fractions=a.fraction,
+                hours=a.hours, force=a.force, shared=a.shared_dir)
+
+
+if __name__ == "__main__":
+    main()
