@@ -56,6 +56,15 @@ def _resolve_source(source: str | os.PathLike) -> str:
     return source
 
 
+def count_hidden_states(source: str | os.PathLike) -> int:
+    """Hidden states an encoder returns (Transformer layers + 1), read from its config alone."""
+    resolved = _resolve_source(source)
+    try:
+        return AutoConfig.from_pretrained(resolved).num_hidden_layers + 1
+    except (OSError, ValueError) as err:
+        raise EncoderLoadError(f"Cannot read the encoder config of '{source}': {err}") from err
+
+
 class SpeechEncoder(torch.nn.Module):
     """A Hugging Face audio encoder plus the input preparation its feature extractor specifies."""
 
@@ -78,6 +87,7 @@ class SpeechEncoder(torch.nn.Module):
         apply_spec_augment: bool | None = None,
         layerdrop: float | None = None,
         gradient_checkpointing: bool = False,
+        freeze_feature_encoder: bool = False,
         **model_kwargs,
     ) -> "SpeechEncoder":
         """Load by hub id or local folder. `apply_spec_augment`/`layerdrop` override the config
@@ -105,6 +115,8 @@ class SpeechEncoder(torch.nn.Module):
             raise EncoderLoadError(f"Cannot load encoder weights from '{source}': {err}") from err
         if gradient_checkpointing:
             model.gradient_checkpointing_enable()
+        if freeze_feature_encoder:
+            model.feature_extractor._freeze_parameters()
         try:
             extractor = AutoFeatureExtractor.from_pretrained(resolved)
         except (OSError, ValueError):

@@ -6,6 +6,7 @@ import logging
 import sys
 from pathlib import Path
 
+import ruamel.yaml
 import speechbrain as sb
 import torch
 from hyperpyyaml import load_hyperpyyaml
@@ -35,22 +36,53 @@ def _check_types(hparams: dict, schema: dict, hparams_file: str) -> None:
             raise HparamsError(f"{hparams_file}: '{key}' must be {names}, got {value!r} ({type(value).__name__})")
 
 
+def _load_overrides(text: str):
+    """Parse YAML text the way hyperpyyaml parses overrides (tags such as !ref kept for later)."""
+    loaded = ruamel.yaml.YAML().load(text) if text and text.strip() else None
+    return loaded if loaded is not None else ruamel.yaml.comments.CommentedMap()
+
+
+def resolve_extends(hparams_file: str, cli_overrides: str):
+    """Follow `extends: base.yaml` (relative to the file): returns (base file, merged overrides).
+
+    A recipe's baseline.yaml/rewired.yaml or twin.yaml/neutral.yaml hold only what differs from
+    their shared file; their keys are applied to it as overrides (which must name existing keys),
+    then the command line's. Chains of `extends` are followed.
+    """
+    merged = _load_overrides(cli_overrides)
+    current = Path(hparams_file)
+    seen = set()
+    while True:
+        doc = _load_overrides(current.read_text())
+        base = doc.pop("extends", None) if hasattr(doc, "pop") else None
+        if base is None:
+            return current, merged
+        if current.resolve() in seen:
+            raise HparamsError(f"{hparams_file}: 'extends' loops back to {current}")
+        seen.add(current.resolve())
+        for key, value in merged.items():
+            doc[key] = value
+        merged = doc
+        current = (current.parent / str(base))
+        if not current.is_file():
+            raise HparamsError(f"{hparams_file}: extends '{base}', which does not exist ({current})")
+
+
 def load_recipe(argv: list[str] | None = None, schema: dict | None = None):
     """Parse `train.py HPARAMS.yaml [--key value ...]`, load the YAML with overrides and check it.
 
     `repo_root` is always injected so YAML paths (`!ref <repo_root>/pretrained/...`) resolve the same
     whether the recipe is started from its folder or from the repository root. Unknown override keys
     and values of the wrong type are reported with the file and key, not as a deep traceback.
+    `extends: base.yaml` in the file applies it as overrides to its base (see `resolve_extends`).
     Returns (hparams, run_opts, hparams_file, overrides).
     """
     argv = sys.argv[1:] if argv is None else argv
     hparams_file, run_opts, overrides = sb.parse_arguments(argv)
     if not Path(hparams_file).is_file():
         raise HparamsError(f"Hyperparameter file '{hparams_file}' does not exist")
-    override_dict = load_hyperpyyaml(overrides) if overrides else {}
-    override_dict = dict(override_dict or {})
-    with open(hparams_file) as fin:
-        text = fin.read()
+    base_file, override_dict = resolve_extends(hparams_file, overrides)
+    text = base_file.read_text()
     if "repo_root" in text and "repo_root" not in override_dict:
         override_dict["repo_root"] = str(REPO_ROOT)
     try:
@@ -59,12 +91,12 @@ def load_recipe(argv: list[str] | None = None, schema: dict | None = None):
         raise HparamsError(f"{hparams_file}: {err.args[0] if err.args else err} "
                            "(is the key spelled as in the YAML file?)") from None
     _check_types(hparams, schema or {}, hparams_file)
-    if run_opts.get("device", "cpu").startswith("cuda") and not torch.cuda.is_available():
+    if (run_opts.get("device") or "cpu").startswith("cuda") and not torch.cuda.is_available():
         raise HparamsError("--device cuda was asked for but no GPU is visible; use --device cpu")
     sb.utils.distributed.ddp_init_group(run_opts)
     sb.create_experiment_directory(
         experiment_directory=hparams["output_folder"],
-        hyperparams_to_save=hparams_file,
+        hyperparams_to_save=str(base_file),  # saved with every override applied: a complete record
         overrides=override_dict,
     )
     return hparams, run_opts, hparams_file, override_dict

@@ -1,0 +1,48 @@
+#!/usr/bin/env python3
+"""Rewire a pre-trained speech encoder with label-free contrastive learning (twin / neutral / mixed).
+
+    cd recipes/rewire && python train.py hparams/twin.yaml [--encoder PATH_OR_HUB_ID] [--train_csv CSV]
+    python recipes/rewire/train.py recipes/rewire/hparams/neutral.yaml --number_of_epochs 2
+    torchrun --nproc_per_node=2 recipes/rewire/train.py hparams/twin.yaml   # DDP
+
+Writes <output_folder>/encoder/ (save_pretrained), loss.csv, loss.png, layer_weights.png, log.txt.
+"""
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # run from anywhere without installing
+
+import speechbrain as sb  # noqa: E402
+from speechbrain.utils.distributed import run_on_main  # noqa: E402
+
+from rewire_lib.recipe import load_recipe  # noqa: E402
+from rewire_lib.rewiring import (RewireBrain, build_rewire_dataset, finish, make_train_loader_kwargs,  # noqa: E402
+                                 presynthesise)
+
+SCHEMA = {
+    "encoder": str, "train_csv": str, "output_folder": str, "number_of_epochs": int, "batch_size": int,
+    "seed": int, "view": str, "lr": float, "weight_decay": float, "temperature": float,
+    "dropout": bool, "sorting": str, "log_every_steps": int,
+}
+
+
+def main(argv=None, brain_class=RewireBrain):
+    hparams, run_opts, hparams_file, overrides = load_recipe(argv, SCHEMA)
+    builder = hparams["pair_builder"]
+    run_on_main(presynthesise, args=[builder, hparams["train_csv"], hparams.get("tts_workers", 2)])
+    train_set = build_rewire_dataset(hparams["train_csv"], builder, hparams["output_folder"],
+                                     data_root=hparams.get("data_root"), sorting=hparams["sorting"])
+    loader_kwargs = make_train_loader_kwargs(train_set, hparams)
+    brain = brain_class(
+        modules={"encoder": hparams["encoder_model"], "featurizer": hparams["featurizer"]},
+        opt_class=hparams["opt_class"], hparams=hparams, run_opts=run_opts,
+        checkpointer=hparams["checkpointer"],
+    )
+    brain.fit(hparams["epoch_counter"], train_set, train_loader_kwargs=loader_kwargs)
+    folder = finish(brain, hparams)
+    print(f"Rewired encoder written to {folder}")
+    return folder
+
+
+if __name__ == "__main__":
+    main()

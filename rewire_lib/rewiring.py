@@ -1,0 +1,214 @@
+"""The rewiring stage: a SpeechBrain Brain that trains an encoder with NT-Xent on positive pairs.
+
+One padded forward pass encodes the 2N views of a batch (N anchors and their N positives) at once:
+one graph per step keeps it DDP-safe and uses the CPU/GPU better than two half-size passes.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections import Counter
+from pathlib import Path
+
+import speechbrain as sb
+import torch
+from speechbrain.dataio.batch import PaddedBatch
+from speechbrain.utils.distributed import if_main_process, run_on_main
+
+from rewire_lib.dataio import BucketBatchSampler, audio_dataset, durations
+from rewire_lib.featurizer import masked_mean
+from rewire_lib.logs import CSVLog, atomic_write_csv, plot_columns, plot_layer_weights
+from rewire_lib.losses import nt_xent
+from rewire_lib.pairs import PairBuilder, pair_pipeline
+
+logger = logging.getLogger(__name__)
+
+LOSS_FIELDS = ["step", "epoch", "loss", "lr", "pairs", "wall_time_s"]
+
+
+def pad_views(view_a: list[torch.Tensor], view_b: list[torch.Tensor]):
+    """Pad the 2N views of a batch into one [2N, S] tensor with SpeechBrain relative lengths."""
+    views = list(view_a) + list(view_b)
+    longest = max(v.shape[0] for v in views)
+    wavs = torch.zeros(len(views), longest)
+    for i, v in enumerate(views):
+        wavs[i, : v.shape[0]] = v
+    lens = torch.tensor([v.shape[0] / longest for v in views])
+    return wavs, lens
+
+
+def collate_pairs(items: list[dict]) -> PaddedBatch:
+    """PaddedBatch of ids plus the raw views (padded jointly later, in `pad_views`)."""
+    batch = PaddedBatch([{"id": it["id"]} for it in items])
+    batch.view_a = [it["view_a"] for it in items]
+    batch.view_b = [it["view_b"] for it in items]
+    return batch
+
+
+class RewireBrain(sb.Brain):
+    """Contrastive rewiring of `modules.encoder` (a SpeechEncoder) through `modules.featurizer`.
+
+    hparams used: temperature, dropout (encoder in train mode), pair_builder, loss_csv,
+    log_every_steps, sampler (optional BucketBatchSampler, its epoch is set here).
+    """
+
+    def on_fit_start(self):
+        super().on_fit_start()  # recovers the latest checkpoint, if any
+        self.wall_start = time.time()
+        if if_main_process():
+            self.loss_log = CSVLog(self.hparams.loss_csv, LOSS_FIELDS)
+            # a resumed run rewrites the steps after its checkpoint: drop their stale rows
+            self.loss_log.truncate_after("step", self.optimizer_step)
+
+    def on_stage_start(self, stage, epoch=None):
+        if stage == sb.Stage.TRAIN:
+            self.hparams.pair_builder.set_epoch(epoch)
+            self.stats_at_epoch_start = Counter(self.hparams.pair_builder.stats)
+            sampler = getattr(self.hparams, "sampler", None)
+            if sampler is not None:
+                sampler.set_epoch(epoch)
+
+    def on_fit_batch_start(self, batch, should_step):
+        if not self.hparams.dropout:  # dropout off: the encoder runs in eval mode while training
+            self.modules.encoder.eval()
+
+    def compute_forward(self, batch, stage):
+        wavs, lens = pad_views(batch.view_a, batch.view_b)
+        wavs, lens = wavs.to(self.device), lens.to(self.device)
+        out = self.modules.encoder(wavs, lens)
+        pooled = masked_mean(self.modules.featurizer(out.hidden_states), out.frame_mask)
+        return pooled
+
+    def compute_objectives(self, predictions, batch, stage):
+        n = len(batch.view_a)
+        return nt_xent(predictions[:n], predictions[n:], self.hparams.temperature)
+
+    def on_fit_batch_end(self, batch, outputs, loss, should_step):
+        if not should_step or not if_main_process():
+            return
+        if self.optimizer_step % self.hparams.log_every_steps == 0:
+            self.loss_log.append(
+                step=self.optimizer_step, epoch=self.hparams.epoch_counter.current, loss=f"{loss.item():.6f}",
+                lr=self.optimizer.param_groups[0]["lr"], pairs=len(batch.view_a),
+                wall_time_s=f"{time.time() - self.wall_start:.2f}",
+            )
+
+    def on_stage_end(self, stage, stage_loss, epoch=None):
+        if stage != sb.Stage.TRAIN:
+            return
+        # counts of this epoch (in this process; with num_workers > 0 the workers keep their own)
+        stats = Counter(self.hparams.pair_builder.stats) - self.stats_at_epoch_start
+        self.hparams.train_logger.log_stats(stats_meta={"epoch": epoch}, train_stats={"loss": stage_loss, **stats})
+        if self.checkpointer is not None:
+            self.checkpointer.save_and_keep_only(meta={"epoch": epoch, "loss": stage_loss}, num_to_keep=1)
+
+    def save_encoder(self, folder) -> None:
+        """Write the rewired encoder (save_pretrained) plus the learned layer weights."""
+        encoder = self.modules.encoder
+        encoder = getattr(encoder, "module", encoder)  # unwrap DDP
+        encoder.save_pretrained(folder)
+        weights = self.modules.featurizer.weights().detach().cpu().tolist()
+        (Path(folder) / "rewire_layer_weights.json").write_text(json.dumps(weights))
+
+
+def build_rewire_dataset(train_csv, builder: PairBuilder, output_folder, data_root=None, sorting="bucket"):
+    """Dataset of pairs from a manifest, minus what the length rules or missing TTS exclude.
+
+    Exclusions are counted, logged and listed in `<output_folder>/skipped.csv` (never silent).
+    A manifest without `wrd` only supports the twin view.
+    """
+    has_text = _has_column(train_csv, "wrd")
+    if not has_text and not builder.has_positive(None):
+        raise ValueError(f"{train_csv}: the neutral view needs transcripts, but the manifest has no 'wrd' column")
+    dataset = audio_dataset(train_csv, data_root=data_root)
+    skipped = []
+    kept_ids = []
+    with dataset.output_keys_as(["id", "duration"] + (["wrd"] if has_text else [])):
+        for item in dataset:
+            if not builder.keep_duration(float(item["duration"])):
+                skipped.append({"ID": item["id"], "reason": f"longer than {builder.rules.max_samples} samples"})
+            elif not builder.has_positive(item.get("wrd")):
+                skipped.append({"ID": item["id"], "reason": "no TTS rendering of its transcript"})
+            else:
+                kept_ids.append(item["id"])
+    if skipped:
+        logger.warning("Rewiring: %d of %d utterances skipped (see %s/skipped.csv)",
+                       len(skipped), len(dataset), output_folder)
+        run_on_main(atomic_write_csv, args=[Path(output_folder) / "skipped.csv", ["ID", "reason"], skipped])
+    if not kept_ids:
+        raise ValueError(f"{train_csv}: no utterance is left to rewire on after the skips above")
+    keep = set(kept_ids)
+    dataset = dataset.filtered_sorted(key_test={"id": lambda i: i in keep},
+                                      sort_key="duration" if sorting == "ascending" else None)
+    if has_text:
+        dataset.add_dynamic_item(pair_pipeline(builder))
+    else:
+        from speechbrain.utils.data_pipeline import provides, takes
+
+        @takes("sig", "id")
+        @provides("view_a", "view_b")
+        def no_text_pairs(sig, utt_id):
+            pair = builder(sig, None, utt_id)
+            yield pair[0]
+            yield pair[1]
+
+        dataset.add_dynamic_item(no_text_pairs)
+    dataset.set_output_keys(["id", "view_a", "view_b"])
+    return dataset
+
+
+def tts_cache_of(builder: PairBuilder):
+    """The TTS cache a builder's neutral (or mixed) view draws from, or None for twin pairs."""
+    view = builder.view
+    view = getattr(view, "neutral", view)
+    return getattr(view, "tts_cache", None)
+
+
+def presynthesise(builder: PairBuilder, train_csv, num_workers: int = 2) -> None:
+    """Fill the TTS cache once before training (progress bar, parallel): no step waits for a synthesis."""
+    cache = tts_cache_of(builder)
+    if cache is None:
+        return
+    from rewire_lib.tts import read_manifest_texts
+
+    stats = cache.synthesize_missing(read_manifest_texts(train_csv), num_workers=num_workers)
+    logger.info("TTS cache for %s: %s", train_csv, stats)
+
+
+def _has_column(csv_path, column: str) -> bool:
+    with open(csv_path) as f:
+        return column in f.readline().strip().split(",")
+
+
+def make_train_loader_kwargs(dataset, hparams) -> dict:
+    """Batches of `batch_size` pairs: random order, ascending length, or length buckets."""
+    sorting = hparams["sorting"]
+    # The loader's own generator: creating its iterator must not draw from the global RNG, or a run
+    # resumed mid-epoch would see other dropout masks than an uninterrupted one.
+    kwargs = {"collate_fn": collate_pairs, "num_workers": hparams.get("num_workers", 0),
+              "generator": torch.Generator().manual_seed(hparams["seed"])}
+    if sorting == "bucket":
+        sampler = BucketBatchSampler(durations(dataset), hparams["batch_size"], seed=hparams["seed"])
+        hparams["sampler"] = sampler
+        kwargs["batch_sampler"] = sampler
+    elif sorting == "random":
+        kwargs.update(batch_size=hparams["batch_size"], shuffle=True, drop_last=True)
+    elif sorting == "ascending":
+        kwargs.update(batch_size=hparams["batch_size"], shuffle=False, drop_last=True)
+    else:
+        raise ValueError(f"sorting must be 'bucket', 'random' or 'ascending', got {sorting!r}")
+    return kwargs
+
+
+def finish(brain: RewireBrain, hparams) -> Path:
+    """Save the encoder and draw the loss curve (main process only)."""
+    folder = Path(hparams["output_folder"]) / "encoder"
+    if if_main_process():
+        brain.save_encoder(folder)
+        plot_columns(hparams["loss_csv"], Path(hparams["output_folder"]) / "loss.png", "step", ["loss"],
+                     title=f"Rewiring ({hparams['view']}) NT-Xent loss", smooth=max(1, hparams.get("plot_smooth", 10)))
+        plot_layer_weights(brain.modules.featurizer.weights().detach().cpu().tolist(),
+                           Path(hparams["output_folder"]) / "layer_weights.png",
+                           title="Rewiring: learned layer weights of the pooled embedding")
+    return folder

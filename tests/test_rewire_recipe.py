@@ -1,0 +1,107 @@
+"""The rewiring recipe end to end on real FSDD speech with a tiny random encoder."""
+import csv
+import os
+import signal
+import subprocess
+import sys
+
+import pytest
+import torch
+from transformers import AutoModel
+
+from rewire_lib.encoder import SpeechEncoder
+from rewire_lib.paths import REPO_ROOT
+from rewire_lib.rewiring import RewireBrain
+from tests.rewire_helpers import fsdd_manifest, load_train_module
+
+HPARAMS = REPO_ROOT / "recipes" / "rewire" / "hparams"
+
+
+def _losses(folder):
+    with open(folder / "loss.csv") as f:
+        return [(int(r["epoch"]), float(r["loss"])) for r in csv.DictReader(f)]
+
+
+def _args(view, encoder, manifest, out, *extra):
+    return [str(HPARAMS / f"{view}.yaml"), "--encoder", str(encoder), "--train_csv", str(manifest),
+            "--output_folder", str(out), "--batch_size", "4", "--lr", "0.001", "--seed", "3",
+            "--tts_cache_dir", str(out.parent / "tts"), *extra]
+
+
+def _epoch_mean(losses, epoch):
+    values = [v for e, v in losses if e == epoch]
+    return sum(values) / len(values)
+
+
+@pytest.mark.parametrize("view", ["twin", "neutral"])
+def test_short_rewiring_run_lowers_the_loss_and_saves_a_loadable_encoder(tmp_path, tiny_encoder_dir, view):
+    manifest = fsdd_manifest(tmp_path / "train.csv", takes=range(2))
+    out = tmp_path / view
+    recipe = load_train_module("rewire")
+    folder = recipe.main(_args(view, tiny_encoder_dir, manifest, out, "--number_of_epochs", "3"))
+    losses = _losses(out)
+    assert len(losses) == 3 * 5  # 20 utterances, 4 pairs a step, 3 epochs
+    assert _epoch_mean(losses, 3) < 0.8 * _epoch_mean(losses, 1)
+    for name in ("loss.png", "layer_weights.png", "train_log.txt", "hyperparams.yaml"):
+        assert (out / name).is_file(), name
+    # the rewired encoder differs from where it started and loads with plain transformers
+    assert AutoModel.from_pretrained(folder).config.model_type == "wav2vec2"
+    before = SpeechEncoder.from_pretrained(tiny_encoder_dir).eval()
+    after = SpeechEncoder.from_pretrained(folder).eval()
+    wav = torch.randn(1, 16000)
+    assert not torch.allclose(before(wav).hidden_states, after(wav).hidden_states)
+
+
+def test_saved_encoder_reproduces_the_trained_outputs_exactly(tmp_path, tiny_encoder_dir):
+    manifest = fsdd_manifest(tmp_path / "train.csv", takes=range(1))
+    out = tmp_path / "twin"
+    recipe = load_train_module("rewire")
+    brains = []
+
+    class KeepBrain(RewireBrain):
+        def on_fit_start(self):
+            brains.append(self)
+            super().on_fit_start()
+
+    folder = recipe.main(_args("twin", tiny_encoder_dir, manifest, out, "--number_of_epochs", "1"), KeepBrain)
+    trained = brains[0].modules.encoder.eval()
+    loaded = SpeechEncoder.from_pretrained(folder).eval()
+    wavs, lens = torch.randn(2, 12000), torch.tensor([1.0, 0.7])
+    with torch.no_grad():
+        assert torch.equal(trained(wavs, lens).hidden_states, loaded(wavs, lens).hidden_states)
+
+
+KILL_AT_STEP = """
+import os, signal, sys
+sys.path.insert(0, {root!r})
+from rewire_lib.rewiring import RewireBrain
+from tests.rewire_helpers import load_train_module
+fit_batch = RewireBrain.fit_batch
+def dying_fit_batch(self, batch):
+    if self.optimizer_step == {kill_at}:
+        os.kill(os.getpid(), signal.SIGKILL)
+    return fit_batch(self, batch)
+RewireBrain.fit_batch = dying_fit_batch
+load_train_module("rewire").main({args!r})
+"""
+
+
+def test_run_killed_mid_epoch_resumes_and_ends_like_an_uninterrupted_run(tmp_path, tiny_encoder_dir):
+    manifest = fsdd_manifest(tmp_path / "train.csv", takes=range(2))
+    extra = ["--number_of_epochs", "2", "--ckpt_interval_steps", "2"]  # dropout on: RNG state is restored too
+    recipe = load_train_module("rewire")
+    straight = recipe.main(_args("twin", tiny_encoder_dir, manifest, tmp_path / "straight", *extra))
+
+    args = _args("twin", tiny_encoder_dir, manifest, tmp_path / "killed", *extra)
+    code = KILL_AT_STEP.format(root=str(REPO_ROOT), kill_at=7, args=args)
+    proc = subprocess.run([sys.executable, "-c", code], cwd=REPO_ROOT, capture_output=True, text=True)
+    assert proc.returncode == -signal.SIGKILL, proc.stderr[-2000:]
+    assert not (tmp_path / "killed" / "encoder").exists()
+    resumed = recipe.main(args)  # the same command again
+
+    one = AutoModel.from_pretrained(straight).state_dict()
+    two = AutoModel.from_pretrained(resumed).state_dict()
+    for name in one:
+        assert torch.allclose(one[name], two[name], atol=1e-6), name
+    steps = [r for r in csv.DictReader(open(tmp_path / "killed" / "loss.csv"))]
+    assert [int(r["step"]) for r in steps] == list(range(1, 11))  # no step logged twice after the resume
