@@ -212,3 +212,14 @@ def finish(brain: RewireBrain, hparams) -> Path:
                            Path(hparams["output_folder"]) / "layer_weights.png",
                            title="Rewiring: learned layer weights of the pooled embedding")
     return folder
+
+
+def epochs_for_view(view: str, table: str) -> int:
+    """Epoch count of a view from a "twin:1 neutral:7 mixed:3" table (the paper preset).
+
+    A string, not a YAML mapping, because hyperpyyaml cannot override a scalar key with a mapping.
+    """
+    epochs = {k: int(v) for k, v in (item.split(":") for item in table.split())}
+    if view not in epochs:
+        raise ValueError(f"view '{view}' has no epoch count in '{table}'")
+    return epochs[view]

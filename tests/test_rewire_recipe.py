@@ -105,3 +105,40 @@ def test_run_killed_mid_epoch_resumes_and_ends_like_an_uninterrupted_run(tmp_pat
         assert torch.allclose(one[name], two[name], atol=1e-6), name
     steps = [r for r in csv.DictReader(open(tmp_path / "killed" / "loss.csv"))]
     assert [int(r["step"]) for r in steps] == list(range(1, 11))  # no step logged twice after the resume
+
+
+@pytest.mark.parametrize("view,epochs", [("twin", 1), ("neutral", 7), ("mixed", 3)])
+def test_paper_preset_has_the_authors_settings(tmp_path, tiny_encoder_dir, view, epochs):
+    import shutil
+
+    from rewire_lib.pairs import LengthRules
+    from rewire_lib.recipe import load_recipe
+    from rewire_lib.rewiring import tts_cache_of
+
+    if view != "twin" and shutil.which("text2wave") is None:
+        pytest.skip("Festival's text2wave is not installed (apt-get install festival)")
+    manifest = fsdd_manifest(tmp_path / "train.csv", takes=range(1))
+    hparams, *_ = load_recipe([str(HPARAMS / "paper.yaml"), "--view", view, "--encoder", str(tiny_encoder_dir),
+                               "--train_csv", str(manifest), "--output_folder", str(tmp_path / "out"),
+                               "--tts_cache_dir", str(tmp_path / "tts")])
+    assert hparams["number_of_epochs"] == epochs
+    assert (hparams["lr"], hparams["weight_decay"], hparams["temperature"], hparams["batch_size"]) == (1e-6, 0.01, 0.04, 4)
+    assert hparams["dropout"] is True and hparams["layer"] is None
+    rules = hparams["pair_builder"].rules
+    assert isinstance(rules, LengthRules) and (rules.max_samples, rules.split_samples) == (180000, 90000)
+    cache = tts_cache_of(hparams["pair_builder"])
+    assert (cache is None) == (view == "twin")
+    if cache is not None:
+        assert cache.backend.name == "festival"
+    assert all(p.requires_grad for p in hparams["encoder_model"].parameters())  # CNN included
+
+
+def test_unknown_or_mistyped_keys_are_clear_errors(tmp_path, tiny_encoder_dir):
+    from rewire_lib.recipe import HparamsError, load_recipe
+
+    schema = load_train_module("rewire").SCHEMA
+    base = [str(HPARAMS / "twin.yaml"), "--encoder", str(tiny_encoder_dir), "--output_folder", str(tmp_path)]
+    with pytest.raises(HparamsError, match="batchsize"):
+        load_recipe(base + ["--batchsize", "4"], schema)
+    with pytest.raises(HparamsError, match="'batch_size' must be int"):
+        load_recipe(base + ["--batch_size", "four"], schema)

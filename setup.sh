@@ -1,0 +1,32 @@
+#!/usr/bin/env bash
+# Sets up (or reuses) the project's environment: .venv/ from requirements.txt, re-installed only when
+# requirements.txt changes, plus Festival's text2wave where the machine allows (optional: the bundled
+# eSpeak NG is the default TTS). Safe to run any number of times.
+set -euo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")"
+PYTHON=${PYTHON:-python3}
+
+if [ ! -x .venv/bin/python ]; then
+  echo "[setup] creating .venv with $($PYTHON --version)"
+  "$PYTHON" -m venv .venv
+fi
+stamp=.venv/.requirements.sha256
+want=$(sha256sum requirements.txt | cut -d' ' -f1)
+if [ "$(cat "$stamp" 2>/dev/null || true)" != "$want" ]; then
+  echo "[setup] installing requirements.txt into .venv (first time: a few minutes)"
+  .venv/bin/python -m pip install -q --disable-pip-version-check -r requirements.txt
+  echo "$want" > "$stamp"
+else
+  echo "[setup] .venv is up to date"
+fi
+
+if ! command -v text2wave >/dev/null 2>&1; then
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+    echo "[setup] installing Festival (text2wave) with apt-get"
+    (apt-get install -y -qq festival || (apt-get update -qq && apt-get install -y -qq festival)) >/dev/null 2>&1 \
+      || echo "[setup] note: could not install Festival; neutral pairs will use eSpeak NG (tts_backend: espeak)"
+  else
+    echo "[setup] note: Festival's text2wave is not installed (sudo apt-get install festival);" \
+         "the default TTS, eSpeak NG, needs nothing more"
+  fi
+fi
