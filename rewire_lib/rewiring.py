@@ -27,6 +27,30 @@ logger = logging.getLogger(__name__)
 LOSS_FIELDS = ["step", "epoch", "loss", "lr", "pairs", "wall_time_s"]
 
 
+def world_size() -> int:
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        return torch.distributed.get_world_size()
+    return 1
+
+
+def unwrap_ddp(module: torch.nn.Module) -> torch.nn.Module:
+    return module.module if isinstance(module, torch.nn.parallel.DistributedDataParallel) else module
+
+
+def gather_across_ranks(embeddings: torch.Tensor) -> torch.Tensor:
+    """Under DDP, every rank's embeddings, with gradients (negatives come from the global batch).
+
+    Each rank then computes the same loss over all W*N pairs; all_gather's backward sums the
+    gradients of each rank's slice and DDP averages over ranks, so the update equals that of one
+    process with the global batch. Without DDP this is the identity.
+    """
+    if not (torch.distributed.is_available() and torch.distributed.is_initialized()):
+        return embeddings
+    from torch.distributed.nn.functional import all_gather
+
+    return torch.cat(all_gather(embeddings), dim=0)
+
+
 def pad_views(view_a: list[torch.Tensor], view_b: list[torch.Tensor]):
     """Pad the 2N views of a batch into one [2N, S] tensor with SpeechBrain relative lengths."""
     views = list(view_a) + list(view_b)
@@ -82,7 +106,8 @@ class RewireBrain(sb.Brain):
 
     def compute_objectives(self, predictions, batch, stage):
         n = len(batch.view_a)
-        return nt_xent(predictions[:n], predictions[n:], self.hparams.temperature)
+        view_a, view_b = gather_across_ranks(predictions[:n]), gather_across_ranks(predictions[n:])
+        return nt_xent(view_a, view_b, self.hparams.temperature)
 
     def on_fit_batch_end(self, batch, outputs, loss, should_step):
         if not should_step or not if_main_process():
@@ -90,7 +115,7 @@ class RewireBrain(sb.Brain):
         if self.optimizer_step % self.hparams.log_every_steps == 0:
             self.loss_log.append(
                 step=self.optimizer_step, epoch=self.hparams.epoch_counter.current, loss=f"{loss.item():.6f}",
-                lr=self.optimizer.param_groups[0]["lr"], pairs=len(batch.view_a),
+                lr=self.optimizer.param_groups[0]["lr"], pairs=len(batch.view_a) * world_size(),
                 wall_time_s=f"{time.time() - self.wall_start:.2f}",
             )
 
@@ -103,12 +128,13 @@ class RewireBrain(sb.Brain):
         if self.checkpointer is not None:
             self.checkpointer.save_and_keep_only(meta={"epoch": epoch, "loss": stage_loss}, num_to_keep=1)
 
+    def layer_weights(self) -> list[float]:
+        return unwrap_ddp(self.modules.featurizer).weights().detach().cpu().tolist()
+
     def save_encoder(self, folder) -> None:
         """Write the rewired encoder (save_pretrained) plus the learned layer weights."""
-        encoder = self.modules.encoder
-        encoder = getattr(encoder, "module", encoder)  # unwrap DDP
-        encoder.save_pretrained(folder)
-        weights = self.modules.featurizer.weights().detach().cpu().tolist()
+        unwrap_ddp(self.modules.encoder).save_pretrained(folder)
+        weights = self.layer_weights()
         (Path(folder) / "rewire_layer_weights.json").write_text(json.dumps(weights))
 
 
@@ -208,7 +234,7 @@ def finish(brain: RewireBrain, hparams) -> Path:
         brain.save_encoder(folder)
         plot_columns(hparams["loss_csv"], Path(hparams["output_folder"]) / "loss.png", "step", ["loss"],
                      title=f"Rewiring ({hparams['view']}) NT-Xent loss", smooth=max(1, hparams.get("plot_smooth", 10)))
-        plot_layer_weights(brain.modules.featurizer.weights().detach().cpu().tolist(),
+        plot_layer_weights(brain.layer_weights(),
                            Path(hparams["output_folder"]) / "layer_weights.png",
                            title="Rewiring: learned layer weights of the pooled embedding")
     return folder

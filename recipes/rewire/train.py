@@ -40,7 +40,8 @@ def main(argv=None, brain_class=RewireBrain):
     )
     brain.fit(hparams["epoch_counter"], train_set, train_loader_kwargs=loader_kwargs)
     folder = finish(brain, hparams)
-    print(f"Rewired encoder written to {folder}")
+    if sb.utils.distributed.if_main_process():
+        print(f"Rewired encoder written to {folder}")
     return folder
 
 
