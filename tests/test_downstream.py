@@ -89,7 +89,7 @@ def test_train_py_from_repo_root(tiny_encoder_dir, corpus, tmp_path):
 
 def test_feature_cache_gives_same_training(tiny_encoder_dir, corpus, tmp_path):
     with_cache = run("asr", tiny_encoder_dir, corpus, tmp_path / "cache", "--max_steps", "12",
-                     "--feature_cache", "memory")
+                     "--feature_cache", "memory", "--feature_cache_dtype", "float32")
     without = run("asr", tiny_encoder_dir, corpus, tmp_path / "nocache", "--max_steps", "12",
                   "--feature_cache", "none")
     assert with_cache["feature_cache"]["hits"] > 0 and without["feature_cache"] is None

@@ -90,6 +90,7 @@ class DownstreamBrain(sb.Brain):
                 SpectrogramDrop(drop_length_low=2, drop_length_high=8, drop_count_low=1, drop_count_high=2, dim=1),
                 SpectrogramDrop(drop_length_low=4, drop_length_high=16, drop_count_low=1, drop_count_high=2, dim=2))
         self.last_dev = {}
+        self.epoch_times = []  # seconds per epoch run in this process (dev evaluations included)
         self.test_metrics = {}
         self._epoch = 0
         self._epoch_limit = None
@@ -177,6 +178,7 @@ class DownstreamBrain(sb.Brain):
     def on_stage_start(self, stage, epoch=None):
         if stage == sb.Stage.TRAIN:
             self._epoch = epoch
+            self._epoch_t0 = time.time()
             if not self.encoder_trainable:
                 self.encoder.eval()
         else:
@@ -193,6 +195,10 @@ class DownstreamBrain(sb.Brain):
             last_epoch = self._epoch_limit is not None and epoch >= self._epoch_limit
             if (last_epoch or self._optimizer_step_limit_exceeded) and self.state.last_eval_step != self.optimizer_step:
                 self.evaluate_dev_and_checkpoint()
+            seconds = time.time() - self._epoch_t0
+            self.epoch_times.append(round(seconds, 3))
+            logger.info("epoch %d took %.2f s (dev evaluations included)%s", epoch, seconds,
+                        f"; feature cache {self.cache.stats()}" if self.cache is not None else "")
         elif stage == sb.Stage.TEST:
             self.test_metrics = self.task.summarize(self.stats)
             self.test_metrics["loss"] = float(stage_loss)

@@ -231,7 +231,7 @@ def train_one(task_name: str, hp: dict, run_opts: dict) -> dict:
         **{f"test_{k}": v for k, v in test.items() if k != metric},
         f"best_dev_{metric}": best_score, "best_dev_step": best_step,
         "last_dev": last_dev, "test_checkpoint": "best dev", "test_checkpoint_step": test_step,
-        "layer_weights": weights, "wall_time_s": train_time, "total_time_s": time.time() - t_start,
+        "layer_weights": weights, "wall_time_s": train_time, "epoch_times_s": brain.epoch_times, "total_time_s": time.time() - t_start,
         "feature_cache": cache.stats() if cache else None,
         "settings": {k: hp.get(k) for k in ("batch_size", "lr", "number_of_epochs", "max_steps",
                                             "eval_every_steps", "freeze_encoder", "finetune_top_layers",
