@@ -1,0 +1,237 @@
+"""Settings of the study: command line, the full and quick presets, and per-task defaults."""
+from __future__ import annotations
+
+import argparse
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Dict, List, Optional
+
+from rewire_lib.paths import REPO_ROOT, cache_dir, data_dir, default_encoder_dir
+
+TASKS = ["pr", "asr", "ks", "ic", "sid", "er"]
+VIEWS = ["twin", "neutral", "mixed"]
+BASE = "base"
+
+# Default data folder of each task (relative to the data dir) and the column that stratifies
+# capped subsets (None: not stratified).
+TASK_DATA = {
+    "pr": ("synth/asr", None), "asr": ("synth/asr", None), "ks": ("speech_commands", "label"),
+    "ic": ("synth/ic", "action"), "sid": ("fsdd/speakers", "label"), "er": ("synth/er", "label"),
+}
+
+# Sweep presets. Training steps are an optimiser-step limit (number_of_epochs is set high so the
+# step limit binds): every encoder, fraction and seed of a task trains for the same number of steps.
+PRESETS = {
+    "full": dict(
+        tasks=TASKS, fractions=[1.0, 0.1, 0.01], seeds=[0, 1, 2], views=VIEWS,
+        train_cap=400, eval_cap=100, min_train=16,
+        max_steps={"pr": 120, "asr": 120, "ks": 100, "ic": 100, "sid": 100, "er": 100},
+        eval_every=10, rewire_utts=160, rewire_epochs={"twin": 1, "neutral": 1, "mixed": 1}, rewire_batch=8,
+        iso_utts=300, iso_max_vectors=4000,
+    ),
+    "quick": dict(
+        tasks=["ks", "sid"], fractions=[1.0, 0.1], seeds=[0], views=["twin"],
+        train_cap=200, eval_cap=60, min_train=16,
+        max_steps={t: 40 for t in TASKS},
+        eval_every=10, rewire_utts=48, rewire_epochs={"twin": 1, "neutral": 1, "mixed": 1}, rewire_batch=8,
+        iso_utts=120, iso_max_vectors=2000,
+    ),
+}
+
+# Real corpora: option -> (preparer module, save folder under the data dir, tasks it feeds)
+REAL_CORPORA = {
+    "librispeech": ("librispeech", "librispeech", ["pr", "asr", "rewire"]),
+    "speech_commands_v1": ("speech_commands_v1", "speech_commands_v1", ["ks"]),
+    "fsc": ("fluent_speech_commands", "fsc", ["ic"]),
+    "voxceleb1": ("voxceleb1", "voxceleb1", ["sid"]),
+    "iemocap": ("iemocap", "iemocap", ["er"]),
+}
+
+
+@dataclass
+class StudyConfig:
+    out: Path
+    mode: str
+    encoders: Dict[str, str]  # name -> hub id or folder; "base" is the baseline and the one rewired
+    tasks: List[str]
+    fractions: List[float]
+    seeds: List[int]
+    views: List[str]
+    train_cap: int
+    eval_cap: int
+    min_train: int
+    max_steps: Dict[str, int]
+    eval_every: int
+    rewire_utts: int
+    rewire_epochs: Dict[str, int]
+    rewire_batch: int
+    iso_utts: int
+    iso_max_vectors: int
+    data_dir: Path
+    shared_dir: Optional[Path]
+    synth_scale: float
+    cache_dir: Path
+    corpora: Dict[str, str] = field(default_factory=dict)  # option -> source folder
+    data_folders: Dict[str, str] = field(default_factory=dict)  # task -> prepared folder (overrides)
+    rewire_csv: Optional[str] = None
+    iso_manifest: Optional[str] = None
+    rewire_overrides: List[str] = field(default_factory=list)
+    task_overrides: Dict[str, List[str]] = field(default_factory=dict)
+    stages: List[str] = field(default_factory=list)
+    seed: int = 0
+    device: str = "cpu"
+    feature_dtype: str = "float32"
+
+    @property
+    def work(self) -> Path:
+        """Working folder (rewired encoders, isotropy, runs, capped manifests)."""
+        return self.out / "study"
+
+    def as_dict(self) -> dict:
+        d = asdict(self)
+        return {k: (str(v) if isinstance(v, Path) else v) for k, v in d.items()}
+
+
+STAGES = ["data", "tts", "rewire", "isotropy", "downstream", "report"]
+
+
+def _list(text: str, cast=str) -> list:
+    return [cast(x.strip()) for x in text.split(",") if x.strip()]
+
+
+def _pairs(text: str, what: str) -> Dict[str, str]:
+    out = {}
+    for item in _list(text):
+        if "=" not in item:
+            raise argparse.ArgumentTypeError(f"{what}: expected NAME=VALUE items separated by commas, got {item!r}")
+        k, v = item.split("=", 1)
+        out[k.strip()] = v.strip()
+    return out
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="run_all.sh", formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="The study of the paper in one command: data, TTS cache, rewiring (twin/neutral/mixed), "
+                    "isotropy, the downstream sweep (tasks x encoders x fractions x seeds) and the report "
+                    "(summary.md, summary.csv, PNGs). Every stage skips finished work.",
+        epilog="Examples:\n  ./run_all.sh --quick\n  ./run_all.sh\n"
+               "  ./run_all.sh --encoders base=facebook/wav2vec2-base --tasks ks,sid --seeds 0,1,2\n"
+               "  ./run_all.sh --librispeech /corpora/LibriSpeech --voxceleb1 /corpora/VoxCeleb1\n")
+    p.add_argument("--quick", action="store_true", help="a first look in minutes: fewer tasks, seeds, fractions, "
+                                                         "steps and data; twin view only; still every stage")
+    p.add_argument("--out", default=str(REPO_ROOT / "results"), help="report folder (default: results/); "
+                   "working files go to OUT/study/")
+    p.add_argument("--encoders", default=None,
+                   help=f"NAME=PATH_OR_HUB_ID,...; '{BASE}' is the baseline and the encoder rewired "
+                        f"(default: {BASE}={default_encoder_dir()}); other names are compared as given")
+    p.add_argument("--views", default=None, help="rewiring views, e.g. twin,neutral,mixed ('' or none: no rewiring)")
+    p.add_argument("--tasks", default=None, help=f"comma list from {','.join(TASKS)}")
+    p.add_argument("--fractions", default=None, help="training fractions, e.g. 1.0,0.1,0.01")
+    p.add_argument("--seeds", default=None, help="seeds, e.g. 0,1,2")
+    p.add_argument("--max-steps", default=None,
+                   help="optimiser steps per downstream run: N (every task) or task=N,... (the others keep the preset)")
+    p.add_argument("--eval-every", type=int, default=None, help="dev evaluation every K steps (convergence curves)")
+    p.add_argument("--train-cap", type=int, default=None,
+                   help="at most N training utterances per task (seeded, stratified; 0 = all)")
+    p.add_argument("--eval-cap", type=int, default=None, help="at most N dev and N test utterances per task (0 = all)")
+    p.add_argument("--min-train", type=int, default=None,
+                   help="low-resource subsets keep at least N utterances (the fraction is raised to reach it)")
+    p.add_argument("--rewire-utts", type=int, default=None, help="utterances the rewiring trains on (0 = all)")
+    p.add_argument("--rewire-epochs", default=None, help="epochs per view, e.g. twin=1,neutral=1,mixed=1")
+    p.add_argument("--rewire-batch", type=int, default=None, help="pairs per rewiring step")
+    p.add_argument("--rewire-override", action="append", default=[], metavar="KEY=VALUE",
+                   help="extra override for the rewiring recipe (repeatable), e.g. lr=0.0001")
+    p.add_argument("--task-override", action="append", default=[], metavar="TASK:KEY=VALUE",
+                   help="extra override for a downstream recipe (repeatable), e.g. asr:lr=0.002 or all:batch_size=8")
+    p.add_argument("--iso-utts", type=int, default=None, help="utterances for the isotropy measurement")
+    p.add_argument("--iso-max-vectors", type=int, default=None, help="vectors sampled per layer and level")
+    p.add_argument("--iso-manifest", default=None, help="manifest for isotropy (default: FSDD speakers dev)")
+    p.add_argument("--rewire-csv", default=None, help="manifest to rewire on (default: synth rewire train, or "
+                                                        "LibriSpeech train with --librispeech)")
+    p.add_argument("--data-dir", default=str(data_dir()), help="generated corpora and manifests (default: data/)")
+    p.add_argument("--shared-dir", default=None, help="shared real speech (default: ../shared/data)")
+    p.add_argument("--synth-scale", type=float, default=1.0, help="size of the eSpeak corpus (data_prep/synth.py)")
+    p.add_argument("--cache-dir", default=str(cache_dir()), help="TTS and feature caches (default: cache/)")
+    p.add_argument("--feature-dtype", default="float32", choices=["float32", "float16"],
+                   help="dtype of the frozen-feature disk cache")
+    for opt, (_, _, tasks) in REAL_CORPORA.items():
+        p.add_argument(f"--{opt.replace('_', '-')}", dest=opt, default=None, metavar="DIR",
+                       help=f"real corpus in its published layout, prepared and used for {', '.join(tasks)}")
+    p.add_argument("--speech-commands-v1-test", default=None, metavar="DIR",
+                   help="the separate Speech Commands v0.01 test set (with --speech-commands-v1)")
+    p.add_argument("--data-folder", action="append", default=[], metavar="TASK=DIR",
+                   help="use an already prepared folder (train/dev/test.csv) for a task (repeatable)")
+    p.add_argument("--stages", default=",".join(STAGES), help="stages to run (default: all), e.g. downstream,report")
+    p.add_argument("--seed", type=int, default=0, help="seed of data preparation, subsets and isotropy sampling")
+    p.add_argument("--device", default="cpu", help="cpu or cuda")
+    return p
+
+
+def parse_args(argv=None) -> StudyConfig:
+    parser = build_parser()
+    a = parser.parse_args(argv)
+    mode = "quick" if a.quick else "full"
+    pre = PRESETS[mode]
+    try:
+        encoders = _pairs(a.encoders, "--encoders") if a.encoders else {BASE: str(default_encoder_dir())}
+        if BASE not in encoders:
+            raise argparse.ArgumentTypeError(f"--encoders must name a '{BASE}' encoder (the baseline), got {list(encoders)}")
+        tasks = _list(a.tasks) if a.tasks is not None else list(pre["tasks"])
+        bad = [t for t in tasks if t not in TASKS]
+        if bad:
+            raise argparse.ArgumentTypeError(f"--tasks: unknown {bad}; choose from {TASKS}")
+        views = [] if a.views in ("", "none") else (_list(a.views) if a.views is not None else list(pre["views"]))
+        bad = [v for v in views if v not in VIEWS]
+        if bad:
+            raise argparse.ArgumentTypeError(f"--views: unknown {bad}; choose from {VIEWS}")
+        clash = [v for v in views if v in encoders]
+        if clash:
+            raise argparse.ArgumentTypeError(f"--encoders names {clash} are taken by the rewired encoders")
+        fractions = _list(a.fractions, float) if a.fractions else list(pre["fractions"])
+        if any(not 0 < f <= 1 for f in fractions):
+            raise argparse.ArgumentTypeError(f"--fractions must be in (0, 1], got {fractions}")
+        fractions = sorted(set(fractions), reverse=True)
+        seeds = _list(a.seeds, int) if a.seeds else list(pre["seeds"])
+        max_steps = dict(pre["max_steps"])
+        if a.max_steps:
+            if "=" in a.max_steps:
+                max_steps.update({k: int(v) for k, v in _pairs(a.max_steps, "--max-steps").items()})
+            else:
+                max_steps = {t: int(a.max_steps) for t in TASKS}
+        rewire_epochs = dict(pre["rewire_epochs"])
+        if a.rewire_epochs:
+            rewire_epochs.update({k: int(v) for k, v in _pairs(a.rewire_epochs, "--rewire-epochs").items()})
+        stages = _list(a.stages)
+        bad = [s for s in stages if s not in STAGES]
+        if bad:
+            raise argparse.ArgumentTypeError(f"--stages: unknown {bad}; choose from {STAGES}")
+        data_folders = _pairs(",".join(a.data_folder), "--data-folder") if a.data_folder else {}
+        task_overrides: Dict[str, List[str]] = {}
+        for item in a.task_override:
+            if ":" not in item or "=" not in item:
+                raise argparse.ArgumentTypeError(f"--task-override: expected TASK:KEY=VALUE, got {item!r}")
+            t, kv = item.split(":", 1)
+            task_overrides.setdefault(t, []).append(kv)
+        for item in a.rewire_override:
+            if "=" not in item:
+                raise argparse.ArgumentTypeError(f"--rewire-override: expected KEY=VALUE, got {item!r}")
+    except argparse.ArgumentTypeError as e:
+        parser.error(str(e))
+    pick = lambda v, k: pre[k] if v is None else v  # noqa: E731
+    corpora = {k: getattr(a, k) for k in REAL_CORPORA if getattr(a, k)}
+    if a.speech_commands_v1_test:
+        corpora["speech_commands_v1_test"] = a.speech_commands_v1_test
+    return StudyConfig(
+        out=Path(a.out).resolve(), mode=mode, encoders=encoders, tasks=tasks, fractions=fractions, seeds=seeds,
+        views=views, train_cap=pick(a.train_cap, "train_cap"), eval_cap=pick(a.eval_cap, "eval_cap"),
+        min_train=pick(a.min_train, "min_train"), max_steps=max_steps,
+        eval_every=pick(a.eval_every, "eval_every"), rewire_utts=pick(a.rewire_utts, "rewire_utts"),
+        rewire_epochs=rewire_epochs, rewire_batch=pick(a.rewire_batch, "rewire_batch"),
+        iso_utts=pick(a.iso_utts, "iso_utts"), iso_max_vectors=pick(a.iso_max_vectors, "iso_max_vectors"),
+        data_dir=Path(a.data_dir).resolve(), shared_dir=Path(a.shared_dir).resolve() if a.shared_dir else None,
+        synth_scale=a.synth_scale, cache_dir=Path(a.cache_dir).resolve(), corpora=corpora,
+        data_folders=data_folders, rewire_csv=a.rewire_csv, iso_manifest=a.iso_manifest,
+        rewire_overrides=list(a.rewire_override), task_overrides=task_overrides, stages=stages, seed=a.seed,
+        device=a.device, feature_dtype=a.feature_dtype,
+    )

@@ -1,0 +1,119 @@
+"""Stage runner of the study: runs the chosen stages in order, times them, records stages.json.
+
+    python -m rewire_lib.study [--quick] [--encoders base=PATH,...] [--tasks ks,sid] [--fractions 1.0,0.1]
+                               [--seeds 0,1,2] [--views twin,neutral,mixed] [--out results] ...
+
+Every stage skips the work it finds finished, so the same command after an interruption (or a
+second time) picks up where it stopped.
+"""
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import List, Optional
+
+import torch
+
+from rewire_lib.study import stages as st
+from rewire_lib.study.config import BASE, STAGES, StudyConfig, parse_args
+from rewire_lib.study.units import StageLog, peak_rss_mib, reset_logging
+
+
+def _stage_settings(cfg: StudyConfig, name: str) -> dict:
+    """What each stage's result depends on (written to stages.json and summary.md)."""
+    if name == "data":
+        return {"data_dir": str(cfg.data_dir), "synth_scale": cfg.synth_scale, "corpora": cfg.corpora,
+                "data_folders": cfg.data_folders, "train_cap": cfg.train_cap, "eval_cap": cfg.eval_cap,
+                "min_train": cfg.min_train, "fractions": cfg.fractions, "seed": cfg.seed}
+    if name == "tts":
+        return {"views": st.tts_views(cfg), "backend": "espeak", "cache": str(cfg.cache_dir / "tts")}
+    if name == "rewire":
+        return {"base": cfg.encoders[BASE], "views": cfg.views, "epochs": cfg.rewire_epochs,
+                "utterances": cfg.rewire_utts, "batch_size": cfg.rewire_batch, "overrides": cfg.rewire_overrides}
+    if name == "isotropy":
+        return {"encoders": list(st.encoder_paths(cfg)), "utterances": cfg.iso_utts,
+                "max_vectors": cfg.iso_max_vectors, "levels": ["frame", "utterance"]}
+    if name == "downstream":
+        return {"tasks": cfg.tasks, "encoders": list(st.encoder_paths(cfg)), "fractions": cfg.fractions,
+                "seeds": cfg.seeds, "max_steps": {t: cfg.max_steps[t] for t in cfg.tasks},
+                "eval_every_steps": cfg.eval_every, "task_overrides": cfg.task_overrides,
+                "feature_cache": str(cfg.cache_dir / "features"), "feature_dtype": cfg.feature_dtype}
+    return {"out": str(cfg.out)}
+
+
+def check_encoders(cfg: StudyConfig) -> None:
+    """A local encoder folder must hold a model (hub ids are left to the loader)."""
+    for name, enc in cfg.encoders.items():
+        path = Path(enc)
+        local = path.is_absolute() or enc.startswith(".") or path.exists()
+        if local and not (path / "config.json").is_file():
+            raise st.StageError(f"encoder '{name}' = {enc}: no model there (config.json missing). Give one with "
+                                f"--encoders {name}=FOLDER_OR_HUB_ID (e.g. a folder written by rewire_lib.tiny or "
+                                "recipes/pretrain).")
+
+
+def run_study(cfg: StudyConfig) -> int:
+    """Run the stages of `cfg.stages` in the canonical order; returns 0, or 1 if a stage or run failed."""
+    reset_logging()
+    check_encoders(cfg)
+    cfg.out.mkdir(parents=True, exist_ok=True)
+    cfg.work.mkdir(parents=True, exist_ok=True)
+    log = StageLog(cfg.out / "stages.json", cfg.as_dict())
+    log.save()
+    print(f"Study ({cfg.mode} mode) -> {cfg.out}; torch threads: {torch.get_num_threads()}", flush=True)
+    t_all = time.time()
+    status = 0
+    computed = None
+    todo = [s for s in STAGES if s in cfg.stages]
+    for i, name in enumerate(todo, 1):
+        print(f"\n[{i}/{len(todo)}] stage {name}", flush=True)
+        t0 = time.time()
+        counts, state = {}, "done"
+        try:
+            if name == "data":
+                counts = st.stage_data(cfg)
+            elif name == "tts":
+                counts = st.stage_tts(cfg)
+            elif name == "rewire":
+                counts = st.stage_rewire(cfg)
+            elif name == "isotropy":
+                counts = st.stage_isotropy(cfg)
+            elif name == "downstream":
+                counts = st.stage_downstream(cfg)
+                if counts.get("units_failed"):
+                    state, status = "done with failures", 1
+            elif name == "report":
+                from rewire_lib.study.report import write_report
+
+                computed = write_report(cfg, log.data)
+        except Exception as err:
+            seconds = time.time() - t0
+            log.record(name, f"failed: {type(err).__name__}: {err}", seconds, _stage_settings(cfg, name), counts)
+            print(f"stage {name} FAILED after {seconds:.1f} s: {type(err).__name__}: {err}", flush=True)
+            raise
+        seconds = time.time() - t0
+        entry = log.record(name, state, seconds, _stage_settings(cfg, name), counts)
+        print(f"stage {name}: {state} in {seconds:.1f} s (peak memory {entry['peak_rss_mib']['self']:.0f} MiB, "
+              f"largest child {entry['peak_rss_mib']['children']:.0f} MiB)", flush=True)
+    if computed is not None:
+        from rewire_lib.study.report import rewrite_tables
+
+        rewrite_tables(cfg, computed, log.data)
+    mem = peak_rss_mib()
+    print(f"\nStudy finished in {time.time() - t_all:.1f} s; peak memory {max(mem.values()):.0f} MiB. "
+          f"Report: {cfg.out / 'summary.md'}", flush=True)
+    return status
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    cfg = parse_args(argv)
+    try:
+        return run_study(cfg)
+    except st.StageError as err:
+        print(f"error: {err}", flush=True)
+        return 2
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

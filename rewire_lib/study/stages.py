@@ -1,0 +1,358 @@
+"""The study's stages. Each calls the project's own entry points (data_prep, rewire_lib.tts, the
+rewiring recipe, rewire_lib.isotropy, the downstream recipes' run_task) in this process, and skips
+the units it finds finished."""
+from __future__ import annotations
+
+import csv
+import importlib
+import importlib.util
+import json
+import math
+import time
+import traceback
+from pathlib import Path
+from typing import Dict, List, Optional
+
+from tqdm import tqdm
+
+from rewire_lib.paths import REPO_ROOT, shared_data_dir
+from rewire_lib.study.config import BASE, REAL_CORPORA, TASK_DATA, StudyConfig
+from rewire_lib.study.units import Unit, atomic_write_json, encoder_stamp, quiet
+from rewire_lib.subsets import nested_subset, subset_name
+
+
+class StageError(RuntimeError):
+    """A stage could not do its work (the message says what and where)."""
+
+
+# ---------------------------------------------------------------------- helpers
+def read_manifest(path) -> tuple[list, List[dict]]:
+    path = Path(path)
+    if not path.is_file():
+        raise StageError(f"manifest {path} does not exist (did the data stage run?)")
+    with open(path, newline="", encoding="utf-8") as f:
+        reader = csv.DictReader(f)
+        return list(reader.fieldnames or []), list(reader)
+
+
+def write_manifest_if_changed(path: Path, fields: list, rows: List[dict]) -> bool:
+    """Write a manifest atomically unless the same content is already there (keeps mtimes stable)."""
+    import io
+
+    buf = io.StringIO()
+    w = csv.DictWriter(buf, fields, extrasaction="ignore", lineterminator="\n")
+    w.writeheader()
+    w.writerows(rows)
+    text = buf.getvalue()
+    if path.is_file() and path.read_text(encoding="utf-8") == text:
+        return False
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(text, encoding="utf-8")
+    tmp.replace(path)
+    return True
+
+
+def cap_rows(rows: List[dict], cap: int, seed: int, stratify: Optional[str]) -> List[dict]:
+    """At most about `cap` rows (0: all), a seeded stratified nested subset (rewire_lib.subsets)."""
+    if not cap or len(rows) <= cap:
+        return rows
+    strat = stratify if rows and stratify in rows[0] else None
+    return nested_subset(rows, fraction=cap / len(rows), seed=seed, stratify=strat)
+
+
+def effective_fraction(fraction: float, n_train: int, min_train: int) -> float:
+    """The fraction actually drawn: raised so that a subset keeps at least `min_train` utterances."""
+    if fraction >= 1 or n_train == 0:
+        return 1.0
+    return min(1.0, max(fraction, min_train / n_train))
+
+
+def task_source(cfg: StudyConfig, task: str) -> Dict[str, str]:
+    """Where a task's data comes from: {'data_folder': DIR} or {'folds_dir': DIR} (IEMOCAP)."""
+    if task in cfg.data_folders:
+        return {"data_folder": str(Path(cfg.data_folders[task]).resolve())}
+    for opt, (_, save, tasks) in REAL_CORPORA.items():
+        if opt in cfg.corpora and task in tasks:
+            if opt == "iemocap":
+                return {"folds_dir": str(cfg.data_dir / save)}
+            return {"data_folder": str(cfg.data_dir / save)}
+    return {"data_folder": str(cfg.data_dir / TASK_DATA[task][0])}
+
+
+def study_data_folder(cfg: StudyConfig, task: str) -> Path:
+    return cfg.work / "data" / task
+
+
+def rewire_source_csv(cfg: StudyConfig) -> Path:
+    if cfg.rewire_csv:
+        return Path(cfg.rewire_csv).resolve()
+    if "librispeech" in cfg.corpora:
+        return cfg.data_dir / "librispeech" / "train.csv"
+    return cfg.data_dir / "synth" / "rewire" / "train.csv"
+
+
+def iso_source_csv(cfg: StudyConfig) -> Path:
+    return Path(cfg.iso_manifest).resolve() if cfg.iso_manifest else cfg.data_dir / "fsdd" / "speakers" / "dev.csv"
+
+
+def encoder_paths(cfg: StudyConfig) -> Dict[str, str]:
+    """Every encoder compared: the given ones, then the rewired views of `base`."""
+    encs = dict(cfg.encoders)
+    for view in cfg.views:
+        encs[view] = str(cfg.work / "rewire" / view / "encoder")
+    return encs
+
+
+def _overrides(items: List[str]) -> List[str]:
+    argv = []
+    for kv in items:
+        k, v = kv.split("=", 1)
+        argv += [f"--{k.strip()}", v.strip()]
+    return argv
+
+
+# ---------------------------------------------------------------------- 1. data
+def stage_data(cfg: StudyConfig) -> dict:
+    """Default corpora (skipped when prepared), real corpora when given, then the study's manifests."""
+    from data_prep.prepare_all import prepare_all
+
+    print(f"  default corpora -> {cfg.data_dir} (eSpeak synth scale {cfg.synth_scale}, FSDD, Speech Commands; "
+          "skipped when already prepared)", flush=True)
+    prepare_all(cfg.data_dir, seed=cfg.seed, scale=cfg.synth_scale, num_workers=2,
+                shared=cfg.shared_dir or shared_data_dir())
+    for opt, src in cfg.corpora.items():
+        if opt not in REAL_CORPORA:
+            continue
+        module, save, _ = REAL_CORPORA[opt]
+        print(f"  {opt}: {src} -> {cfg.data_dir / save}", flush=True)
+        mod = importlib.import_module(f"data_prep.{module}")
+        kwargs = {"test_folder": cfg.corpora["speech_commands_v1_test"]} \
+            if opt == "speech_commands_v1" and "speech_commands_v1_test" in cfg.corpora else {}
+        mod.prepare(src, cfg.data_dir / save, seed=cfg.seed, **kwargs)
+    return make_study_manifests(cfg)
+
+
+def make_study_manifests(cfg: StudyConfig) -> dict:
+    """Capped copies of each task's manifests under OUT/study/data/<task>/ (seeded, stratified) and the
+    low-resource subsets `train_frac{F}.csv` beside them (nested; at least `min_train` utterances)."""
+    sizes = {}
+    for task in cfg.tasks:
+        src = task_source(cfg, task)
+        if "folds_dir" in src:
+            sizes[task] = {"folds_dir": src["folds_dir"]}
+            continue
+        folder, dst = Path(src["data_folder"]), study_data_folder(cfg, task)
+        strat = TASK_DATA[task][1]
+        info = {"source": str(folder)}
+        fields, train = read_manifest(folder / "train.csv")
+        train = cap_rows(train, cfg.train_cap, cfg.seed, strat)
+        write_manifest_if_changed(dst / "train.csv", fields, train)
+        info["train"] = len(train)
+        for split in ("dev", "test"):
+            f2, rows = read_manifest(folder / f"{split}.csv")
+            rows = cap_rows(rows, cfg.eval_cap, cfg.seed, strat)
+            write_manifest_if_changed(dst / f"{split}.csv", f2, rows)
+            info[split] = len(rows)
+        for frac in cfg.fractions:
+            if frac >= 1:
+                continue
+            eff = effective_fraction(frac, len(train), cfg.min_train)
+            strat_col = strat if train and strat in train[0] else None
+            sub = nested_subset(train, fraction=eff, seed=cfg.seed, stratify=strat_col)
+            write_manifest_if_changed(dst / subset_name(fraction=frac), fields, sub)
+            info[f"train_frac{frac:g}"] = len(sub)
+        sizes[task] = info
+        print(f"  {task}: {info}", flush=True)
+    if cfg.views:
+        fields, rows = read_manifest(rewire_source_csv(cfg))
+        rows = cap_rows(rows, cfg.rewire_utts, cfg.seed, None)
+        write_manifest_if_changed(cfg.work / "data" / "rewire" / "train.csv", fields, rows)
+        sizes["rewire"] = {"source": str(rewire_source_csv(cfg)), "train": len(rows)}
+        print(f"  rewire: {sizes['rewire']}", flush=True)
+    fields, rows = read_manifest(iso_source_csv(cfg))
+    rows = cap_rows(rows, cfg.iso_utts, cfg.seed, "label")
+    write_manifest_if_changed(cfg.work / "data" / "isotropy.csv", fields, rows)
+    sizes["isotropy"] = {"source": str(iso_source_csv(cfg)), "utterances": len(rows)}
+    print(f"  isotropy: {sizes['isotropy']}", flush=True)
+    atomic_write_json(cfg.work / "data" / "sizes.json", sizes)
+    return {"sizes": sizes}
+
+
+# ---------------------------------------------------------------------- 2. TTS
+def tts_views(cfg: StudyConfig) -> List[str]:
+    return [v for v in cfg.views if v in ("neutral", "mixed")]
+
+
+def stage_tts(cfg: StudyConfig) -> dict:
+    views = tts_views(cfg)
+    if not views:
+        print("  no view needs TTS (twin only): nothing to synthesise", flush=True)
+        return {"texts": 0}
+    from rewire_lib import tts
+
+    manifest = cfg.work / "data" / "rewire" / "train.csv"
+    print(f"  eSpeak NG renderings of {manifest}'s transcripts for {views} -> {cfg.cache_dir / 'tts'} "
+          "(cached texts are skipped)", flush=True)
+    with quiet(None):
+        rc = tts.main(["--manifest", str(manifest), "--cache", str(cfg.cache_dir / "tts"), "--num-workers", "2"])
+    if rc:
+        raise StageError(f"TTS pre-synthesis failed (exit code {rc})")
+    return {"texts": len(tts.read_manifest_texts(manifest))}
+
+
+# ---------------------------------------------------------------------- 3. rewiring
+def _rewire_recipe():
+    spec = importlib.util.spec_from_file_location("rewire_recipe_train", REPO_ROOT / "recipes" / "rewire" / "train.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def rewire_unit(cfg: StudyConfig, view: str) -> Unit:
+    base = cfg.encoders[BASE]
+    csv_path = cfg.work / "data" / "rewire" / "train.csv"
+    spec = {"view": view, "encoder": base, "encoder_stamp": encoder_stamp(base), "train_csv": str(csv_path),
+            "epochs": cfg.rewire_epochs.get(view, 1), "batch_size": cfg.rewire_batch,
+            "overrides": cfg.rewire_overrides, "tts_cache_dir": str(cfg.cache_dir / "tts")}
+    return Unit(cfg.work / "rewire" / view, spec, outputs=["encoder/config.json"])
+
+
+def stage_rewire(cfg: StudyConfig) -> dict:
+    counts = {"units_run": 0, "units_skipped": 0}
+    for view in cfg.views:
+        unit = rewire_unit(cfg, view)
+        if unit.is_done():
+            print(f"  {view}: already rewired ({unit.folder / 'encoder'}), skipped", flush=True)
+            counts["units_skipped"] += 1
+            continue
+        s = unit.spec
+        print(f"  {view}: rewiring {s['encoder']} for {s['epochs']} epoch(s), {s['batch_size']} pairs a step, "
+              f"on {s['train_csv']}", flush=True)
+        unit.start()
+        argv = [str(REPO_ROOT / "recipes" / "rewire" / "hparams" / f"{view}.yaml"), "--encoder", s["encoder"],
+                "--train_csv", s["train_csv"], "--output_folder", str(unit.folder),
+                "--number_of_epochs", str(s["epochs"]), "--batch_size", str(s["batch_size"]),
+                "--tts_cache_dir", s["tts_cache_dir"], "--device", cfg.device] + _overrides(cfg.rewire_overrides)
+        t0 = time.time()
+        with quiet(unit.folder / "console.txt"):
+            _rewire_recipe().main(argv)
+        unit.finish(seconds=round(time.time() - t0, 2))
+        print(f"  {view}: done in {time.time() - t0:.1f} s -> {unit.folder / 'encoder'}", flush=True)
+        counts["units_run"] += 1
+    return counts
+
+
+# ---------------------------------------------------------------------- 4. isotropy
+def isotropy_unit(cfg: StudyConfig, name: str, encoder: str) -> Unit:
+    spec = {"encoder": encoder, "encoder_stamp": encoder_stamp(encoder), "manifest": str(cfg.work / "data" / "isotropy.csv"),
+            "level": "both", "max_vectors": cfg.iso_max_vectors, "seed": cfg.seed}
+    return Unit(cfg.work / "isotropy" / name, spec, outputs=["rows.json"])
+
+
+def stage_isotropy(cfg: StudyConfig) -> dict:
+    from rewire_lib.isotropy import measure_encoder
+    from rewire_lib import isotropy_cli
+
+    counts = {"units_run": 0, "units_skipped": 0}
+    rows = []
+    for name, enc in encoder_paths(cfg).items():
+        unit = isotropy_unit(cfg, name, enc)
+        if unit.is_done():
+            print(f"  {name}: measured before, skipped", flush=True)
+            counts["units_skipped"] += 1
+        else:
+            print(f"  {name}: frame and utterance level, every layer, on {unit.spec['manifest']}", flush=True)
+            unit.start()
+            with quiet(None):
+                r = measure_encoder(enc, unit.spec["manifest"], level="both", max_vectors=cfg.iso_max_vectors,
+                                    seed=cfg.seed, encoder_name=name, device=cfg.device, progress=True)
+            atomic_write_json(unit.folder / "rows.json", r)
+            unit.finish()
+            counts["units_run"] += 1
+        rows += json.loads((unit.folder / "rows.json").read_text())
+    settings = {"encoders": encoder_paths(cfg), "manifest": str(cfg.work / "data" / "isotropy.csv"), "level": "both",
+                "layers": None, "centred": False, "normalised": False, "max_vectors": cfg.iso_max_vectors,
+                "seed": cfg.seed, "top_k": rows[0]["top_k"] if rows else 1}
+    out = cfg.work / "isotropy"
+    isotropy_cli.write_json(out / "isotropy.json", settings, rows)
+    isotropy_cli.write_csv(out / "isotropy.csv", rows)
+    return counts
+
+
+# ---------------------------------------------------------------------- 5. downstream sweep
+def run_folder(cfg: StudyConfig, task: str, enc_name: str, fraction: float, seed: int) -> Path:
+    return cfg.work / "runs" / task / enc_name / f"frac{fraction:g}" / f"seed{seed}"
+
+
+def downstream_units(cfg: StudyConfig) -> List[tuple]:
+    """(task, encoder name, fraction, seed, Unit) in running order: per task and encoder, the full
+    fraction first (it fills the feature cache that the smaller subsets then hit)."""
+    units = []
+    encs = encoder_paths(cfg)
+    stamps = {n: encoder_stamp(p) for n, p in encs.items()}
+    for task in cfg.tasks:
+        src = task_source(cfg, task)
+        data = {"folds_dir": src["folds_dir"]} if "folds_dir" in src else \
+            {"data_folder": str(study_data_folder(cfg, task))}
+        for name, path in encs.items():
+            for frac in cfg.fractions:
+                for seed in cfg.seeds:
+                    spec = {"task": task, "encoder": path, "encoder_stamp": stamps[name], **data,
+                            "train_fraction": frac, "seed": seed, "max_steps": cfg.max_steps[task],
+                            "eval_every_steps": cfg.eval_every,
+                            "overrides": cfg.task_overrides.get("all", []) + cfg.task_overrides.get(task, []),
+                            "feature_dtype": cfg.feature_dtype}
+                    units.append((task, name, frac, seed,
+                                  Unit(run_folder(cfg, task, name, frac, seed), spec,
+                                       outputs=["result.json", "curve.csv"])))
+    return units
+
+
+def downstream_argv(cfg: StudyConfig, unit: Unit) -> List[str]:
+    s = unit.spec
+    data = ["--folds_dir", s["folds_dir"]] if "folds_dir" in s else ["--data_folder", s["data_folder"]]
+    return [str(REPO_ROOT / "recipes" / s["task"] / "hparams" / "baseline.yaml"), "--encoder", s["encoder"], *data,
+            "--train_fraction", str(s["train_fraction"]), "--seed", str(s["seed"]),
+            "--output_folder", str(unit.folder), "--number_of_epochs", "100000",
+            "--max_steps", str(s["max_steps"]), "--eval_every_steps", str(s["eval_every_steps"]),
+            "--feature_cache", "disk", "--feature_cache_dir", str(cfg.cache_dir / "features"),
+            "--feature_cache_dtype", s["feature_dtype"], "--device", cfg.device, "--noprogressbar",
+            *_overrides(s["overrides"])]
+
+
+def stage_downstream(cfg: StudyConfig) -> dict:
+    from rewire_lib.downstream import run_task
+
+    units = downstream_units(cfg)
+    counts = {"units": len(units), "units_run": 0, "units_skipped": 0, "units_failed": 0, "failed": []}
+    todo = [u for u in units if not u[4].is_done()]
+    counts["units_skipped"] = len(units) - len(todo)
+    print(f"  {len(units)} runs ({len(cfg.tasks)} tasks x {len(encoder_paths(cfg))} encoders x "
+          f"{len(cfg.fractions)} fractions x {len(cfg.seeds)} seeds); {counts['units_skipped']} done before, "
+          f"{len(todo)} to run", flush=True)
+    bar = tqdm(todo, desc="downstream", unit="run", dynamic_ncols=True)
+    for task, name, frac, seed, unit in bar:
+        bar.set_postfix_str(f"{task} {name} frac{frac:g} seed{seed}")
+        unit.start()
+        t0 = time.time()
+        try:
+            with quiet(unit.folder / "console.txt"):
+                result = run_task(task, downstream_argv(cfg, unit))
+        except Exception as err:  # one failed run must not lose the others: counted, listed, reported
+            counts["units_failed"] += 1
+            counts["failed"].append({"unit": str(unit.folder), "error": f"{type(err).__name__}: {err}"})
+            (unit.folder / "error.txt").write_text(traceback.format_exc())
+            tqdm.write(f"  FAILED {task} {name} frac{frac:g} seed{seed}: {type(err).__name__}: {err} "
+                       f"(see {unit.folder / 'error.txt'})")
+            continue
+        unit.finish(seconds=round(time.time() - t0, 2))
+        counts["units_run"] += 1
+        metric = result.get("metric")
+        value = result.get(f"test_{metric}")
+        tqdm.write(f"  {task} {name} frac{frac:g} seed{seed}: test {metric} "
+                   f"{value:.2f} ({result.get('steps')} steps, {time.time() - t0:.1f} s)"
+                   if isinstance(value, (int, float)) and not math.isnan(value) else
+                   f"  {task} {name} frac{frac:g} seed{seed}: done ({time.time() - t0:.1f} s)")
+    bar.close()
+    return counts

@@ -1,0 +1,149 @@
+"""Bookkeeping shared by the stages: done-markers of work units, stages.json, peak memory, quiet runs."""
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import logging
+import os
+import resource
+import shutil
+import sys
+import time
+from pathlib import Path
+from typing import Optional
+
+MARKER = "study_unit.json"
+
+
+def atomic_write_json(path: Path, obj) -> None:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(json.dumps(obj, indent=1, default=str) + "\n")
+    os.replace(tmp, path)
+
+
+def encoder_stamp(encoder: str) -> str:
+    """Changes whenever a local encoder folder's files change; a hub id stands for itself."""
+    path = Path(encoder)
+    if not path.exists():
+        return str(encoder)
+    files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
+    h = hashlib.sha1()
+    for p in files:
+        st = p.stat()
+        h.update(f"{p.relative_to(path) if path.is_dir() else p.name}|{st.st_size}|{st.st_mtime_ns}\n".encode())
+    return h.hexdigest()[:16]
+
+
+class Unit:
+    """One piece of work in a folder: done when its marker says so with the same spec (and its
+    expected outputs exist). A folder left by a different spec is removed before the unit runs again;
+    one left by a killed run with the same spec is kept, so the recipe resumes from its checkpoints."""
+
+    def __init__(self, folder: Path, spec: dict, outputs=()):
+        self.folder = Path(folder)
+        self.spec = json.loads(json.dumps(spec, default=str))  # normalised as it is stored
+        self.outputs = [self.folder / o for o in outputs]
+
+    @property
+    def marker(self) -> Path:
+        return self.folder / MARKER
+
+    def _stored(self) -> Optional[dict]:
+        try:
+            return json.loads(self.marker.read_text())
+        except (OSError, ValueError):
+            return None
+
+    def is_done(self) -> bool:
+        stored = self._stored()
+        return bool(stored and stored.get("done") and stored.get("spec") == self.spec
+                    and all(o.exists() for o in self.outputs))
+
+    def start(self) -> None:
+        stored = self._stored()
+        if self.folder.exists() and stored is not None and stored.get("spec") != self.spec:
+            print(f"  settings changed since {self.folder} was made: removing it and starting again", flush=True)
+            shutil.rmtree(self.folder)
+        atomic_write_json(self.marker, {"spec": self.spec, "done": False, "started": time.time()})
+
+    def finish(self, **info) -> None:
+        atomic_write_json(self.marker, {"spec": self.spec, "done": True, "finished": time.time(), **info})
+
+
+def peak_rss_mib() -> dict:
+    """Peak resident memory so far: this process and its largest finished child (MiB)."""
+    self_kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    child_kib = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+    return {"self": round(self_kib / 1024, 1), "children": round(child_kib / 1024, 1)}
+
+
+class StageLog:
+    """`OUT/stages.json`: the study's settings and, per stage, status, wall time and peak memory.
+
+    `wall_time_s` is the time of the stage's latest invocation (small when everything was skipped);
+    `work_time_s` sums every invocation, i.e. the time the stage's work took in all."""
+
+    def __init__(self, path: Path, settings: dict):
+        self.path = Path(path)
+        try:
+            self.data = json.loads(self.path.read_text())
+        except (OSError, ValueError):
+            self.data = {}
+        self.data["settings"] = settings
+        self.data.setdefault("stages", {})
+
+    def record(self, name: str, status: str, seconds: float, settings: dict, counts: dict) -> dict:
+        old = self.data["stages"].get(name, {})
+        entry = {
+            "status": status, "wall_time_s": round(seconds, 2),
+            "work_time_s": round(old.get("work_time_s", 0.0) + seconds, 2),
+            "invocations": old.get("invocations", 0) + 1, "finished_at": time.strftime("%Y-%m-%d %H:%M:%S"),
+            "peak_rss_mib": peak_rss_mib(), "settings": settings, **counts,
+        }
+        self.data["stages"][name] = entry
+        stages = self.data["stages"].values()
+        self.data["peak_rss_mib"] = max(max(s["peak_rss_mib"]["self"], s["peak_rss_mib"]["children"]) for s in stages)
+        self.data["total_wall_time_s"] = round(sum(s["wall_time_s"] for s in stages), 2)
+        self.data["total_work_time_s"] = round(sum(s["work_time_s"] for s in stages), 2)
+        self.save()
+        return entry
+
+    def save(self) -> None:
+        atomic_write_json(self.path, self.data)
+
+
+@contextlib.contextmanager
+def quiet(log_file: Optional[Path]):
+    """Send a recipe's console output (SpeechBrain logs to sys.stdout) to `log_file`; afterwards put
+    logging back to a plain WARNING console handler and restore sys.excepthook."""
+    hook = sys.excepthook
+    if log_file is None:
+        try:
+            yield
+        finally:
+            sys.excepthook = hook
+            reset_logging()
+        return
+    Path(log_file).parent.mkdir(parents=True, exist_ok=True)
+    with open(log_file, "a") as f, contextlib.redirect_stdout(f):
+        try:
+            yield
+        finally:
+            sys.excepthook = hook
+            reset_logging()
+
+
+def reset_logging(level=logging.WARNING) -> None:
+    root = logging.getLogger()
+    for h in list(root.handlers):
+        root.removeHandler(h)
+        with contextlib.suppress(Exception):
+            h.close()
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
+    handler.setLevel(level)
+    root.addHandler(handler)
+    root.setLevel(logging.INFO)
