@@ -20,6 +20,7 @@ from rewire_lib.dataio import BucketBatchSampler, audio_dataset, durations
 from rewire_lib.featurizer import masked_mean
 from rewire_lib.logs import CSVLog, atomic_write_csv, plot_columns, plot_layer_weights
 from rewire_lib.losses import nt_xent
+from rewire_lib.nonfinite import NonFiniteGuard
 from rewire_lib.pairs import PairBuilder, pair_pipeline
 
 logger = logging.getLogger(__name__)
@@ -70,11 +71,12 @@ def collate_pairs(items: list[dict]) -> PaddedBatch:
     return batch
 
 
-class RewireBrain(sb.Brain):
+class RewireBrain(NonFiniteGuard, sb.Brain):
     """Contrastive rewiring of `modules.encoder` (a SpeechEncoder) through `modules.featurizer`.
 
     hparams used: temperature, dropout (encoder in train mode), pair_builder, loss_csv,
-    log_every_steps, sampler (optional BucketBatchSampler, its epoch is set here).
+    log_every_steps, sampler (optional BucketBatchSampler, its epoch is set here),
+    max_nonfinite_in_a_row (NonFiniteGuard: non-finite steps are skipped and counted).
     """
 
     def on_fit_start(self):

@@ -22,7 +22,7 @@ from rewire_lib.rewiring import (RewireBrain, build_rewire_dataset, finish, make
 SCHEMA = {
     "encoder": str, "train_csv": str, "output_folder": str, "number_of_epochs": int, "batch_size": int,
     "seed": int, "view": str, "lr": float, "weight_decay": float, "temperature": float,
-    "dropout": bool, "sorting": str, "log_every_steps": int,
+    "dropout": bool, "sorting": str, "log_every_steps": int, "max_nonfinite_in_a_row": int,
 }
 
 

@@ -28,6 +28,7 @@ from rewire_lib.audio import load_audio
 from rewire_lib.downstream.feature_cache import FeatureCache
 from rewire_lib.downstream.tasks import Task, is_better
 from rewire_lib.logs import CSVLog
+from rewire_lib.nonfinite import NonFiniteGuard
 
 logger = logging.getLogger(__name__)
 
@@ -67,7 +68,7 @@ def pad_features(feats: list[torch.Tensor]):
     return out, mask
 
 
-class DownstreamBrain(sb.Brain):
+class DownstreamBrain(NonFiniteGuard, sb.Brain):
     """modules: `featurizer`, `head` and, when it is trained, `encoder`."""
 
     def __init__(self, *args, task: Task, encoder, cache: Optional[FeatureCache], curve: Optional[CSVLog],

@@ -46,6 +46,7 @@ DEFAULTS = {
     "finetune_top_layers": None, "freeze_cnn": True, "encoder_lr": 5e-5, "encoder_warmup_steps": 0,
     "feature_cache": "memory", "feature_cache_dir": None, "feature_cache_dtype": "float32",
     "specaugment": False, "beam_size": 0, "folds_dir": None, "folds": None, "max_grad_norm": 5.0,
+    "max_nonfinite_in_a_row": 5,
 }
 
 

@@ -1,0 +1,102 @@
+"""Non-finite losses and gradients: skip the step, count it, and stop cleanly after too many in a row.
+
+SpeechBrain's own check (`check_loss_isfinite`, `--nonfinite_patience`) counts per epoch, still
+back-propagates the bad loss (the optimiser then writes NaN into the weights unless
+`skip_nonfinite_grads` is on) and ends with a bare ValueError. `NonFiniteGuard` replaces that:
+
+- a training step whose loss, or any of whose gradients, is NaN/Inf is skipped: no optimiser
+  step, gradients dropped, `on_fit_batch_end` not called (so no NaN reaches a log or a curve);
+- each skip is logged (warning, with the optimiser step and epoch) and counted in
+  `self.nonfinite_skipped` (total) and `self.nonfinite_in_a_row` (reset by the next good step);
+- after `max_nonfinite_in_a_row` skips in a row (hparams key, default 5) the run raises
+  `TrainingDiverged`, naming the step and the count. The weights were never updated with a
+  non-finite value, so every checkpoint on disk holds finite weights and the latest one is the
+  last good state: lower the learning rate (or fix the data) and rerun the same command.
+
+Under DDP the "is it finite" decision is all-reduced, so every rank skips the same steps (a rank
+that skipped `backward` alone would leave the others waiting for its gradients).
+
+Use: `class MyBrain(NonFiniteGuard, sb.Brain)`.
+"""
+from __future__ import annotations
+
+import logging
+
+import speechbrain as sb
+import torch
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_MAX_IN_A_ROW = 5
+
+
+class TrainingDiverged(RuntimeError):
+    """Too many consecutive training steps had a non-finite loss or gradient."""
+
+
+def _all_ranks_agree(ok: bool, device) -> bool:
+    """True only if `ok` holds on every DDP rank (identity without DDP)."""
+    if not (torch.distributed.is_available() and torch.distributed.is_initialized()):
+        return ok
+    flag = torch.tensor([0.0 if ok else 1.0], device=device)
+    torch.distributed.all_reduce(flag)
+    return float(flag) == 0.0
+
+
+class NonFiniteGuard:
+    """Mixin for a SpeechBrain Brain: skip and count non-finite steps, stop after N in a row."""
+
+    nonfinite_skipped = 0
+    nonfinite_in_a_row = 0
+
+    @property
+    def max_nonfinite_in_a_row(self) -> int:
+        value = getattr(self.hparams, "max_nonfinite_in_a_row", None) if self.hparams is not None else None
+        return int(value) if value is not None else DEFAULT_MAX_IN_A_ROW
+
+    def _trainable_grads_finite(self) -> bool:
+        for param in self.modules.parameters():
+            if param.grad is not None and not torch.isfinite(param.grad).all():
+                return False
+        return True
+
+    def fit_batch(self, batch):
+        """SpeechBrain's fit_batch, with the finiteness checks of this mixin around backward/step."""
+        should_step = (self.step % self.grad_accumulation_factor) == 0
+        self.on_fit_batch_start(batch, should_step)
+        with self.no_sync(not should_step):
+            with self.training_ctx:
+                outputs = self.compute_forward(batch, sb.Stage.TRAIN)
+                loss = self.compute_objectives(outputs, batch, sb.Stage.TRAIN)
+            if not _all_ranks_agree(bool(torch.isfinite(loss.detach()).all()), loss.device):
+                return self._skip_nonfinite(loss, "loss")
+            scaled_loss = self.scaler.scale(loss / self.grad_accumulation_factor)
+            scaled_loss.backward()
+        if should_step:
+            # with an enabled GradScaler (fp16), inf gradients are the scaler's business
+            if not self.scaler.is_enabled() and not _all_ranks_agree(self._trainable_grads_finite(), loss.device):
+                return self._skip_nonfinite(loss, "gradient")
+            self.optimizers_step()
+        self.nonfinite_in_a_row = 0
+        self.on_fit_batch_end(batch, outputs, loss, should_step)
+        return loss.detach().cpu()
+
+    def _skip_nonfinite(self, loss, what: str):
+        self.zero_grad(set_to_none=True)
+        self.nonfinite_skipped += 1
+        self.nonfinite_in_a_row += 1
+        epoch = getattr(getattr(self.hparams, "epoch_counter", None), "current", None)
+        where = f"after optimiser step {self.optimizer_step}" + (f" (epoch {epoch}, batch {self.step})" if epoch else
+                                                                 f" (batch {self.step} of the epoch)")
+        limit = self.max_nonfinite_in_a_row
+        logger.warning("Non-finite %s (loss %s) %s: step skipped (%d in a row, %d in this run; the run stops at %d "
+                       "in a row)", what, float(loss.detach().float().mean()) if loss.numel() else loss, where,
+                       self.nonfinite_in_a_row, self.nonfinite_skipped, limit)
+        if self.nonfinite_in_a_row >= limit:
+            ckpt = getattr(self.checkpointer, "checkpoints_dir", None)
+            raise TrainingDiverged(
+                f"Training diverged: {self.nonfinite_in_a_row} steps in a row had a non-finite {what} "
+                f"(last one {where}; max_nonfinite_in_a_row = {limit}). No update with a non-finite value was "
+                f"applied; the last good checkpoint is kept" + (f" in {ckpt}" if ckpt else "") +
+                ". Lower the learning rate or check the data, then rerun the same command to resume from it.")
+        return loss.detach().cpu()
