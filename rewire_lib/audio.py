@@ -7,8 +7,8 @@
 - `audio_info(path) -> AudioInfo(sample_rate, channels, frames, duration)` from the header only.
 - `write_audio(path, wav, sr)`: atomic 16-bit PCM WAV (temp file in the same folder, then rename).
 
-Problems raise `AudioError` naming the file and the reason (missing, unreadable, empty,
-non-finite samples). Resampling and down-mixing are logged once per distinct source format.
+Problems raise `AudioError` naming the file and the reason (missing, unreadable, truncated,
+empty, non-finite samples). Resampling and down-mixing are logged once per distinct source format.
 """
 from __future__ import annotations
 
@@ -64,10 +64,40 @@ def _check_exists(path: Path) -> None:
         raise AudioError(path, "not a regular file")
 
 
+def _check_wav_complete(path: Path) -> None:
+    """A RIFF/WAVE file whose `data` chunk declares more bytes than the file holds was cut short
+    (copy interrupted, disk full): libsndfile would silently read the part that is there."""
+    import struct
+
+    try:
+        size = path.stat().st_size
+        with open(path, "rb") as f:
+            head = f.read(12)
+            if len(head) < 12 or head[:4] != b"RIFF" or head[8:12] != b"WAVE":
+                return
+            pos = 12
+            while pos + 8 <= size:
+                f.seek(pos)
+                chunk = f.read(8)
+                if len(chunk) < 8:
+                    return
+                cid, clen = chunk[:4], struct.unpack("<I", chunk[4:])[0]
+                if cid == b"data":
+                    have = size - (pos + 8)
+                    if clen not in (0, 0xFFFFFFFF) and clen > have:  # 0 / -1: streamed, size never filled in
+                        raise AudioError(path, f"truncated WAV: the header declares {clen} bytes of audio, "
+                                               f"the file holds {have}")
+                    return
+                pos += 8 + clen + (clen & 1)
+    except OSError as exc:
+        raise AudioError(path, f"unreadable file ({exc})") from exc
+
+
 def audio_info(path: PathLike) -> AudioInfo:
     """Sample rate, channel count, frame count and duration read from the file header."""
     path = Path(path)
     _check_exists(path)
+    _check_wav_complete(path)
     try:
         info = sf.info(str(path))
     except Exception as exc:  # soundfile raises LibsndfileError / RuntimeError / TypeError
@@ -93,6 +123,7 @@ def load_audio(path: PathLike, target_sr: int = 16000):
 
     path = Path(path)
     _check_exists(path)
+    _check_wav_complete(path)
     try:
         data, sr = sf.read(str(path), dtype="float32", always_2d=True)
     except Exception as exc:

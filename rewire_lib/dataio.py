@@ -1,36 +1,108 @@
-"""Manifest -> SpeechBrain dataset with audio loading, and a length-bucketed batch sampler."""
+"""Manifest -> SpeechBrain dataset with audio loading, and a length-bucketed batch sampler.
+
+Length policy shared by the recipes (see `filter_by_duration`): utterances whose manifest duration
+is shorter than the encoder's receptive field (`MIN_SAMPLES` = 400 samples = 25 ms at 16 kHz) or
+longer than a recipe's `max_duration` are skipped before training, counted, logged and listed in a
+report CSV. At load time a file that is still too short (its manifest duration was wrong) is an
+`AudioError` naming the file; an all-silent file is accepted (its features are finite) with a
+warning naming it.
+"""
 from __future__ import annotations
 
 import logging
+import os
 import random
-from typing import Iterable, Iterator
+from pathlib import Path
+from typing import Iterable, Iterator, Optional
 
 import speechbrain as sb
 from speechbrain.dataio.dataset import DynamicItemDataset
 from torch.utils.data import Sampler
 
-from rewire_lib.audio import load_audio
+from rewire_lib.audio import AudioError, load_audio
 
 logger = logging.getLogger(__name__)
 
+_silent_noted: set = set()
+MIN_SAMPLES = 400  # receptive field of the wav2vec 2.0 / HuBERT / WavLM / data2vec CNN at 16 kHz (25 ms)
+
+
+class ManifestFormatError(ValueError):
+    """A manifest cannot be used by a recipe; the message names the file, line and column."""
+
+
+def check_manifest(csv_path, required: Iterable[str] = ("ID", "duration", "wav")) -> None:
+    """Fail early, naming the file, line and column, on what SpeechBrain's CSV reader would turn into a
+    bare KeyError/ValueError: missing file or column, empty required field, bad duration, duplicate ID.
+    Relative `wav` paths are resolved by SpeechBrain against the current folder; they are accepted,
+    and a missing file is reported by name when it is read."""
+    from rewire_lib.manifest import ManifestError, read_manifest
+
+    try:
+        read_manifest(csv_path, required=tuple(required))
+    except ManifestError as err:
+        raise ManifestFormatError(str(err)) from None
+
 
 def audio_dataset(csv_path, data_root: str | None = None, output_keys: Iterable[str] = ("id", "sig"),
-                  sample_rate: int = 16000) -> DynamicItemDataset:
+                  sample_rate: int = 16000, min_samples: int = MIN_SAMPLES) -> DynamicItemDataset:
     """A DynamicItemDataset over a manifest whose `sig` item is the 16 kHz mono waveform of `wav`.
 
-    `$data_root` in the `wav` column is replaced by `data_root`. Audio errors name the file.
+    `$data_root` in the `wav` column is replaced by `data_root`. The manifest is checked first
+    (`check_manifest`). Audio errors name the file, and so does audio shorter than `min_samples`.
     """
+    check_manifest(csv_path)
     replacements = {"data_root": str(data_root)} if data_root else {}
     dataset = DynamicItemDataset.from_csv(str(csv_path), replacements=replacements)
 
     @sb.utils.data_pipeline.takes("wav")
     @sb.utils.data_pipeline.provides("sig")
     def read(wav):
-        return load_audio(wav, target_sr=sample_rate)
+        sig = load_audio(wav, target_sr=sample_rate)
+        if min_samples and sig.numel() < min_samples:
+            raise AudioError(wav, f"{sig.numel()} samples at {sample_rate} Hz is shorter than the encoder's receptive "
+                                  f"field ({min_samples} samples); the manifest's duration for it is wrong or the file "
+                                  "changed: prepare the manifest again (preparers skip such files)")
+        if not bool(sig.abs().max() > 0) and wav not in _silent_noted:
+            _silent_noted.add(wav)
+            logger.warning("%s: all-silent audio (every sample is 0); kept, its features are those of silence", wav)
+        return sig
 
     dataset.add_dynamic_item(read)
     dataset.set_output_keys(list(output_keys))
     return dataset
+
+
+def filter_by_duration(dataset: DynamicItemDataset, report_csv, min_duration: float = MIN_SAMPLES / 16000,
+                       max_duration: Optional[float] = None, what: str = "") -> DynamicItemDataset:
+    """Drop utterances whose manifest duration is below `min_duration` or above `max_duration` (s;
+    None: no limit). Skips are counted, logged and listed in `report_csv` (ID, wav, duration, reason;
+    written only when something was skipped). Raises if nothing is left."""
+    skipped, keep = [], set()
+    with dataset.output_keys_as(["id", "duration", "wav"]):
+        for item in dataset:
+            dur = float(item["duration"])
+            if dur < min_duration:
+                reason = f"shorter than the encoder's receptive field ({dur:.4f} s < {min_duration:.4f} s)"
+            elif max_duration is not None and dur > float(max_duration):
+                reason = f"longer than max_duration ({dur:.2f} s > {float(max_duration):g} s)"
+            else:
+                keep.add(item["id"])
+                continue
+            skipped.append({"ID": item["id"], "wav": item["wav"], "duration": dur, "reason": reason})
+    if not skipped:
+        return dataset
+    from rewire_lib.logs import atomic_write_csv
+
+    report_csv = Path(report_csv)
+    report_csv.parent.mkdir(parents=True, exist_ok=True)
+    if int(os.environ.get("RANK", "0")) == 0:
+        atomic_write_csv(report_csv, ["ID", "wav", "duration", "reason"], skipped)
+    logger.warning("%s%d of %d utterances skipped by length (see %s); first: %s: %s", f"{what}: " if what else "",
+                   len(skipped), len(dataset), report_csv, skipped[0]["ID"], skipped[0]["reason"])
+    if not keep:
+        raise ValueError(f"{what or 'manifest'}: every utterance was skipped by length (see {report_csv})")
+    return dataset.filtered_sorted(key_test={"id": lambda i: i in keep})
 
 
 def durations(dataset: DynamicItemDataset) -> list[float]:

@@ -46,13 +46,35 @@ def resolve_wav(wav: str, data_root: Optional[os.PathLike] = None) -> str:
     return wav
 
 
-def validate_entries(rows: Iterable[Row], data_root: Optional[os.PathLike] = None, min_duration: float = 0.0,
-                     desc: str = "validating audio", progress: bool = True) -> Tuple[List[Row], List[Failure]]:
-    """Check each row's `wav` from its header; returns (kept rows, failures).
+MIN_DURATION = 400 / 16000  # the speech encoders' receptive field (400 samples at 16 kHz)
+
+
+def _content_problem(path: str) -> Optional[str]:
+    """Read the samples: a reason if they are unreadable, non-finite or all zero, else None."""
+    try:
+        import numpy as np
+        import soundfile as sf
+
+        data, _ = sf.read(path, dtype="float32", always_2d=True)
+    except Exception as exc:  # noqa: BLE001 -- any decoder error is a reason to skip, with its text
+        return f"unreadable audio ({exc})"
+    if not np.isfinite(data).all():
+        return "non-finite samples (NaN or Inf)"
+    if data.size and not np.abs(data).max() > 0:
+        return "all-silent audio (every sample is 0)"
+    return None
+
+
+def validate_entries(rows: Iterable[Row], data_root: Optional[os.PathLike] = None,
+                     min_duration: float = MIN_DURATION, desc: str = "validating audio", progress: bool = True,
+                     check_content: bool = True) -> Tuple[List[Row], List[Failure]]:
+    """Check each row's `wav`; returns (kept rows, failures).
 
     Kept rows get `duration` (s, 4 decimals), `sample_rate` and `channels` filled in (a
     `duration` the preparer already set, e.g. for a segment, is kept). Failures are
-    (ID, file, reason) for missing, unreadable, empty or too short audio and duplicate IDs.
+    (ID, file, reason) for missing, unreadable, truncated, empty audio, audio shorter than
+    `min_duration` (default: the encoders' receptive field, 25 ms), duplicate IDs and, with
+    `check_content` (reads every file), non-finite or all-silent samples.
     """
     rows = list(rows)
     kept: List[Row] = []
@@ -76,9 +98,15 @@ def validate_entries(rows: Iterable[Row], data_root: Optional[os.PathLike] = Non
             failures.append((uid, wav, "empty audio (0 samples)"))
             continue
         duration = float(row["duration"]) if row.get("duration") not in (None, "") else info.duration
-        if duration <= min_duration:
-            failures.append((uid, wav, f"too short ({duration:.3f} s <= {min_duration} s)"))
+        if duration < min_duration or duration <= 0:
+            failures.append((uid, wav, f"too short ({duration:.4f} s < {min_duration:.4f} s, the encoders' "
+                                       "receptive field)"))
             continue
+        if check_content:
+            problem = _content_problem(resolve_wav(wav, data_root))
+            if problem:
+                failures.append((uid, wav, problem))
+                continue
         seen.add(uid)
         out = dict(row)
         out["duration"] = f"{duration:.4f}"

@@ -16,7 +16,7 @@ import torch
 from speechbrain.dataio.batch import PaddedBatch
 from speechbrain.utils.distributed import if_main_process, run_on_main
 
-from rewire_lib.dataio import BucketBatchSampler, audio_dataset, durations
+from rewire_lib.dataio import MIN_SAMPLES, BucketBatchSampler, audio_dataset, durations
 from rewire_lib.featurizer import masked_mean
 from rewire_lib.logs import CSVLog, atomic_write_csv, plot_columns, plot_layer_weights
 from rewire_lib.losses import nt_xent
@@ -140,10 +140,12 @@ class RewireBrain(NonFiniteGuard, sb.Brain):
         (Path(folder) / "rewire_layer_weights.json").write_text(json.dumps(weights))
 
 
-def build_rewire_dataset(train_csv, builder: PairBuilder, output_folder, data_root=None, sorting="bucket"):
+def build_rewire_dataset(train_csv, builder: PairBuilder, output_folder, data_root=None, sorting="bucket",
+                         max_duration=None):
     """Dataset of pairs from a manifest, minus what the length rules or missing TTS exclude.
 
-    Exclusions are counted, logged and listed in `<output_folder>/skipped.csv` (never silent).
+    Exclusions (also: shorter than the encoder's receptive field, longer than `max_duration` s)
+    are counted, logged and listed in `<output_folder>/skipped.csv` (never silent).
     A manifest without `wrd` only supports the twin view.
     """
     has_text = _has_column(train_csv, "wrd")
@@ -154,7 +156,14 @@ def build_rewire_dataset(train_csv, builder: PairBuilder, output_folder, data_ro
     kept_ids = []
     with dataset.output_keys_as(["id", "duration"] + (["wrd"] if has_text else [])):
         for item in dataset:
-            if not builder.keep_duration(float(item["duration"])):
+            duration = float(item["duration"])
+            if duration < MIN_SAMPLES / 16000:
+                skipped.append({"ID": item["id"], "reason": f"shorter than the encoder's receptive field "
+                                                            f"({duration:.4f} s < {MIN_SAMPLES} samples)"})
+            elif max_duration is not None and duration > float(max_duration):
+                skipped.append({"ID": item["id"], "reason": f"longer than max_duration ({duration:.2f} s > "
+                                                            f"{float(max_duration):g} s)"})
+            elif not builder.keep_duration(duration):
                 skipped.append({"ID": item["id"], "reason": f"longer than {builder.rules.max_samples} samples"})
             elif not builder.has_positive(item.get("wrd")):
                 skipped.append({"ID": item["id"], "reason": "no TTS rendering of its transcript"})

@@ -31,7 +31,8 @@ def main(argv=None, brain_class=RewireBrain):
     builder = hparams["pair_builder"]
     run_on_main(presynthesise, args=[builder, hparams["train_csv"], hparams.get("tts_workers", 2)])
     train_set = build_rewire_dataset(hparams["train_csv"], builder, hparams["output_folder"],
-                                     data_root=hparams.get("data_root"), sorting=hparams["sorting"])
+                                     data_root=hparams.get("data_root"), sorting=hparams["sorting"],
+                                     max_duration=hparams.get("max_duration"))
     loader_kwargs = make_train_loader_kwargs(train_set, hparams)
     brain = brain_class(
         modules={"encoder": hparams["encoder_model"], "featurizer": hparams["featurizer"]},

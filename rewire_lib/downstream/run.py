@@ -22,7 +22,7 @@ import speechbrain as sb
 import torch
 from speechbrain.utils.distributed import if_main_process, run_on_main
 
-from rewire_lib.dataio import BucketBatchSampler, audio_dataset, durations
+from rewire_lib.dataio import BucketBatchSampler, audio_dataset, durations, filter_by_duration
 from rewire_lib.downstream.brain import DownstreamBrain, RunState
 from rewire_lib.downstream.feature_cache import FeatureCache, encoder_fingerprint
 from rewire_lib.downstream.tasks import make_task, read_rows
@@ -46,7 +46,7 @@ DEFAULTS = {
     "finetune_top_layers": None, "freeze_cnn": True, "encoder_lr": 5e-5, "encoder_warmup_steps": 0,
     "feature_cache": "memory", "feature_cache_dir": None, "feature_cache_dtype": "float32",
     "specaugment": False, "beam_size": 0, "folds_dir": None, "folds": None, "max_grad_norm": 5.0,
-    "max_nonfinite_in_a_row": 5,
+    "max_nonfinite_in_a_row": 5, "max_duration": None,
 }
 
 
@@ -100,6 +100,9 @@ def select_train_csv(hp: dict, task, output_folder: Path) -> Path:
 
 def make_dataset(csv_path, hp, task, use_cache: bool):
     ds = audio_dataset(csv_path, data_root=hp["data_root"])
+    # too short for the encoder, or longer than max_duration: skipped, counted, listed in skipped_<split>.csv
+    ds = filter_by_duration(ds, Path(hp["output_folder"]) / f"skipped_{Path(csv_path).stem}.csv",
+                            max_duration=hp.get("max_duration"), what=str(csv_path))
     keys = task.add_pipelines(ds)
     ds.set_output_keys(["id", "wav" if use_cache else "sig"] + keys)
     return ds
