@@ -1,0 +1,114 @@
+"""Smoke tests of the benchmark scripts (bench/): tiny random encoder, a few generated utterances.
+
+They check that each script runs end to end and that its printed tables and JSON carry the expected fields.
+No timing is asserted: timing goals live in the benchmark scripts' output (bench/README.md), never in tests.
+"""
+import csv
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+
+@pytest.fixture()
+def bench_env(tmp_path, monkeypatch):
+    """Benchmark work files, TTS cache, results and a KS-like data folder, all under tmp_path."""
+    from bench import common
+
+    work = tmp_path / "work"
+    monkeypatch.setenv("REWIRE_BENCH_WORK", str(work))  # for child processes
+    monkeypatch.setattr(common, "WORK_DIR", work)
+    data = tmp_path / "data"
+    monkeypatch.setenv("REWIRE_DATA", str(data))
+    return {"work": work, "out": tmp_path / "results", "tts": tmp_path / "tts", "data": data}
+
+
+def _ks_data(env, n=12):
+    """data/speech_commands/train.csv made of generated 1 s clips with two labels."""
+    from bench import common
+
+    rows = common.synthetic_audio(env["work"] / "ks_audio", n, seed=1, lengths="equal")
+    folder = env["data"] / "speech_commands"
+    folder.mkdir(parents=True)
+    with open(folder / "train.csv", "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=["ID", "duration", "wav", "label"])
+        w.writeheader()
+        for i, r in enumerate(rows):
+            w.writerow({"ID": r["ID"], "duration": r["duration"], "wav": r["wav"], "label": ["yes", "no"][i % 2]})
+
+
+def test_rewire_throughput_smoke(bench_env, capsys):
+    from bench import rewire_throughput
+
+    result = rewire_throughput.main([
+        "--encoder", "smoke", "--data", "synth-mixed", "--views", "twin", "neutral", "--tts", "espeak",
+        "--tts-cache-dir", str(bench_env["tts"]), "--pairs", "8", "--reps", "1", "--threads", "1",
+        "--out", str(bench_env["out"])])
+    printed = capsys.readouterr().out
+    assert "Rewiring throughput, pairs/s" in printed and "ours/authors" in printed and "ours/bound" in printed
+    saved = json.loads((bench_env["out"] / "rewire_throughput.json").read_text())
+    assert [(r["dataset"], r["view"]) for r in saved["results"]] == [("synth-mixed", "twin"), ("synth-mixed", "neutral")]
+    for r in saved["results"]:
+        assert set(r["median_pairs_per_s"]) == {"authors", "ours", "bound"}
+        assert all(v > 0 for v in r["median_pairs_per_s"].values())
+        assert {"speedup_vs_authors", "share_of_bound", "mean_padding_share", "authors_tts_share"} <= set(r)
+        for loop in ("authors", "ours", "bound"):
+            assert len(r["runs"][loop]) == 1 and r["runs"][loop][0]["pairs"] == 8
+    assert saved["encoder"]["params_M"] > 0 and saved["settings"]["torch_threads"] == 1
+    assert result["table"] == saved["table"]
+
+
+def test_downstream_cache_smoke(bench_env, capsys):
+    from bench import downstream_cache
+
+    _ks_data(bench_env)
+    downstream_cache.main(["--encoder", "smoke", "--tasks", "ks", "--train-size", "12", "--eval-size", "4",
+                           "--epochs", "2", "--threads", "1", "--out", str(bench_env["out"])])
+    printed = capsys.readouterr().out
+    assert "Downstream epoch" in printed and "speed-up" in printed
+    saved = json.loads((bench_env["out"] / "downstream_cache.json").read_text())
+    (r,) = saved["results"]
+    assert r["task"] == "ks" and r["train_utterances"] == 12
+    assert set(r["later_epoch_s"]) == {"none", "memory"} and r["speedup"] > 0
+    cached_run = r["runs"]["memory"][0]
+    assert len(cached_run) == 2
+    assert cached_run[0]["cache"]["misses"] == 12 and cached_run[1]["cache"]["hits"] >= 12  # filled, then read
+    assert r["runs"]["none"][0][0]["cache"] is None
+
+
+def test_growth_children_smoke(bench_env):
+    """Each measurement, run in this process (the subprocess path is covered by the next test)."""
+    from bench import growth
+
+    _ks_data(bench_env)
+    from bench import common
+
+    encoder_dir, _ = common.resolve_encoder("smoke")
+    base = ["--encoder-dir", encoder_dir, "--threads", "1", "--data-mixed", "synth-mixed", "--data-equal",
+            "synth-equal", "--max-vectors", "50"]
+    for what, n in (("rewire", 4), ("isotropy", 4), ("downstream", 8)):
+        args = growth.build_parser().parse_args(["--child", f"child_{what}", "--n", str(n)] + base)
+        out = getattr(growth, f"child_{what}")(args)
+        assert out["seconds"] > 0 and out["items"] == n and out["rss_before_mb"] > 0, (what, out)
+    assert out["cache_entries"] == 8
+
+
+def test_run_all_quick_only_growth(bench_env, capsys):
+    """The one-command runner, and growth.py's fresh process per measurement (2 sizes)."""
+    from bench import run_all_benchmarks
+
+    rc = run_all_benchmarks.main(["--only", "growth", "--encoder", "smoke", "--threads", "1",
+                                  "--out", str(bench_env["out"]), "--growth-args",
+                                  "--what isotropy --base 4 --factors 1 2 --data-equal synth-equal --max-vectors 50"])
+    assert rc == 0
+    summary = (bench_env["out"] / "summary.md").read_text()
+    assert summary.startswith("# Benchmark results") and "Growth" in summary and "time ratio" in summary
+    saved = json.loads((bench_env["out"] / "growth.json").read_text())
+    (r,) = saved["results"]
+    assert r["what"] == "isotropy" and [m["n"] for m in r["measurements"]] == [4, 8]
+    for m in r["measurements"]:
+        assert m["peak_rss_mb"] >= m["rss_before_mb"] > 0 and m["vectors_kept"] <= 50
