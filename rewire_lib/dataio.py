@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Iterable, Iterator, Optional
 
 import speechbrain as sb
+import torch
 from speechbrain.dataio.dataset import DynamicItemDataset
 from torch.utils.data import Sampler
 
@@ -121,10 +122,19 @@ class BucketBatchSampler(Sampler):
     """
 
     def __init__(self, lengths: list[float], batch_size: int, seed: int = 0, pool_batches: int = 50,
-                 drop_last: bool = True, shuffle: bool = True):
+                 drop_last: bool = True, shuffle: bool = True, ddp_shard: bool = False):
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
         self.lengths = list(lengths)
+        # ddp_shard: under DDP (W processes) every rank draws the same global batches of W*batch_size
+        # and takes its slice, so W processes see exactly the batches one process with the global
+        # batch would (SpeechBrain's DistributedSamplerWrapper would hand out whole batches instead).
+        self.num_replicas, self.rank = 1, 0
+        if ddp_shard and torch.distributed.is_available() and torch.distributed.is_initialized():
+            self.num_replicas, self.rank = torch.distributed.get_world_size(), torch.distributed.get_rank()
+        self.shards_itself = ddp_shard
+        self.local_batch_size = batch_size
+        batch_size = batch_size * self.num_replicas
         self.batch_size = batch_size
         self.seed = seed
         self.pool_batches = pool_batches
@@ -151,8 +161,27 @@ class BucketBatchSampler(Sampler):
             rng.shuffle(batches)
         return batches
 
+    def _local_batches(self) -> list[list[int]]:
+        batches = self._batches()
+        if self.num_replicas == 1:
+            return batches
+        # a global batch too small to give every rank an item is dropped (a rank without a batch would hang)
+        return [b[self.rank::self.num_replicas] for b in batches if len(b) >= self.num_replicas]
+
     def __iter__(self) -> Iterator[list[int]]:
-        return iter(self._batches())
+        return iter(self._local_batches())
 
     def __len__(self) -> int:
-        return len(self._batches())  # pools may each leave a short batch: count them exactly
+        return len(self._local_batches())  # pools may each leave a short batch: count them exactly
+
+
+class ShardedBatchesDDP:
+    """Brain mixin: a `BucketBatchSampler(ddp_shard=True)` given as `batch_sampler` already gives each
+    rank its slice of the global batch, so SpeechBrain must not wrap it in DistributedSamplerWrapper."""
+
+    def _train_loader_specifics(self, dataset, loader_kwargs):
+        sampler = loader_kwargs.get("batch_sampler")
+        if isinstance(sampler, BucketBatchSampler) and sampler.shards_itself:
+            self.train_sampler = sampler
+            return loader_kwargs
+        return super()._train_loader_specifics(dataset, loader_kwargs)

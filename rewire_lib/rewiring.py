@@ -16,7 +16,7 @@ import torch
 from speechbrain.dataio.batch import PaddedBatch
 from speechbrain.utils.distributed import if_main_process, run_on_main
 
-from rewire_lib.dataio import MIN_SAMPLES, BucketBatchSampler, audio_dataset, durations
+from rewire_lib.dataio import MIN_SAMPLES, BucketBatchSampler, ShardedBatchesDDP, audio_dataset, durations
 from rewire_lib.featurizer import masked_mean
 from rewire_lib.logs import CSVLog, atomic_write_csv, plot_columns, plot_layer_weights
 from rewire_lib.losses import nt_xent
@@ -71,7 +71,7 @@ def collate_pairs(items: list[dict]) -> PaddedBatch:
     return batch
 
 
-class RewireBrain(NonFiniteGuard, sb.Brain):
+class RewireBrain(NonFiniteGuard, ShardedBatchesDDP, sb.Brain):
     """Contrastive rewiring of `modules.encoder` (a SpeechEncoder) through `modules.featurizer`.
 
     hparams used: temperature, dropout (encoder in train mode), pair_builder, loss_csv,
@@ -226,7 +226,7 @@ def make_train_loader_kwargs(dataset, hparams) -> dict:
     kwargs = {"collate_fn": collate_pairs, "num_workers": hparams.get("num_workers", 0),
               "generator": torch.Generator().manual_seed(hparams["seed"])}
     if sorting == "bucket":
-        sampler = BucketBatchSampler(durations(dataset), hparams["batch_size"], seed=hparams["seed"])
+        sampler = BucketBatchSampler(durations(dataset), hparams["batch_size"], seed=hparams["seed"], ddp_shard=True)
         hparams["sampler"] = sampler
         kwargs["batch_sampler"] = sampler
     elif sorting == "random":

@@ -25,6 +25,7 @@ from speechbrain.utils.data_utils import batch_pad_right
 from speechbrain.utils.distributed import if_main_process
 
 from rewire_lib.audio import load_audio
+from rewire_lib.dataio import ShardedBatchesDDP
 from rewire_lib.downstream.feature_cache import FeatureCache
 from rewire_lib.downstream.tasks import Task, is_better
 from rewire_lib.logs import CSVLog
@@ -68,7 +69,7 @@ def pad_features(feats: list[torch.Tensor]):
     return out, mask
 
 
-class DownstreamBrain(NonFiniteGuard, sb.Brain):
+class DownstreamBrain(NonFiniteGuard, ShardedBatchesDDP, sb.Brain):
     """modules: `featurizer`, `head` and, when it is trained, `encoder`."""
 
     def __init__(self, *args, task: Task, encoder, cache: Optional[FeatureCache], curve: Optional[CSVLog],

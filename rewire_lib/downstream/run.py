@@ -210,7 +210,8 @@ def train_one(task_name: str, hp: dict, run_opts: dict) -> dict:
                             dev_loader=eval_loader(dev_set, eval_bs), eval_every_steps=int(hp["eval_every_steps"]),
                             encoder_trainable=trainable)
     brain.optimizer_step_limit = hp["max_steps"]
-    sampler = BucketBatchSampler(durations(train_set), int(hp["batch_size"]), seed=int(hp["seed"]), drop_last=False)
+    sampler = BucketBatchSampler(durations(train_set), int(hp["batch_size"]), seed=int(hp["seed"]), drop_last=False,
+                                 ddp_shard=True)  # DDP: each rank its slice of the same global batches
     brain.train_sampler = sampler
     brain.fit(counter, train_set, train_loader_kwargs={"batch_sampler": sampler})
 
