@@ -17,6 +17,7 @@ if str(REPO) not in sys.path:  # `python data_prep/x.py` from anywhere
     sys.path.insert(0, str(REPO))
 
 from rewire_lib.manifest import Failure, Row, report_failures, validate_entries, write_manifest  # noqa: E402
+from rewire_lib.outputs import check_writable  # noqa: E402
 from rewire_lib.subsets import nested_subset, subset_name  # noqa: E402
 
 log = logging.getLogger("data_prep")
@@ -110,8 +111,7 @@ def finish(save_folder: os.PathLike, splits: Dict[str, List[Row]], *, fractions:
     """Validate every split's audio, write `{split}.csv`, the nested `train_frac{F}.csv` /
     `train_hours{H}.csv` subsets of the training split and `skipped.csv` (failures given by the
     preparer plus those found here). Returns the kept rows per split."""
-    save_folder = Path(save_folder)
-    save_folder.mkdir(parents=True, exist_ok=True)
+    save_folder = check_writable(save_folder, f"{what or 'preparer'}: save_folder")
     all_fail: List[Failure] = list(failures)
     kept: Dict[str, List[Row]] = {}
     for name, rows in splits.items():

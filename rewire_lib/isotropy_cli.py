@@ -162,14 +162,14 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     from .encoder import EncoderLoadError
+    from .outputs import check_writable, output_error
 
     try:
         _check_levels(args.level)
         layers = parse_layers(args.layers)
         if args.max_vectors < 2:
             raise IsotropyError(f"--max-vectors must be >= 2, got {args.max_vectors}")
-        out = Path(args.out)
-        out.mkdir(parents=True, exist_ok=True)
+        out = check_writable(args.out, "--out")  # before measuring, not after
         rows: List[dict] = []
         for enc in args.encoder:
             logger.info("measuring %s (%s level)", enc, args.level)
@@ -194,9 +194,13 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             "top_pc_share": "share of variance in the top-k principal components (k = top_k)",
         },
     }
-    write_json(out / "isotropy.json", settings, rows)
-    write_csv(out / "isotropy.csv", rows)
-    plot(out / "isotropy.png", rows, settings)
+    try:
+        write_json(out / "isotropy.json", settings, rows)
+        write_csv(out / "isotropy.csv", rows)
+        plot(out / "isotropy.png", rows, settings)
+    except OSError as e:  # e.g. the disk filled up while measuring
+        print(f"error: {output_error(e, out, '--out')}", file=sys.stderr)
+        return 2
     for r in rows:
         logger.info("%s %s layer %d: I(W)=%.3g (centred %.3g) cos=%.3f IsoScore=%.3f top%d=%.3f", r["encoder"],
                     r["level"], r["layer"], r["iw"], r["iw_centred"], r["avg_cosine"], r["isoscore"], r["top_k"],

@@ -22,6 +22,7 @@ from typing import Dict, Iterable, List, Optional, Sequence, Tuple
 from tqdm import tqdm
 
 from rewire_lib.audio import AudioError, audio_info
+from rewire_lib.outputs import output_error
 
 log = logging.getLogger(__name__)
 
@@ -149,14 +150,19 @@ def _atomic_write_csv(path: Path, columns: Sequence[str], rows: Iterable[Row]) -
     writer.writeheader()
     for row in rows:
         writer.writerow({k: ("" if row.get(k) is None else row.get(k)) for k in columns})
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=str(path.parent))
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=str(path.parent))
+    except OSError as err:
+        raise output_error(err, path, "manifest") from err
     try:
         with os.fdopen(fd, "w", encoding="utf-8", newline="") as f:
             f.write(buf.getvalue())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as err:
         if os.path.exists(tmp):
             os.unlink(tmp)
+        if isinstance(err, OSError):  # disk full, read-only, ...: say which file and why
+            raise output_error(err, path, "manifest") from err
         raise
 
 

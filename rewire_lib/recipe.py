@@ -11,6 +11,7 @@ import speechbrain as sb
 import torch
 from hyperpyyaml import load_hyperpyyaml
 
+from rewire_lib.outputs import check_writable, output_error
 from rewire_lib.paths import REPO_ROOT
 
 logger = logging.getLogger(__name__)
@@ -90,10 +91,16 @@ def load_recipe(argv: list[str] | None = None, schema: dict | None = None):
     except KeyError as err:
         raise HparamsError(f"{hparams_file}: {err.args[0] if err.args else err} "
                            "(is the key spelled as in the YAML file?)") from None
+    except OSError as err:  # an object in the YAML (e.g. the Checkpointer) could not create its folder
+        if err.filename is None:
+            raise
+        raise output_error(err, err.filename, f"{hparams_file}: output_folder") from err
     _check_types(hparams, schema or {}, hparams_file)
     if (run_opts.get("device") or "cpu").startswith("cuda") and not torch.cuda.is_available():
         raise HparamsError("--device cuda was asked for but no GPU is visible; use --device cpu")
-    sb.utils.distributed.ddp_init_group(run_opts)
+    if not (torch.distributed.is_available() and torch.distributed.is_initialized()):  # once per process
+        sb.utils.distributed.ddp_init_group(run_opts)
+    check_writable(hparams["output_folder"], f"{hparams_file}: output_folder")  # before any work, not after
     sb.create_experiment_directory(
         experiment_directory=hparams["output_folder"],
         hyperparams_to_save=str(base_file),  # saved with every override applied: a complete record
