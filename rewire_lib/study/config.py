@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Dict, List, Optional
@@ -81,6 +82,8 @@ class StudyConfig:
     seed: int = 0
     device: str = "cpu"
     feature_dtype: str = "float32"
+    jobs: int = 2
+    threads: int = 1
 
     @property
     def work(self) -> Path:
@@ -165,6 +168,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--stages", default=",".join(STAGES), help="stages to run (default: all), e.g. downstream,report")
     p.add_argument("--seed", type=int, default=0, help="seed of data preparation, subsets and isotropy sampling")
     p.add_argument("--device", default="cpu", help="cpu or cuda")
+    p.add_argument("--jobs", type=int, default=min(2, os.cpu_count() or 1),
+                   help="worker processes for rewiring, isotropy and the sweep (default: 2, or 1 on one core)")
+    p.add_argument("--threads", type=int, default=1, help="torch threads per worker (default 1)")
     return p
 
 
@@ -233,5 +239,5 @@ def parse_args(argv=None) -> StudyConfig:
         synth_scale=a.synth_scale, cache_dir=Path(a.cache_dir).resolve(), corpora=corpora,
         data_folders=data_folders, rewire_csv=a.rewire_csv, iso_manifest=a.iso_manifest,
         rewire_overrides=list(a.rewire_override), task_overrides=task_overrides, stages=stages, seed=a.seed,
-        device=a.device, feature_dtype=a.feature_dtype,
+        device=a.device, feature_dtype=a.feature_dtype, jobs=max(1, a.jobs), threads=max(1, a.threads),
     )

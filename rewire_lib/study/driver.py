@@ -8,7 +8,7 @@ second time) picks up where it stopped.
 """
 from __future__ import annotations
 
-import json
+import functools
 import time
 from pathlib import Path
 from typing import List, Optional
@@ -17,7 +17,7 @@ import torch
 
 from rewire_lib.study import stages as st
 from rewire_lib.study.config import BASE, STAGES, StudyConfig, parse_args
-from rewire_lib.study.units import StageLog, peak_rss_mib, reset_logging
+from rewire_lib.study.units import StageLog, TreeMemorySampler, reset_logging
 
 
 def _stage_settings(cfg: StudyConfig, name: str) -> dict:
@@ -53,10 +53,24 @@ def check_encoders(cfg: StudyConfig) -> None:
                                 "recipes/pretrain).")
 
 
+def _memoise_environment_description() -> None:
+    """SpeechBrain writes env.log (pip freeze, git revision) into every experiment folder, which costs
+    about a second per run; the environment does not change during a study, so it is computed once."""
+    import speechbrain.utils.logger as sb_logger
+
+    original = sb_logger.get_environment_description
+    if getattr(original, "_study_cached", False):
+        return
+    cached = functools.lru_cache(maxsize=1)(original)
+    cached._study_cached = True
+    sb_logger.get_environment_description = cached
+
+
 def run_study(cfg: StudyConfig) -> int:
     """Run the stages of `cfg.stages` in the canonical order; returns 0, or 1 if a stage or run failed."""
     reset_logging()
     check_encoders(cfg)
+    _memoise_environment_description()
     cfg.out.mkdir(parents=True, exist_ok=True)
     cfg.work.mkdir(parents=True, exist_ok=True)
     log = StageLog(cfg.out / "stages.json", cfg.as_dict())
@@ -70,6 +84,7 @@ def run_study(cfg: StudyConfig) -> int:
         print(f"\n[{i}/{len(todo)}] stage {name}", flush=True)
         t0 = time.time()
         counts, state = {}, "done"
+        sampler = TreeMemorySampler().__enter__()
         try:
             if name == "data":
                 counts = st.stage_data(cfg)
@@ -89,20 +104,25 @@ def run_study(cfg: StudyConfig) -> int:
                 computed = write_report(cfg, log.data)
         except Exception as err:
             seconds = time.time() - t0
-            log.record(name, f"failed: {type(err).__name__}: {err}", seconds, _stage_settings(cfg, name), counts)
+            sampler.__exit__(None, None, None)
+            log.record(name, f"failed: {type(err).__name__}: {err}", seconds, _stage_settings(cfg, name), counts,
+                       sampler.peak_mib)
             print(f"stage {name} FAILED after {seconds:.1f} s: {type(err).__name__}: {err}", flush=True)
             raise
         seconds = time.time() - t0
-        entry = log.record(name, state, seconds, _stage_settings(cfg, name), counts)
-        print(f"stage {name}: {state} in {seconds:.1f} s (peak memory {entry['peak_rss_mib']['self']:.0f} MiB, "
-              f"largest child {entry['peak_rss_mib']['children']:.0f} MiB)", flush=True)
+        sampler.__exit__(None, None, None)
+        entry = log.record(name, state, seconds, _stage_settings(cfg, name), counts, sampler.peak_mib)
+        tree = entry["peak_tree_rss_mib"]
+        print(f"stage {name}: {state} in {seconds:.1f} s (peak memory of all study processes together: "
+              f"{'n/a' if tree is None else f'{tree:.0f} MiB'}; this process {entry['peak_rss_mib']['self']:.0f} MiB)",
+              flush=True)
     if computed is not None:
         from rewire_lib.study.report import rewrite_tables
 
         rewrite_tables(cfg, computed, log.data)
-    mem = peak_rss_mib()
-    print(f"\nStudy finished in {time.time() - t_all:.1f} s; peak memory {max(mem.values()):.0f} MiB. "
-          f"Report: {cfg.out / 'summary.md'}", flush=True)
+    tree = log.data.get("peak_tree_rss_mib")
+    print(f"\nStudy finished in {time.time() - t_all:.1f} s; peak memory of all study processes together "
+          f"{'n/a' if tree is None else f'{tree:.0f} MiB'}. Report: {cfg.out / 'summary.md'}", flush=True)
     return status
 
 

@@ -170,6 +170,7 @@ def write_csv(path: Path, cfg: StudyConfig, cells: dict, iso_rows: List[dict], s
         for q in ("wall_time_s", "work_time_s"):
             add(section="stage", task=name, quantity=q, value=st.get(q))
         add(section="stage", task=name, quantity="peak_rss_mib", value=st["peak_rss_mib"]["self"])
+        add(section="stage", task=name, quantity="peak_tree_rss_mib", value=st.get("peak_tree_rss_mib"))
     buf = io.StringIO()
     w = csv.DictWriter(buf, CSV_FIELDS, lineterminator="\n")
     w.writeheader()
@@ -295,11 +296,11 @@ def write_markdown(path: Path, cfg: StudyConfig, cells: dict, iso_rows: List[dic
                 delta = "—" if enc == BASE else (("+" if (e["delta"] or 0) >= 0 else "") + fmt(e["delta"]))
                 ntr = "/".join(str(x) for x in e["num_train"])
                 L.append(f"| {frac:g} | {enc} | {ntr} | {test} | {delta} | {_verdict(e, enc)} | {steps} | {up} |")
+        L.append("")
+        for frac, _ in task_cells:
             fig = figures.get(f"{task}|{frac:g}")
             if fig:
-                L.append("")
-                L.append(f"![{task} {frac:g}]({fig})")
-                L.append("")
+                L.append(f"![{task} fraction {frac:g}]({fig})")
         L.append("")
 
     # isotropy
@@ -336,19 +337,20 @@ def write_markdown(path: Path, cfg: StudyConfig, cells: dict, iso_rows: List[dic
     # stages
     L.append("## Stages: settings, wall time and memory\n")
     L.append("Wall time of the latest invocation (small when its work was found done and skipped) and the work time "
-             "summed over every invocation; peak resident memory of this process so far (and of its largest child).\n")
-    L.append("| stage | status | wall time (s) | work time, all runs (s) | runs / skipped / failed | peak RSS MiB (child) | settings |")
-    L.append("|---|---|---|---|---|---|---|")
+             "summed over every invocation; peak resident memory of all the study's processes together during the "
+             "stage (sampled every 0.5 s), and of the main process alone.\n")
+    L.append("| stage | status | wall time (s) | work time, all runs (s) | runs / skipped / failed | peak RSS all processes MiB | main process MiB | settings |")
+    L.append("|---|---|---|---|---|---|---|---|")
     for name, st in stages.get("stages", {}).items():
         units = f"{st.get('units_run', '—')} / {st.get('units_skipped', '—')} / {st.get('units_failed', '—')}"
         settings = json.dumps(st.get("settings", {}), default=str)
         L.append(f"| {name} | {st['status']} | {fmt(st['wall_time_s'], 1)} | {fmt(st['work_time_s'], 1)} | {units} | "
-                 f"{fmt(st['peak_rss_mib']['self'], 0)} ({fmt(st['peak_rss_mib']['children'], 0)}) | `{settings}` |")
+                 f"{fmt(st.get('peak_tree_rss_mib'), 0)} | {fmt(st['peak_rss_mib']['self'], 0)} | `{settings}` |")
     if stages.get("stages"):
         L.append("")
         L.append(f"Total wall time of the latest invocation: {fmt(stages.get('total_wall_time_s'), 1)} s; "
                  f"work time over all invocations: {fmt(stages.get('total_work_time_s'), 1)} s; "
-                 f"peak memory: {fmt(stages.get('peak_rss_mib'), 0)} MiB.")
+                 f"peak memory of all study processes together: {fmt(stages.get('peak_tree_rss_mib'), 0)} MiB.")
     failed = [f for st in stages.get("stages", {}).values() for f in st.get("failed", [])]
     if failed:
         L.append("")

@@ -13,8 +13,6 @@ import traceback
 from pathlib import Path
 from typing import Dict, List, Optional
 
-from tqdm import tqdm
-
 from rewire_lib.paths import REPO_ROOT, shared_data_dir
 from rewire_lib.study.config import BASE, REAL_CORPORA, TASK_DATA, StudyConfig
 from rewire_lib.study.units import Unit, atomic_write_json, encoder_stamp, quiet
@@ -218,29 +216,40 @@ def rewire_unit(cfg: StudyConfig, view: str) -> Unit:
     return Unit(cfg.work / "rewire" / view, spec, outputs=["encoder/config.json"])
 
 
+def _rewire_one(cfg: StudyConfig, view: str) -> dict:
+    """In a worker: rewire `base` with one view (the recipe's own main(), its console to console.txt)."""
+    unit = rewire_unit(cfg, view)
+    s = unit.spec
+    unit.start()
+    argv = [str(REPO_ROOT / "recipes" / "rewire" / "hparams" / f"{view}.yaml"), "--encoder", s["encoder"],
+            "--train_csv", s["train_csv"], "--output_folder", str(unit.folder),
+            "--number_of_epochs", str(s["epochs"]), "--batch_size", str(s["batch_size"]),
+            "--tts_cache_dir", s["tts_cache_dir"], "--device", cfg.device, "--noprogressbar"] + \
+        _overrides(cfg.rewire_overrides)
+    t0 = time.time()
+    with quiet(unit.folder / "console.txt"):
+        _rewire_recipe().main(argv)
+    seconds = round(time.time() - t0, 2)
+    unit.finish(seconds=seconds)
+    return {"text": f"  {view}: rewired in {seconds:.1f} s -> {unit.folder / 'encoder'}", "seconds": seconds}
+
+
 def stage_rewire(cfg: StudyConfig) -> dict:
-    counts = {"units_run": 0, "units_skipped": 0}
+    from rewire_lib.study.pool import run_groups
+
+    todo = []
     for view in cfg.views:
         unit = rewire_unit(cfg, view)
         if unit.is_done():
             print(f"  {view}: already rewired ({unit.folder / 'encoder'}), skipped", flush=True)
-            counts["units_skipped"] += 1
             continue
         s = unit.spec
         print(f"  {view}: rewiring {s['encoder']} for {s['epochs']} epoch(s), {s['batch_size']} pairs a step, "
-              f"on {s['train_csv']}", flush=True)
-        unit.start()
-        argv = [str(REPO_ROOT / "recipes" / "rewire" / "hparams" / f"{view}.yaml"), "--encoder", s["encoder"],
-                "--train_csv", s["train_csv"], "--output_folder", str(unit.folder),
-                "--number_of_epochs", str(s["epochs"]), "--batch_size", str(s["batch_size"]),
-                "--tts_cache_dir", s["tts_cache_dir"], "--device", cfg.device] + _overrides(cfg.rewire_overrides)
-        t0 = time.time()
-        with quiet(unit.folder / "console.txt"):
-            _rewire_recipe().main(argv)
-        unit.finish(seconds=round(time.time() - t0, 2))
-        print(f"  {view}: done in {time.time() - t0:.1f} s -> {unit.folder / 'encoder'}", flush=True)
-        counts["units_run"] += 1
-    return counts
+              f"on {s['train_csv']} (log: {unit.folder / 'console.txt'})", flush=True)
+        todo.append(view)
+    msgs = run_groups(_rewire_one, cfg, [[v] for v in todo], cfg.jobs, cfg.threads, "rewire") if todo else []
+    return {"units_run": len(msgs), "units_skipped": len(cfg.views) - len(todo),
+            "unit_seconds": [m["seconds"] for m in msgs]}
 
 
 # ---------------------------------------------------------------------- 4. isotropy
@@ -250,34 +259,48 @@ def isotropy_unit(cfg: StudyConfig, name: str, encoder: str) -> Unit:
     return Unit(cfg.work / "isotropy" / name, spec, outputs=["rows.json"])
 
 
-def stage_isotropy(cfg: StudyConfig) -> dict:
+def _isotropy_one(cfg: StudyConfig, item) -> dict:
+    """In a worker: isotropy of one encoder, frame and utterance level, every layer -> rows.json."""
     from rewire_lib.isotropy import measure_encoder
-    from rewire_lib import isotropy_cli
 
-    counts = {"units_run": 0, "units_skipped": 0}
-    rows = []
-    for name, enc in encoder_paths(cfg).items():
-        unit = isotropy_unit(cfg, name, enc)
-        if unit.is_done():
+    name, enc = item
+    unit = isotropy_unit(cfg, name, enc)
+    unit.start()
+    t0 = time.time()
+    with quiet(None):
+        rows = measure_encoder(enc, unit.spec["manifest"], level="both", max_vectors=cfg.iso_max_vectors,
+                               seed=cfg.seed, encoder_name=name, device=cfg.device, progress=False)
+    atomic_write_json(unit.folder / "rows.json", rows)
+    unit.finish()
+    return {"text": f"  {name}: measured in {time.time() - t0:.1f} s"}
+
+
+def stage_isotropy(cfg: StudyConfig) -> dict:
+    from rewire_lib import isotropy_cli
+    from rewire_lib.study.pool import run_groups
+
+    encs = encoder_paths(cfg)
+    todo = []
+    for name, enc in encs.items():
+        if isotropy_unit(cfg, name, enc).is_done():
             print(f"  {name}: measured before, skipped", flush=True)
-            counts["units_skipped"] += 1
         else:
-            print(f"  {name}: frame and utterance level, every layer, on {unit.spec['manifest']}", flush=True)
-            unit.start()
-            with quiet(None):
-                r = measure_encoder(enc, unit.spec["manifest"], level="both", max_vectors=cfg.iso_max_vectors,
-                                    seed=cfg.seed, encoder_name=name, device=cfg.device, progress=True)
-            atomic_write_json(unit.folder / "rows.json", r)
-            unit.finish()
-            counts["units_run"] += 1
-        rows += json.loads((unit.folder / "rows.json").read_text())
-    settings = {"encoders": encoder_paths(cfg), "manifest": str(cfg.work / "data" / "isotropy.csv"), "level": "both",
+            todo.append((name, enc))
+    if todo:
+        print(f"  measuring {[n for n, _ in todo]}: frame and utterance level, every layer, on "
+              f"{cfg.work / 'data' / 'isotropy.csv'} (up to {cfg.iso_max_vectors} vectors per layer and level)",
+              flush=True)
+        run_groups(_isotropy_one, cfg, [[t] for t in todo], cfg.jobs, cfg.threads, "isotropy")
+    rows = []
+    for name, enc in encs.items():
+        rows += json.loads((isotropy_unit(cfg, name, enc).folder / "rows.json").read_text())
+    settings = {"encoders": encs, "manifest": str(cfg.work / "data" / "isotropy.csv"), "level": "both",
                 "layers": None, "centred": False, "normalised": False, "max_vectors": cfg.iso_max_vectors,
                 "seed": cfg.seed, "top_k": rows[0]["top_k"] if rows else 1}
     out = cfg.work / "isotropy"
     isotropy_cli.write_json(out / "isotropy.json", settings, rows)
     isotropy_cli.write_csv(out / "isotropy.csv", rows)
-    return counts
+    return {"units_run": len(todo), "units_skipped": len(encs) - len(todo)}
 
 
 # ---------------------------------------------------------------------- 5. downstream sweep
@@ -321,38 +344,44 @@ def downstream_argv(cfg: StudyConfig, unit: Unit) -> List[str]:
             *_overrides(s["overrides"])]
 
 
-def stage_downstream(cfg: StudyConfig) -> dict:
+def _downstream_one(cfg: StudyConfig, item) -> dict:
+    """In a worker: one downstream run through the task recipe's run_task; a failure is reported, not raised."""
     from rewire_lib.downstream import run_task
 
+    task, name, frac, seed, unit = item
+    label = f"{task} {name} frac{frac:g} seed{seed}"
+    unit.start()
+    t0 = time.time()
+    try:
+        with quiet(unit.folder / "console.txt"):
+            result = run_task(task, downstream_argv(cfg, unit))
+    except Exception as err:  # one failed run must not lose the others: counted, listed, reported
+        (unit.folder / "error.txt").write_text(traceback.format_exc())
+        return {"failed": True, "unit": str(unit.folder), "error": f"{type(err).__name__}: {err}",
+                "text": f"  FAILED {label}: {type(err).__name__}: {err} (see {unit.folder / 'error.txt'})"}
+    seconds = round(time.time() - t0, 2)
+    unit.finish(seconds=seconds)
+    metric = result.get("metric")
+    value = result.get(f"test_{metric}")
+    shown = f"test {metric} {value:.2f}" if isinstance(value, (int, float)) and not math.isnan(value) else "done"
+    return {"failed": False, "seconds": seconds, "text": f"  {label}: {shown} ({result.get('steps')} steps, {seconds:.1f} s)"}
+
+
+def stage_downstream(cfg: StudyConfig) -> dict:
+    from rewire_lib.study.pool import run_groups
+
     units = downstream_units(cfg)
-    counts = {"units": len(units), "units_run": 0, "units_skipped": 0, "units_failed": 0, "failed": []}
     todo = [u for u in units if not u[4].is_done()]
-    counts["units_skipped"] = len(units) - len(todo)
     print(f"  {len(units)} runs ({len(cfg.tasks)} tasks x {len(encoder_paths(cfg))} encoders x "
-          f"{len(cfg.fractions)} fractions x {len(cfg.seeds)} seeds); {counts['units_skipped']} done before, "
-          f"{len(todo)} to run", flush=True)
-    bar = tqdm(todo, desc="downstream", unit="run", dynamic_ncols=True)
-    for task, name, frac, seed, unit in bar:
-        bar.set_postfix_str(f"{task} {name} frac{frac:g} seed{seed}")
-        unit.start()
-        t0 = time.time()
-        try:
-            with quiet(unit.folder / "console.txt"):
-                result = run_task(task, downstream_argv(cfg, unit))
-        except Exception as err:  # one failed run must not lose the others: counted, listed, reported
-            counts["units_failed"] += 1
-            counts["failed"].append({"unit": str(unit.folder), "error": f"{type(err).__name__}: {err}"})
-            (unit.folder / "error.txt").write_text(traceback.format_exc())
-            tqdm.write(f"  FAILED {task} {name} frac{frac:g} seed{seed}: {type(err).__name__}: {err} "
-                       f"(see {unit.folder / 'error.txt'})")
-            continue
-        unit.finish(seconds=round(time.time() - t0, 2))
-        counts["units_run"] += 1
-        metric = result.get("metric")
-        value = result.get(f"test_{metric}")
-        tqdm.write(f"  {task} {name} frac{frac:g} seed{seed}: test {metric} "
-                   f"{value:.2f} ({result.get('steps')} steps, {time.time() - t0:.1f} s)"
-                   if isinstance(value, (int, float)) and not math.isnan(value) else
-                   f"  {task} {name} frac{frac:g} seed{seed}: done ({time.time() - t0:.1f} s)")
-    bar.close()
-    return counts
+          f"{len(cfg.fractions)} fractions x {len(cfg.seeds)} seeds); {len(units) - len(todo)} done before, "
+          f"{len(todo)} to run in {cfg.jobs} worker(s); each run's log: <run folder>/console.txt", flush=True)
+    groups = {}
+    for u in todo:  # one group per task and encoder, full fraction first (it fills the feature cache)
+        groups.setdefault((u[0], u[1]), []).append(u)
+    msgs = run_groups(_downstream_one, cfg, list(groups.values()), cfg.jobs, cfg.threads, "downstream")
+    failed = [{"unit": m["unit"], "error": m["error"]} for m in msgs if m.get("failed")]
+    secs = [m["seconds"] for m in msgs if not m.get("failed")]
+    return {"units": len(units), "units_run": len(msgs) - len(failed), "units_skipped": len(units) - len(todo),
+            "units_failed": len(failed), "failed": failed,
+            "unit_seconds_mean": round(sum(secs) / len(secs), 2) if secs else None,
+            "unit_seconds_max": max(secs) if secs else None}

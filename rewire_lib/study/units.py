@@ -95,17 +95,21 @@ class StageLog:
         self.data["settings"] = settings
         self.data.setdefault("stages", {})
 
-    def record(self, name: str, status: str, seconds: float, settings: dict, counts: dict) -> dict:
+    def record(self, name: str, status: str, seconds: float, settings: dict, counts: dict,
+               tree_peak_mib: Optional[float] = None) -> dict:
         old = self.data["stages"].get(name, {})
         entry = {
             "status": status, "wall_time_s": round(seconds, 2),
             "work_time_s": round(old.get("work_time_s", 0.0) + seconds, 2),
             "invocations": old.get("invocations", 0) + 1, "finished_at": time.strftime("%Y-%m-%d %H:%M:%S"),
-            "peak_rss_mib": peak_rss_mib(), "settings": settings, **counts,
+            "peak_rss_mib": peak_rss_mib(), "peak_tree_rss_mib": None if tree_peak_mib is None else round(tree_peak_mib, 1),
+            "settings": settings, **counts,
         }
         self.data["stages"][name] = entry
         stages = self.data["stages"].values()
         self.data["peak_rss_mib"] = max(max(s["peak_rss_mib"]["self"], s["peak_rss_mib"]["children"]) for s in stages)
+        trees = [s["peak_tree_rss_mib"] for s in stages if s.get("peak_tree_rss_mib") is not None]
+        self.data["peak_tree_rss_mib"] = max(trees) if trees else None
         self.data["total_wall_time_s"] = round(sum(s["wall_time_s"] for s in stages), 2)
         self.data["total_work_time_s"] = round(sum(s["work_time_s"] for s in stages), 2)
         self.save()
@@ -147,3 +151,60 @@ def reset_logging(level=logging.WARNING) -> None:
     handler.setLevel(level)
     root.addHandler(handler)
     root.setLevel(logging.INFO)
+
+
+class TreeMemorySampler:
+    """Peak resident memory of this process and all its descendants together (worker processes
+    included), sampled from /proc every `interval` seconds in a background thread (Linux; elsewhere
+    it reports None)."""
+
+    def __init__(self, interval: float = 0.5):
+        import threading
+
+        self.interval = interval
+        self.peak_mib: Optional[float] = None
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def __enter__(self):
+        if Path("/proc/self/stat").exists():
+            self._thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self._stop.set()
+        if self._thread.is_alive():
+            self._thread.join(timeout=2)
+
+    def sample(self) -> Optional[float]:
+        try:
+            page = os.sysconf("SC_PAGE_SIZE")
+            parents, rss = {}, {}
+            for d in os.listdir("/proc"):
+                if not d.isdigit():
+                    continue
+                try:
+                    with open(f"/proc/{d}/stat") as f:
+                        fields = f.read().rsplit(")", 1)[1].split()
+                    parents[int(d)] = int(fields[1])
+                    rss[int(d)] = int(fields[21]) * page
+                except (OSError, IndexError, ValueError):
+                    continue
+            me = os.getpid()
+            total = 0
+            for pid in rss:
+                p, hops = pid, 0
+                while p not in (0, 1, me) and hops < 64:
+                    p, hops = parents.get(p, 0), hops + 1
+                if p == me:
+                    total += rss[pid]
+            return total / 2 ** 20
+        except OSError:
+            return None
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            v = self.sample()
+            if v is not None:
+                self.peak_mib = v if self.peak_mib is None else max(self.peak_mib, v)
+            self._stop.wait(self.interval)

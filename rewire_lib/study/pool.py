@@ -1,0 +1,123 @@
+"""Run groups of work units in worker processes, one torch thread each, with one progress bar.
+
+Why: on a small CPU machine many tiny torch ops (the downstream heads) run far faster in one thread
+than in two threads that wait for each other (much worse still when other programs share the cores),
+so `jobs` single-threaded workers use the cores better than one multi-threaded process. Units of a
+group run in order in one worker (e.g. one task and encoder: the full training set first fills the
+feature cache that the smaller fractions then read); groups run in parallel.
+
+`fn(cfg, item)` runs in a worker and returns a dict message; it may also send progress messages
+with `report(msg)`. Workers are started with forkserver (clean processes that import torch once).
+"""
+from __future__ import annotations
+
+import multiprocessing
+import os
+import queue as queue_mod
+import sys
+from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+from typing import Callable, List, Optional
+
+from tqdm import tqdm
+
+_QUEUE = None
+
+
+class StderrProxy:
+    """stderr under another identity: SpeechBrain's tqdm-aware log handler (whose output goes to each
+    run's console.txt) then leaves our bar alone instead of redrawing it for every log line."""
+
+    def write(self, text):
+        return sys.__stderr__.write(text)
+
+    def flush(self):
+        sys.__stderr__.flush()
+
+    def isatty(self):
+        return sys.__stderr__.isatty()
+
+
+def _init_worker(q, threads: int) -> None:
+    global _QUEUE
+    _QUEUE = q
+    os.environ["OMP_NUM_THREADS"] = str(threads)
+    import torch
+
+    torch.set_num_threads(threads)
+
+
+def report(msg: dict) -> None:
+    """Send a progress message to the main process (printed there); in-process: printed at once."""
+    if _QUEUE is not None:
+        _QUEUE.put(msg)
+    else:
+        _print(msg, None)
+
+
+def _print(msg: dict, bar: Optional[tqdm]) -> None:
+    text = msg.get("text")
+    if text:
+        (bar.write if bar is not None else print)(text)
+        if bar is None:
+            sys.stdout.flush()
+
+
+def _call(fn, cfg, group) -> None:
+    """In a worker: run a group's items in order, each result goes to the main process at once."""
+    for item in group:
+        msg = fn(cfg, item)
+        _QUEUE.put(dict(msg, unit_done=True))
+
+
+def run_groups(fn: Callable, cfg, groups: List[list], jobs: int, threads: int, desc: str) -> List[dict]:
+    """Run `fn(cfg, item)` for every item of every group; returns the messages `fn` returned.
+
+    Each returned message counts one unit on the bar (its "text" is printed above the bar)."""
+    total = sum(len(g) for g in groups)
+    bar = tqdm(total=total, desc=desc, unit="unit", dynamic_ncols=True, file=StderrProxy())
+    results: List[dict] = []
+    if jobs <= 1 or len(groups) <= 1:
+        import torch
+
+        old = torch.get_num_threads()
+        torch.set_num_threads(max(threads, 1) if jobs <= 1 else max(threads * jobs, 1))
+        try:
+            for group in groups:
+                for item in group:
+                    msg = fn(cfg, item)
+                    results.append(msg)
+                    _print(msg, bar)
+                    bar.update(1)
+        finally:
+            torch.set_num_threads(old)
+            bar.close()
+        return results
+    ctx = multiprocessing.get_context("forkserver")
+    ctx.set_forkserver_preload(["rewire_lib.study.stages", "rewire_lib.downstream", "rewire_lib.isotropy"])
+    q = ctx.Queue()
+    jobs = min(jobs, len(groups))
+    try:
+        with ProcessPoolExecutor(max_workers=jobs, mp_context=ctx, initializer=_init_worker,
+                                 initargs=(q, threads)) as pool:
+            pending = {pool.submit(_call, fn, cfg, g) for g in groups}
+            while pending:
+                _drain(q, bar, results)
+                done, pending = wait(pending, timeout=0.5, return_when=FIRST_COMPLETED)
+                for fut in done:
+                    fut.result()  # a worker that died raises here
+            _drain(q, bar, results)
+    finally:
+        bar.close()
+    return results
+
+
+def _drain(q, bar: tqdm, results: List[dict]) -> None:
+    while True:
+        try:
+            msg = q.get_nowait()
+        except queue_mod.Empty:
+            return
+        _print(msg, bar)
+        if msg.get("unit_done"):
+            results.append(msg)
+            bar.update(1)

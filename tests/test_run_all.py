@@ -1,0 +1,161 @@
+"""run_all.sh / rewire_lib.study end to end in a tiny configuration, resumability, and the CLI."""
+import csv
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from rewire_lib.paths import REPO_ROOT
+from rewire_lib.study.config import PRESETS, TASKS, parse_args
+from rewire_lib.study.driver import main
+from rewire_lib.study.stages import downstream_units, effective_fraction
+from rewire_lib.study.units import Unit
+
+STAGE_NAMES = ["data", "tts", "rewire", "isotropy", "downstream", "report"]
+
+
+def tiny_argv(tmp: Path, encoder: Path, extra=()):
+    return ["--out", str(tmp / "results"), "--encoders", f"base={encoder}", "--data-dir", str(tmp / "data"),
+            "--synth-scale", "0.01", "--cache-dir", str(tmp / "cache"), "--tasks", "ks", "--views", "twin",
+            "--fractions", "1.0,0.1", "--seeds", "0,1", "--max-steps", "4", "--eval-every", "2",
+            "--train-cap", "24", "--eval-cap", "12", "--min-train", "8", "--rewire-utts", "8", "--rewire-batch", "4",
+            "--iso-utts", "30", "--iso-max-vectors", "300", "--jobs", "2", *extra]
+
+
+@pytest.fixture(scope="module")
+def tiny_study(tmp_path_factory, tiny_encoder_dir):
+    tmp = tmp_path_factory.mktemp("study")
+    t0 = time.time()
+    rc = main(tiny_argv(tmp, tiny_encoder_dir))
+    return tmp, rc, time.time() - t0, tiny_encoder_dir
+
+
+def test_tiny_study_writes_every_output(tiny_study):
+    tmp, rc, seconds, _ = tiny_study
+    assert rc == 0
+    res = tmp / "results"
+    cfg = parse_args(tiny_argv(tmp, Path("unused")))
+    for name in ["summary.md", "summary.csv", "stages.json", "figures/convergence_ks_frac1.png",
+                 "figures/convergence_ks_frac0.1.png", "figures/isotropy_per_layer.png",
+                 "study/rewire/twin/encoder/config.json", "study/isotropy/isotropy.json", "study/isotropy/isotropy.csv"]:
+        assert (res / name).is_file() and (res / name).stat().st_size > 0, name
+
+    stages = json.loads((res / "stages.json").read_text())
+    assert list(stages["stages"]) == STAGE_NAMES
+    for name, st in stages["stages"].items():
+        assert st["status"] == "done", (name, st["status"])
+        assert st["wall_time_s"] >= 0 and isinstance(st["settings"], dict)
+    assert stages["stages"]["downstream"]["units_run"] == 8 and stages["stages"]["downstream"]["units_failed"] == 0
+    assert stages["settings"]["tasks"] == ["ks"] and stages["peak_rss_mib"] > 0
+
+    # every downstream run has its result, and summary.csv holds exactly its test metric
+    rows = list(csv.DictReader(open(res / "summary.csv")))
+    tests = {(r["task"], r["encoder"], float(r["fraction"]), r["seed"]): float(r["value"])
+             for r in rows if r["section"] == "test" and r["seed"].isdigit()}
+    units = downstream_units(cfg)
+    assert len(units) == 8 and len(tests) == 8
+    for task, enc, frac, seed, unit in units:
+        result = json.loads((unit.folder / "result.json").read_text())
+        assert result["steps"] == 4 and result["seed"] == seed
+        assert tests[(task, enc, frac, str(seed))] == pytest.approx(result["test_accuracy"])
+    # the convergence rows: the baseline reaches its own best, with speed-up 1 (or its step is missing)
+    conv = [r for r in rows if r["section"] == "convergence" and r["encoder"] == "base" and r["quantity"] == "speedup"
+            and r["seed"].isdigit()]
+    assert conv and all(float(r["value"]) == 1.0 for r in conv)
+    twin_conv = [r for r in rows if r["section"] == "convergence" and r["encoder"] == "twin"
+                 and r["quantity"] == "steps_to_baseline_best" and r["seed"].isdigit()]
+    assert len(twin_conv) == 4 and all(r["value"] == "not reached" or int(r["value"]) in (2, 4) for r in twin_conv)
+    iso = {(r["encoder"], r["level"]) for r in rows if r["section"] == "isotropy"}
+    assert iso == {("base", "frame"), ("base", "utterance"), ("twin", "frame"), ("twin", "utterance")}
+
+    md = (res / "summary.md").read_text()
+    assert "### KS — accuracy (%), higher is better" in md
+    for enc in ("base", "twin"):
+        for frac in ("1", "0.1"):
+            assert f"| {frac} | {enc} |" in md
+    assert "**twin** beats `base` in" in md
+    assert "## Isotropy before and after rewiring" in md and "| base | frame |" in md and "| twin | utterance |" in md
+    for name in STAGE_NAMES:
+        assert f"| {name} | done |" in md
+
+
+def test_second_run_skips_everything(tiny_study):
+    tmp, rc, first_seconds, encoder = tiny_study
+    res = tmp / "results"
+    mtimes = {p: p.stat().st_mtime_ns for p in (res / "study" / "runs").rglob("result.json")}
+    t0 = time.time()
+    assert main(tiny_argv(tmp, encoder)) == 0
+    seconds = time.time() - t0
+    stages = json.loads((res / "stages.json").read_text())["stages"]
+    assert stages["rewire"]["units_run"] == 0 and stages["rewire"]["units_skipped"] == 1
+    assert stages["isotropy"]["units_run"] == 0 and stages["isotropy"]["units_skipped"] == 2
+    assert stages["downstream"]["units_run"] == 0 and stages["downstream"]["units_skipped"] == 8
+    assert stages["downstream"]["invocations"] == 2
+    assert stages["downstream"]["work_time_s"] > stages["downstream"]["wall_time_s"]
+    assert {p: p.stat().st_mtime_ns for p in mtimes} == mtimes  # no run was redone
+    assert seconds < max(30.0, first_seconds / 3), (seconds, first_seconds)
+
+
+def test_changed_settings_redo_only_what_they_touch(tiny_study):
+    tmp, _, _, encoder = tiny_study
+    # one more seed: only its 4 runs are new (the rewired encoder and the other runs are kept)
+    assert main(tiny_argv(tmp, encoder, ["--seeds", "0,1,2", "--stages", "downstream,report"])) == 0
+    st = json.loads((tmp / "results" / "stages.json").read_text())["stages"]["downstream"]
+    assert st["units_run"] == 4 and st["units_skipped"] == 8
+    md = (tmp / "results" / "summary.md").read_text()
+    assert "(n=3)" in md
+
+
+# ---------------------------------------------------------------------- pieces
+def test_unit_marker_and_spec_change(tmp_path):
+    u = Unit(tmp_path / "u", {"a": 1}, outputs=["out.txt"])
+    assert not u.is_done()
+    u.start()
+    (u.folder / "out.txt").write_text("x")
+    assert not u.is_done()  # started, not finished (a killed run)
+    u.finish()
+    assert u.is_done()
+    v = Unit(tmp_path / "u", {"a": 2}, outputs=["out.txt"])
+    assert not v.is_done()
+    v.start()  # another spec: the stale folder is removed before the unit runs again
+    assert not (tmp_path / "u" / "out.txt").exists()
+
+
+def test_effective_fraction_keeps_a_minimum():
+    assert effective_fraction(1.0, 100, 16) == 1.0
+    assert effective_fraction(0.01, 400, 16) == pytest.approx(0.04)
+    assert effective_fraction(0.5, 400, 16) == 0.5
+    assert effective_fraction(0.1, 10, 16) == 1.0
+
+
+def test_cli_presets_and_errors(capsys):
+    full = parse_args([])
+    assert full.tasks == TASKS and full.fractions == [1.0, 0.1, 0.01] and full.seeds == [0, 1, 2]
+    assert full.views == ["twin", "neutral", "mixed"] and len(full.seeds) >= 3
+    quick = parse_args(["--quick"])
+    assert quick.mode == "quick" and quick.views == PRESETS["quick"]["views"] and quick.seeds == [0]
+    cfg = parse_args(["--encoders", "base=facebook/wav2vec2-base,other=/x", "--max-steps", "ks=7", "--views", "none",
+                      "--task-override", "asr:lr=0.002", "--fractions", "0.1,1"])
+    assert cfg.encoders == {"base": "facebook/wav2vec2-base", "other": "/x"} and cfg.views == []
+    assert cfg.max_steps["ks"] == 7 and cfg.max_steps["asr"] == PRESETS["full"]["max_steps"]["asr"]
+    assert cfg.task_overrides == {"asr": ["lr=0.002"]} and cfg.fractions == [1.0, 0.1]
+    for bad in (["--tasks", "xx"], ["--encoders", "other=/x"], ["--views", "twins"], ["--fractions", "2"],
+                ["--encoders", "base=/x,twin=/y"]):
+        with pytest.raises(SystemExit):
+            parse_args(bad)
+    assert "error" in capsys.readouterr().err
+
+
+def test_missing_encoder_is_a_clear_error(tmp_path, capsys):
+    rc = main(["--out", str(tmp_path / "r"), "--encoders", f"base={tmp_path / 'nothing'}"])
+    assert rc == 2
+    assert "no model there" in capsys.readouterr().out
+
+
+def test_run_all_sh_help():
+    out = subprocess.run([str(REPO_ROOT / "run_all.sh"), "--help"], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0 and "--quick" in out.stdout and "--encoders" in out.stdout
