@@ -44,6 +44,7 @@ def read_csv(path: str | os.PathLike) -> list[dict]:
 
 def atomic_write_csv(path: str | os.PathLike, fields: list[str], rows: list[dict]) -> None:
     path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     with open(tmp, "w", newline="") as f:
         writer = csv.DictWriter(f, fields, extrasaction="ignore")
