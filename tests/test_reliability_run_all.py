@@ -1,0 +1,46 @@
+"""run_all.sh with bad options: a clear one-line error (exit code 2 or 1), never a Python traceback,
+and no study started. Each case stops before any stage does work (a few seconds each)."""
+import subprocess
+
+import pytest
+
+from rewire_lib.paths import REPO_ROOT
+
+CASES = {
+    "unknown_task": (["--tasks", "ks,foo"], "--tasks: unknown ['foo']"),
+    "unknown_stage": (["--stages", "foo"], "--stages: unknown ['foo']"),
+    "missing_encoder": (["--encoders", "base=/nonexistent/enc"], "/nonexistent/enc: no model there"),
+    "missing_data_folder": (["--data-folder", "ks=/nonexistent/ks", "--stages", "data"],
+                            "/nonexistent/ks/train.csv does not exist"),
+}
+# Found by these tests; for the run_all/study owner (rewire_lib/study was being written at the time):
+GAPS = {
+    "fraction_not_a_number": (["--fractions", "0.1,abc"], "--fractions"),
+    "seed_not_an_integer": (["--seeds", "x"], "--seeds"),
+    "missing_corpus_folder": (["--librispeech", "/nonexistent/ls", "--stages", "data"], "/nonexistent/ls"),
+}
+
+
+def _run(args, tmp_path):
+    return subprocess.run([str(REPO_ROOT / "run_all.sh"), *args, "--out", str(tmp_path / "out")], cwd=REPO_ROOT,
+                          capture_output=True, text=True, timeout=120)
+
+
+def _check(proc, words):
+    text = proc.stdout + proc.stderr
+    assert proc.returncode in (1, 2), text[-2000:]
+    assert words in text, text[-2000:]
+    assert "Traceback (most recent call last)" not in text, text[-3000:]
+
+
+@pytest.mark.parametrize("case", list(CASES))
+def test_bad_option_is_a_clear_error(case, tmp_path):
+    args, words = CASES[case]
+    _check(_run(args, tmp_path), words)
+
+
+@pytest.mark.parametrize("case", list(GAPS))
+@pytest.mark.xfail(strict=True, reason="run_all.sh still prints a traceback for this option (reported)")
+def test_bad_option_known_gaps(case, tmp_path):
+    args, words = GAPS[case]
+    _check(_run(args, tmp_path), words)
