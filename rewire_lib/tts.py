@@ -203,7 +203,9 @@ class FestivalBackend(TTSBackend):
 
         if tmp_dir is not None:
             os.makedirs(tmp_dir, exist_ok=True)
-        work = tempfile.mkdtemp(prefix=".festival-", dir=tmp_dir)
+        # absolute: text2wave runs with cwd=work, so a relative tmp_dir (a relative cache root) would make it
+        # look for work/work/in.txt, print nothing, exit 0, and every text would be cached as "no audio"
+        work = os.path.abspath(tempfile.mkdtemp(prefix=".festival-", dir=tmp_dir))
         try:
             txt = os.path.join(work, "in.txt")
             out = os.path.join(work, "out.wav")
