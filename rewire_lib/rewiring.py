@@ -134,10 +134,21 @@ class RewireBrain(NonFiniteGuard, ShardedBatchesDDP, sb.Brain):
         return unwrap_ddp(self.modules.featurizer).weights().detach().cpu().tolist()
 
     def save_encoder(self, folder) -> None:
-        """Write the rewired encoder (save_pretrained) plus the learned layer weights."""
-        unwrap_ddp(self.modules.encoder).save_pretrained(folder)
-        weights = self.layer_weights()
-        (Path(folder) / "rewire_layer_weights.json").write_text(json.dumps(weights))
+        """Write the rewired encoder (save_pretrained) plus the learned layer weights, crash-safe:
+        into a temporary sibling folder first, then swapped in, so `folder` is never half-written."""
+        import os
+        import shutil
+
+        folder = Path(folder)
+        tmp = folder.with_name(f".{folder.name}.{os.getpid()}.tmp")
+        shutil.rmtree(tmp, ignore_errors=True)
+        unwrap_ddp(self.modules.encoder).save_pretrained(tmp)
+        (tmp / "rewire_layer_weights.json").write_text(json.dumps(self.layer_weights()))
+        old = folder.with_name(f".{folder.name}.{os.getpid()}.old")
+        if folder.exists():
+            os.replace(folder, old)
+        os.replace(tmp, folder)
+        shutil.rmtree(old, ignore_errors=True)
 
 
 def build_rewire_dataset(train_csv, builder: PairBuilder, output_folder, data_root=None, sorting="bucket",
