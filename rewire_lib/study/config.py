@@ -25,17 +25,17 @@ TASK_DATA = {
 PRESETS = {
     "full": dict(
         tasks=TASKS, fractions=[1.0, 0.1, 0.01], seeds=[0, 1, 2], views=VIEWS,
-        train_cap=400, eval_cap=100, min_train=16,
-        max_steps={"pr": 120, "asr": 120, "ks": 100, "ic": 100, "sid": 100, "er": 100},
-        eval_every=10, rewire_utts=160, rewire_epochs={"twin": 1, "neutral": 1, "mixed": 1}, rewire_batch=8,
-        iso_utts=300, iso_max_vectors=4000,
+        train_cap=200, eval_cap=60, min_train=16,
+        max_steps={t: 60 for t in TASKS},
+        eval_every=10, rewire_utts=96, rewire_epochs={"twin": 1, "neutral": 1, "mixed": 1}, rewire_batch=8,
+        iso_utts=200, iso_max_vectors=4000,
     ),
     "quick": dict(
         tasks=["ks", "sid"], fractions=[1.0, 0.1], seeds=[0], views=["twin"],
-        train_cap=200, eval_cap=60, min_train=16,
-        max_steps={t: 40 for t in TASKS},
-        eval_every=10, rewire_utts=48, rewire_epochs={"twin": 1, "neutral": 1, "mixed": 1}, rewire_batch=8,
-        iso_utts=120, iso_max_vectors=2000,
+        train_cap=160, eval_cap=50, min_train=16,
+        max_steps={t: 30 for t in TASKS},
+        eval_every=10, rewire_utts=32, rewire_epochs={"twin": 1, "neutral": 1, "mixed": 1}, rewire_batch=8,
+        iso_utts=100, iso_max_vectors=2000,
     ),
 }
 

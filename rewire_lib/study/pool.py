@@ -62,21 +62,30 @@ def _print(msg: dict, bar: Optional[tqdm]) -> None:
             sys.stdout.flush()
 
 
-def _call(fn, cfg, group) -> None:
-    """In a worker: run a group's items in order, each result goes to the main process at once."""
+def _call(fn, cfg, group) -> List[dict]:
+    """In a worker: run a group's items in order; each result is shown at once (queue) and returned."""
+    import resource
+
+    out = []
     for item in group:
         msg = fn(cfg, item)
+        msg["worker_peak_rss_mib"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
         _QUEUE.put(dict(msg, unit_done=True))
+        out.append(msg)
+    return out
 
 
-def run_groups(fn: Callable, cfg, groups: List[list], jobs: int, threads: int, desc: str) -> List[dict]:
+def run_groups(fn: Callable, cfg, groups: List[list], jobs: int, threads: int, desc: str,
+               isolate: bool = False) -> List[dict]:
     """Run `fn(cfg, item)` for every item of every group; returns the messages `fn` returned.
 
-    Each returned message counts one unit on the bar (its "text" is printed above the bar)."""
+    Each message counts one unit on the bar (its "text" is printed above the bar). With jobs <= 1 (or a
+    single group) the items run in this process, unless `isolate` asks for a worker process anyway
+    (work whose memory should be returned to the system when it ends, such as rewiring)."""
     total = sum(len(g) for g in groups)
     bar = tqdm(total=total, desc=desc, unit="unit", dynamic_ncols=True, file=StderrProxy())
     results: List[dict] = []
-    if jobs <= 1 or len(groups) <= 1:
+    if not isolate and (jobs <= 1 or len(groups) <= 1):
         import torch
 
         old = torch.get_num_threads()
@@ -95,29 +104,35 @@ def run_groups(fn: Callable, cfg, groups: List[list], jobs: int, threads: int, d
     ctx = multiprocessing.get_context("forkserver")
     ctx.set_forkserver_preload(["rewire_lib.study.stages", "rewire_lib.downstream", "rewire_lib.isotropy"])
     q = ctx.Queue()
-    jobs = min(jobs, len(groups))
+    workers = max(1, min(jobs, len(groups)))
+    # one worker alone gets the threads of all the jobs
+    per_worker = threads if workers > 1 or jobs <= 1 else threads * jobs
     try:
-        with ProcessPoolExecutor(max_workers=jobs, mp_context=ctx, initializer=_init_worker,
-                                 initargs=(q, threads)) as pool:
-            pending = {pool.submit(_call, fn, cfg, g) for g in groups}
+        with ProcessPoolExecutor(max_workers=workers, mp_context=ctx, initializer=_init_worker,
+                                 initargs=(q, per_worker)) as pool:
+            futures = [pool.submit(_call, fn, cfg, g) for g in groups]
+            pending = set(futures)
             while pending:
-                _drain(q, bar, results)
+                _drain(q, bar)
                 done, pending = wait(pending, timeout=0.5, return_when=FIRST_COMPLETED)
                 for fut in done:
                     fut.result()  # a worker that died raises here
-            _drain(q, bar, results)
+            _drain(q, bar)
+        for fut in futures:  # the authoritative results (queue messages are for showing progress)
+            results.extend(fut.result())
+        bar.n = total
+        bar.refresh()
     finally:
         bar.close()
     return results
 
 
-def _drain(q, bar: tqdm, results: List[dict]) -> None:
+def _drain(q, bar: tqdm) -> None:
     while True:
         try:
             msg = q.get_nowait()
         except queue_mod.Empty:
             return
         _print(msg, bar)
-        if msg.get("unit_done"):
-            results.append(msg)
+        if msg.get("unit_done") and bar.n < bar.total:
             bar.update(1)

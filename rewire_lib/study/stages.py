@@ -247,9 +247,10 @@ def stage_rewire(cfg: StudyConfig) -> dict:
         print(f"  {view}: rewiring {s['encoder']} for {s['epochs']} epoch(s), {s['batch_size']} pairs a step, "
               f"on {s['train_csv']} (log: {unit.folder / 'console.txt'})", flush=True)
         todo.append(view)
-    msgs = run_groups(_rewire_one, cfg, [[v] for v in todo], cfg.jobs, cfg.threads, "rewire") if todo else []
+    msgs = run_groups(_rewire_one, cfg, [[v] for v in todo], cfg.jobs, cfg.threads, "rewire", isolate=True) \
+        if todo else []
     return {"units_run": len(msgs), "units_skipped": len(cfg.views) - len(todo),
-            "unit_seconds": [m["seconds"] for m in msgs]}
+            "unit_seconds": [m["seconds"] for m in msgs], "worker_peak_rss_mib": _worker_peak(msgs)}
 
 
 # ---------------------------------------------------------------------- 4. isotropy
@@ -384,4 +385,9 @@ def stage_downstream(cfg: StudyConfig) -> dict:
     return {"units": len(units), "units_run": len(msgs) - len(failed), "units_skipped": len(units) - len(todo),
             "units_failed": len(failed), "failed": failed,
             "unit_seconds_mean": round(sum(secs) / len(secs), 2) if secs else None,
-            "unit_seconds_max": max(secs) if secs else None}
+            "unit_seconds_max": max(secs) if secs else None, "worker_peak_rss_mib": _worker_peak(msgs)}
+
+
+def _worker_peak(msgs: List[dict]):
+    peaks = [m["worker_peak_rss_mib"] for m in msgs if m.get("worker_peak_rss_mib") is not None]
+    return max(peaks) if peaks else None
