@@ -95,7 +95,7 @@ def train_probe(train_x, train_y, test_x, test_y, classes: int, steps: int, lr: 
     with torch.no_grad():
         acc = float((logits(test_x).argmax(-1) == test_y).float().mean())
         train_acc = float((logits(train_x).argmax(-1) == train_y).float().mean())
-    return {"test_acc": acc, "train_acc": train_acc, "layer_weights": [round(float(w), 4) for w in weigh.weights()]}
+    return {"test_acc": acc, "train_acc": train_acc, "layer_weights": [round(float(w), 4) for w in weigh.weights().detach()]}
 
 
 def main(argv=None):
