@@ -23,7 +23,6 @@ import logging
 import random
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -52,20 +51,18 @@ def patch_brain() -> None:
         def on_stage_start(self, stage, epoch=None):
             super().on_stage_start(stage, epoch)
             if stage == sb.Stage.TRAIN:
-                self._bench_batches, self._bench_t_end = 0, None
-                common.sync(str(self.device))
-                self._bench_t0 = time.perf_counter()
+                self._bench_batches, self._bench_clock = 0, None
+                self._bench_start = common.Clock(str(self.device)).__enter__()
 
         def on_fit_batch_end(self, batch, outputs, loss, should_step):
             super().on_fit_batch_end(batch, outputs, loss, should_step)
             self._bench_batches += 1
-            common.sync(str(self.device))
-            self._bench_t_end = time.perf_counter()
+            self._bench_clock = self._bench_start.stop()  # the clock as of the last batch's end
 
         def on_stage_end(self, stage, stage_loss, epoch=None):
-            if stage == sb.Stage.TRAIN and self._bench_t_end is not None:
+            if stage == sb.Stage.TRAIN and self._bench_clock is not None:
                 EPOCHS.append({"epoch": epoch, "batches": self._bench_batches,
-                               "seconds": self._bench_t_end - self._bench_t0,
+                               "seconds": self._bench_clock.seconds, "cpu_seconds": self._bench_clock.cpu_seconds,
                                "cache": self.cache.stats() if self.cache is not None else None})
             super().on_stage_end(stage, stage_loss, epoch)
 
@@ -122,10 +119,13 @@ def bench_task(task: str, encoder_dir: str, args, work: Path) -> dict:
             epochs = run_recipe(task, encoder_dir, csvs, cache, args.epochs, args, work / f"rep{rep}")
             runs[cache].append(epochs)
             print(f"  [{task}] rep {rep + 1}/{args.reps} cache={cache:6s}: epochs "
-                  + ", ".join(f"{e['seconds']:.2f}" for e in epochs) + " s", flush=True)
+                  + ", ".join(f"{e['seconds']:.2f}" for e in epochs) + " s (CPU "
+                  + ", ".join(f"{e['cpu_seconds']:.2f}" for e in epochs) + " s)", flush=True)
     later = {k: common.median(e["seconds"] for r in v for e in r[1:]) for k, v in runs.items()}
     first = {k: common.median(r[0]["seconds"] for r in v) for k, v in runs.items()}
+    later_cpu = {k: common.median(e["cpu_seconds"] for r in v for e in r[1:]) for k, v in runs.items()}
     return {"task": task, "data": TASK_DATA[task], "train_utterances": n, "audio_seconds": audio_s,
+            "later_epoch_cpu_s": later_cpu, "cpu_speedup": later_cpu["none"] / later_cpu["memory"],
             "epochs_per_run": args.epochs, "runs": runs,
             "first_epoch_s": first, "later_epoch_s": later,
             "speedup": later["none"] / later["memory"],
@@ -135,12 +135,14 @@ def bench_task(task: str, encoder_dir: str, args, work: Path) -> dict:
 def print_tables(result: dict) -> str:
     rows = [[r["task"].upper(), r["data"], r["train_utterances"], f"{r['audio_seconds'] / r['train_utterances']:.2f}",
              r["later_epoch_s"]["none"], r["first_epoch_s"]["memory"], r["later_epoch_s"]["memory"],
-             f"{r['speedup']:.1f}x"] for r in result["results"]]
+             f"{r['speedup']:.1f}x", r["later_epoch_cpu_s"]["none"], r["later_epoch_cpu_s"]["memory"],
+             f"{r['cpu_speedup']:.1f}x"] for r in result["results"]]
     s = result["settings"]
     text = common.table(
         f"Downstream epoch, frozen encoder {result['encoder']['name']} ({result['encoder']['params_M']} M params), "
         f"{s['device']}: seconds (median over epochs 2..{s['epochs']} of {s['reps']} run(s) each)",
-        ["task", "data", "train utts", "mean s", "no cache", "cache: 1st epoch (fill)", "cache: later", "speed-up"],
+        ["task", "data", "train utts", "mean s", "no cache", "cache: 1st epoch (fill)", "cache: later", "speed-up",
+         "CPU-s no cache", "CPU-s cache", "CPU speed-up"],
         rows)
     print(text, flush=True)
     return text

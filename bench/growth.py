@@ -25,7 +25,6 @@ import json
 import logging
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -45,7 +44,8 @@ def child_rewire(args) -> dict:
     rt._recipe()  # import the recipe before the baseline memory reading
     before = common.rss_mb()
     epochs = rt.ours_loop(args.encoder_dir, manifest, "twin", opts)
-    return {"seconds": epochs[0]["seconds"], "items": epochs[0]["pairs"], "rss_before_mb": before}
+    return {"seconds": epochs[0]["seconds"], "cpu_seconds": epochs[0]["cpu_seconds"], "items": epochs[0]["pairs"],
+            "rss_before_mb": before}
 
 
 def child_isotropy(args) -> dict:
@@ -55,12 +55,12 @@ def child_isotropy(args) -> dict:
     manifest = common.bench_manifest(args.data_equal, args.n, seed=args.seed)
     encoder = SpeechEncoder.from_pretrained(args.encoder_dir)
     before = common.rss_mb()
-    t0 = time.perf_counter()
-    rows = measure_encoder(encoder, str(manifest), level="both", max_vectors=args.max_vectors, seed=args.seed,
-                           batch_size=8, device=args.device, progress=False)
-    seconds = time.perf_counter() - t0
+    with common.Clock(args.device) as clock:
+        rows = measure_encoder(encoder, str(manifest), level="both", max_vectors=args.max_vectors, seed=args.seed,
+                               batch_size=8, device=args.device, progress=False)
     frame = [r for r in rows if r["level"] == "frame"][0]
-    return {"seconds": seconds, "items": args.n, "rss_before_mb": before, "frames_seen": frame["n_seen"],
+    return {"seconds": clock.seconds, "cpu_seconds": clock.cpu_seconds, "items": args.n, "rss_before_mb": before,
+            "frames_seen": frame["n_seen"],
             "vectors_kept": frame["n_vectors"]}
 
 
@@ -75,7 +75,8 @@ def child_downstream(args) -> dict:
         before = common.rss_mb()
         opts = dc.build_parser().parse_args(["--device", args.device])
         epochs = dc.run_recipe("ks", args.encoder_dir, csvs, "memory", 1, opts, Path(work))
-    return {"seconds": epochs[0]["seconds"], "items": n, "rss_before_mb": before,
+    return {"seconds": epochs[0]["seconds"], "cpu_seconds": epochs[0]["cpu_seconds"], "items": n,
+            "rss_before_mb": before,
             "cache_entries": (epochs[0]["cache"] or {}).get("entries")}
 
 
@@ -98,10 +99,11 @@ def print_tables(result: dict) -> str:
         lo, hi = m[0], m[-1]
         k = hi["items"] / lo["items"]
         rows.append([r["what"]] + [f"{x['items']}: {x['seconds']:.2f} s" for x in m]
-                    + [f"{hi['seconds'] / lo['seconds']:.2f} (x{k:g} data)"]
+                    + [f"{hi['seconds'] / lo['seconds']:.2f} (x{k:g} data)",
+                       f"{hi['cpu_seconds'] / lo['cpu_seconds']:.2f}"]
                     + [f"{x['peak_rss_mb']:.0f} MB (+{x['peak_rss_mb'] - x['rss_before_mb']:.0f})" for x in m])
     f = result["settings"]["factors"]
-    headers = (["work"] + [f"time at {x}x" for x in f] + ["time ratio"]
+    headers = (["work"] + [f"time at {x}x" for x in f] + ["time ratio", "CPU-time ratio"]
                + [f"peak RSS at {x}x (+work)" for x in f])
     text = common.table(f"Growth (encoder {result['encoder']['name']}, {result['settings']['device']}, "
                         f"{result['settings']['torch_threads']} torch thread(s); one fresh process each)",
@@ -154,7 +156,7 @@ def main(argv=None) -> dict:
             m = common.run_child(child)
             m.update(factor=factor, n=n, load_avg=common.load_average())
             measurements.append(m)
-            print(f"  [{what}] {n} utterances: {m['seconds']:.2f} s, peak RSS {m['peak_rss_mb']:.0f} MB "
+            print(f"  [{what}] {n} utterances: {m['seconds']:.2f} s (CPU {m['cpu_seconds']:.2f} s), peak RSS {m['peak_rss_mb']:.0f} MB "
                   f"(before the work {m['rss_before_mb']:.0f} MB)", flush=True)
         results.append({"what": what, "measurements": measurements})
     result = {"script": SCRIPT, "machine": common.machine(), "encoder": encoder,

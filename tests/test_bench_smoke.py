@@ -50,14 +50,18 @@ def test_rewire_throughput_smoke(bench_env, capsys):
         "--out", str(bench_env["out"])])
     printed = capsys.readouterr().out
     assert "Rewiring throughput, pairs/s" in printed and "ours/authors" in printed and "ours/bound" in printed
+    assert "pairs per CPU-second" in printed
     saved = json.loads((bench_env["out"] / "rewire_throughput.json").read_text())
     assert [(r["dataset"], r["view"]) for r in saved["results"]] == [("synth-mixed", "twin"), ("synth-mixed", "neutral")]
     for r in saved["results"]:
         assert set(r["median_pairs_per_s"]) == {"authors", "ours", "bound"}
         assert all(v > 0 for v in r["median_pairs_per_s"].values())
         assert {"speedup_vs_authors", "share_of_bound", "mean_padding_share", "authors_tts_share"} <= set(r)
+        assert set(r["median_pairs_per_cpu_s"]) == {"authors", "ours", "bound"}
+        assert {"cpu_speedup_vs_authors", "cpu_share_of_bound"} <= set(r)
         for loop in ("authors", "ours", "bound"):
-            assert len(r["runs"][loop]) == 1 and r["runs"][loop][0]["pairs"] == 8
+            (run,) = r["runs"][loop]
+            assert run["pairs"] == 8 and run["seconds"] > 0 and run["cpu_seconds"] > 0
     assert saved["encoder"]["params_M"] > 0 and saved["settings"]["torch_threads"] == 1
     assert result["table"] == saved["table"]
 
@@ -73,7 +77,7 @@ def test_downstream_cache_smoke(bench_env, capsys):
     saved = json.loads((bench_env["out"] / "downstream_cache.json").read_text())
     (r,) = saved["results"]
     assert r["task"] == "ks" and r["train_utterances"] == 12
-    assert set(r["later_epoch_s"]) == {"none", "memory"} and r["speedup"] > 0
+    assert set(r["later_epoch_s"]) == {"none", "memory"} and r["speedup"] > 0 and r["cpu_speedup"] > 0
     cached_run = r["runs"]["memory"][0]
     assert len(cached_run) == 2
     assert cached_run[0]["cache"]["misses"] == 12 and cached_run[1]["cache"]["hits"] >= 12  # filled, then read
