@@ -66,13 +66,15 @@ def test_recipe_end_to_end(task, tiny_encoder_dir, corpus, tmp_path):
 
 
 def test_yaml_pairs_differ_only_in_encoder():
+    """rewired.yaml extends baseline.yaml and overrides nothing but `encoder`."""
+    from rewire_lib.recipe import resolve_extends
+
     for task in TASKS:
         folder = REPO_ROOT / "recipes" / task / "hparams"
-        base = (folder / "baseline.yaml").read_text().splitlines()
-        rew = (folder / "rewired.yaml").read_text().splitlines()
-        assert len(base) == len(rew), task
-        diff = [(a, b) for a, b in zip(base, rew) if a != b]
-        assert len(diff) == 1 and all(x.startswith("encoder:") for x in diff[0]), (task, diff)
+        base_file, overrides = resolve_extends(str(folder / "rewired.yaml"), "")
+        assert base_file == folder / "baseline.yaml", task
+        assert list(overrides) == ["encoder"], (task, list(overrides))
+        assert str(overrides["encoder"].value).endswith("results/rewire/twin/encoder"), task
 
 
 def test_train_py_from_repo_root(tiny_encoder_dir, corpus, tmp_path):
