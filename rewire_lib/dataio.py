@@ -112,6 +112,25 @@ def durations(dataset: DynamicItemDataset) -> list[float]:
         return [float(item["duration"]) for item in dataset]
 
 
+def length_bucketed_batches(lengths, batch_size: int, rng: random.Random, pool_batches: int = 50,
+                            drop_last: bool = True, shuffle: bool = True) -> list[list[int]]:
+    """Shuffle, cut into pools of `pool_batches` batches, sort each pool by length, batch, shuffle
+    the batches: batches of similar lengths (little padding) in random order."""
+    order = list(range(len(lengths)))
+    if shuffle:
+        rng.shuffle(order)
+    pool = batch_size * pool_batches
+    batches = []
+    for start in range(0, len(order), pool):
+        chunk = sorted(order[start:start + pool], key=lambda i: lengths[i])
+        batches.extend(chunk[i:i + batch_size] for i in range(0, len(chunk), batch_size))
+    if drop_last:
+        batches = [b for b in batches if len(b) == batch_size]
+    if shuffle:
+        rng.shuffle(batches)
+    return batches
+
+
 class BucketBatchSampler(Sampler):
     """Fixed-size batches of similar lengths, in random order, reproducible per (seed, epoch).
 
@@ -146,20 +165,9 @@ class BucketBatchSampler(Sampler):
         self.epoch = epoch
 
     def _batches(self) -> list[list[int]]:
-        order = list(range(len(self.lengths)))
         rng = random.Random(self.seed * 100003 + self.epoch)
-        if self.shuffle:
-            rng.shuffle(order)
-        pool = self.batch_size * self.pool_batches
-        batches = []
-        for start in range(0, len(order), pool):
-            chunk = sorted(order[start:start + pool], key=lambda i: self.lengths[i])
-            batches.extend(chunk[i:i + self.batch_size] for i in range(0, len(chunk), self.batch_size))
-        if self.drop_last:
-            batches = [b for b in batches if len(b) == self.batch_size]
-        if self.shuffle:
-            rng.shuffle(batches)
-        return batches
+        return length_bucketed_batches(self.lengths, self.batch_size, rng, self.pool_batches,
+                                       drop_last=self.drop_last, shuffle=self.shuffle)
 
     def _local_batches(self) -> list[list[int]]:
         batches = self._batches()

@@ -19,6 +19,7 @@ from typing import Iterable, Iterator, List, Sequence
 import torch
 from torch.utils.data import Dataset, Sampler
 
+from rewire_lib.dataio import length_bucketed_batches
 from rewire_lib.logs import atomic_write_csv
 
 logger = logging.getLogger(__name__)
@@ -287,16 +288,7 @@ class StepsBatchSampler(Sampler):
         self.epoch = epoch
 
     def _one_pass(self, rng: random.Random) -> List[List[int]]:
-        order = list(range(len(self.lengths)))
-        rng.shuffle(order)
-        pool = self.batch_size * self.pool_batches
-        batches = []
-        for start in range(0, len(order), pool):
-            chunk = sorted(order[start:start + pool], key=lambda i: self.lengths[i])
-            batches.extend(chunk[i:i + self.batch_size] for i in range(0, len(chunk), self.batch_size))
-        batches = [b for b in batches if len(b) == self.batch_size]
-        rng.shuffle(batches)
-        return batches
+        return length_bucketed_batches(self.lengths, self.batch_size, rng, self.pool_batches)
 
     def __iter__(self) -> Iterator[List[int]]:
         rng = random.Random(self.seed * 1000003 + self.epoch)
