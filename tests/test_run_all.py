@@ -142,7 +142,7 @@ def test_cli_presets_and_errors(capsys):
                       "--task-override", "asr:lr=0.002", "--fractions", "0.1,1"])
     assert cfg.encoders == {"base": "facebook/wav2vec2-base", "other": "/x"} and cfg.views == []
     assert cfg.max_steps["ks"] == 7 and cfg.max_steps["asr"] == PRESETS["full"]["max_steps"]["asr"]
-    assert cfg.task_overrides == {"asr": ["lr=0.002"]} and cfg.fractions == [1.0, 0.1]
+    assert cfg.task_overrides["asr"][-1] == "lr=0.002" and cfg.fractions == [1.0, 0.1]
     for bad in (["--tasks", "xx"], ["--encoders", "other=/x"], ["--views", "twins"], ["--fractions", "2"],
                 ["--encoders", "base=/x,twin=/y"]):
         with pytest.raises(SystemExit):

@@ -26,14 +26,14 @@ PRESETS = {
     "full": dict(
         tasks=TASKS, fractions=[1.0, 0.1, 0.01], seeds=[0, 1, 2], views=VIEWS,
         train_cap=200, eval_cap=60, min_train=16,
-        max_steps={t: 60 for t in TASKS},
+        max_steps={**{t: 60 for t in TASKS}, "asr": 30}, task_overrides={"asr": ["batch_size=8"]},
         eval_every=10, rewire_utts=96, rewire_epochs={"twin": 1, "neutral": 1, "mixed": 1}, rewire_batch=8,
         iso_utts=200, iso_max_vectors=4000,
     ),
     "quick": dict(
         tasks=["ks", "sid"], fractions=[1.0, 0.1], seeds=[0], views=["twin"],
         train_cap=160, eval_cap=50, min_train=16,
-        max_steps={t: 30 for t in TASKS},
+        max_steps={**{t: 30 for t in TASKS}, "asr": 20}, task_overrides={"asr": ["batch_size=8"]},
         eval_every=10, rewire_utts=32, rewire_epochs={"twin": 1, "neutral": 1, "mixed": 1}, rewire_batch=8,
         iso_utts=100, iso_max_vectors=2000,
     ),
@@ -213,7 +213,7 @@ def parse_args(argv=None) -> StudyConfig:
         if bad:
             raise argparse.ArgumentTypeError(f"--stages: unknown {bad}; choose from {STAGES}")
         data_folders = _pairs(",".join(a.data_folder), "--data-folder") if a.data_folder else {}
-        task_overrides: Dict[str, List[str]] = {}
+        task_overrides: Dict[str, List[str]] = {k: list(v) for k, v in pre["task_overrides"].items()}
         for item in a.task_override:
             if ":" not in item or "=" not in item:
                 raise argparse.ArgumentTypeError(f"--task-override: expected TASK:KEY=VALUE, got {item!r}")
