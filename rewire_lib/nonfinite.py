@@ -55,10 +55,16 @@ class NonFiniteGuard:
         return int(value) if value is not None else DEFAULT_MAX_IN_A_ROW
 
     def _trainable_grads_finite(self) -> bool:
-        for param in self.modules.parameters():
-            if param.grad is not None and not torch.isfinite(param.grad).all():
-                return False
-        return True
+        grads = [p.grad for p in self.modules.parameters() if p.grad is not None]
+        if not grads:
+            return True
+        # Fast path: one fused 2-norm over all gradients (a NaN/Inf anywhere makes it non-finite) and a single
+        # device sync. `isfinite(g).all()` per parameter cost ~34 ms a step on one CPU thread for a 5 M-parameter
+        # encoder (7 % of a rewiring step; one sync per parameter on a GPU); the norm costs ~1.5 ms.
+        if bool(torch.isfinite(torch.nn.utils.get_total_norm(grads, error_if_nonfinite=False))):
+            return True
+        # Rare: decide exactly, element-wise (finite gradients whose norm overflows are still finite).
+        return all(bool(torch.isfinite(g).all()) for g in grads)
 
     def fit_batch(self, batch):
         """SpeechBrain's fit_batch, with the finiteness checks of this mixin around backward/step."""
