@@ -25,11 +25,12 @@ def atomic_write_json(path: Path, obj) -> None:
 
 
 def encoder_stamp(encoder: str) -> str:
-    """Changes whenever a local encoder folder's files change; a hub id stands for itself."""
+    """Changes whenever a local encoder folder's own files (weights, configs) change; sub-folders (e.g.
+    training logs beside the model) do not count; a hub id stands for itself."""
     path = Path(encoder)
     if not path.exists():
         return str(encoder)
-    files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
+    files = sorted(p for p in path.iterdir() if p.is_file()) if path.is_dir() else [path]
     h = hashlib.sha1()
     for p in files:
         st = p.stat()
