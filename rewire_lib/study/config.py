@@ -98,8 +98,25 @@ class StudyConfig:
 STAGES = ["data", "tts", "rewire", "isotropy", "downstream", "report"]
 
 
-def _list(text: str, cast=str) -> list:
-    return [cast(x.strip()) for x in text.split(",") if x.strip()]
+def _list(text: str, cast=str, what: str = "") -> list:
+    items = [x.strip() for x in text.split(",") if x.strip()]
+    try:
+        return [cast(x) for x in items]
+    except ValueError:
+        bad = next(x for x in items if not _casts(x, cast))
+        raise argparse.ArgumentTypeError(f"{what}: {bad!r} is not a valid {cast.__name__} (got {text!r})") from None
+
+
+def _casts(text: str, cast) -> bool:
+    try:
+        cast(text)
+        return True
+    except ValueError:
+        return False
+
+
+def _int(text: str, what: str) -> int:
+    return _list(text, int, what)[0]
 
 
 def _pairs(text: str, what: str) -> Dict[str, str]:
@@ -194,20 +211,20 @@ def parse_args(argv=None) -> StudyConfig:
         clash = [v for v in views if v in encoders]
         if clash:
             raise argparse.ArgumentTypeError(f"--encoders names {clash} are taken by the rewired encoders")
-        fractions = _list(a.fractions, float) if a.fractions else list(pre["fractions"])
+        fractions = _list(a.fractions, float, "--fractions") if a.fractions else list(pre["fractions"])
         if any(not 0 < f <= 1 for f in fractions):
             raise argparse.ArgumentTypeError(f"--fractions must be in (0, 1], got {fractions}")
         fractions = sorted(set(fractions), reverse=True)
-        seeds = _list(a.seeds, int) if a.seeds else list(pre["seeds"])
+        seeds = _list(a.seeds, int, "--seeds") if a.seeds else list(pre["seeds"])
         max_steps = dict(pre["max_steps"])
         if a.max_steps:
             if "=" in a.max_steps:
-                max_steps.update({k: int(v) for k, v in _pairs(a.max_steps, "--max-steps").items()})
+                max_steps.update({k: _int(v, "--max-steps") for k, v in _pairs(a.max_steps, "--max-steps").items()})
             else:
-                max_steps = {t: int(a.max_steps) for t in TASKS}
+                max_steps = {t: _int(a.max_steps, "--max-steps") for t in TASKS}
         rewire_epochs = dict(pre["rewire_epochs"])
         if a.rewire_epochs:
-            rewire_epochs.update({k: int(v) for k, v in _pairs(a.rewire_epochs, "--rewire-epochs").items()})
+            rewire_epochs.update({k: _int(v, "--rewire-epochs") for k, v in _pairs(a.rewire_epochs, "--rewire-epochs").items()})
         stages = _list(a.stages)
         bad = [s for s in stages if s not in STAGES]
         if bad:
@@ -222,12 +239,16 @@ def parse_args(argv=None) -> StudyConfig:
         for item in a.rewire_override:
             if "=" not in item:
                 raise argparse.ArgumentTypeError(f"--rewire-override: expected KEY=VALUE, got {item!r}")
+        corpora = {k: getattr(a, k) for k in REAL_CORPORA if getattr(a, k)}
+        if a.speech_commands_v1_test:
+            corpora["speech_commands_v1_test"] = a.speech_commands_v1_test
+        for name, folder in corpora.items():
+            if not Path(folder).is_dir():
+                raise argparse.ArgumentTypeError(f"--{name.replace('_', '-')}: {folder} is not a folder "
+                                                 "(expected the corpus in its published layout)")
     except argparse.ArgumentTypeError as e:
         parser.error(str(e))
     pick = lambda v, k: pre[k] if v is None else v  # noqa: E731
-    corpora = {k: getattr(a, k) for k in REAL_CORPORA if getattr(a, k)}
-    if a.speech_commands_v1_test:
-        corpora["speech_commands_v1_test"] = a.speech_commands_v1_test
     return StudyConfig(
         out=Path(a.out).resolve(), mode=mode, encoders=encoders, tasks=tasks, fractions=fractions, seeds=seeds,
         views=views, train_cap=pick(a.train_cap, "train_cap"), eval_cap=pick(a.eval_cap, "eval_cap"),
