@@ -129,7 +129,7 @@ def _rows_from(files: Sequence[tuple[Path, str]], n: int, seed: int, min_seconds
         dur = info.frames / info.samplerate
         if dur < min_seconds:
             continue
-        rows.append({"ID": wav.stem, "duration": f"{dur:.4f}", "wav": str(wav), "wrd": word})
+        rows.append({"ID": f"{word}_{wav.stem}", "duration": f"{dur:.4f}", "wav": str(wav), "wrd": word})
         if len(rows) == n:
             break
     return rows
