@@ -153,11 +153,20 @@ class SpeechEncoder(torch.nn.Module):
     def hidden_size(self) -> int:
         return self.model.config.hidden_size
 
-    def min_samples(self) -> int:
-        """Shortest input that still yields one frame (the CNN's receptive field)."""
-        lengths = torch.arange(1, 2000)
-        frames = self.model._get_feat_extract_output_lengths(lengths)
-        return int(lengths[frames >= 1][0])
+    def min_samples(self, frames: int = 1) -> int:
+        """Shortest input that yields `frames` frames (1: the CNN's receptive field)."""
+        lengths = torch.arange(1, 400 + 400 * frames)
+        counts = self.model._get_feat_extract_output_lengths(lengths)
+        return int(lengths[counts >= frames][0])
+
+    def masking_min_samples(self) -> int:
+        """Shortest padded batch the model's own SpecAugment time masking accepts in train mode (HF
+        refuses a batch with fewer frames than `mask_time_length`); 0 when no masking will happen."""
+        config = self.model.config
+        if not (self.training and getattr(config, "apply_spec_augment", False)
+                and getattr(config, "mask_time_prob", 0) > 0):
+            return 0
+        return self.min_samples(int(getattr(config, "mask_time_length", 1)))
 
     def frame_lengths(self, sample_lengths: torch.Tensor) -> torch.Tensor:
         return self.model._get_feat_extract_output_lengths(sample_lengths).long()
@@ -194,6 +203,10 @@ class SpeechEncoder(torch.nn.Module):
                 f"An utterance of {int(sample_lengths.min())} samples is shorter than the encoder's "
                 f"receptive field ({self.min_samples()} samples = {self.min_samples() / SAMPLE_RATE:.3f} s)."
             )
+        masking_min = self.masking_min_samples()
+        if max_samples < masking_min:
+            # a batch of only very short clips: pad it (the padding is masked) so time masking can run
+            wavs = torch.nn.functional.pad(wavs, (0, masking_min - max_samples))
         inputs, attention_mask = self.prepare_inputs(wavs, sample_lengths)
         out = self.model(inputs, attention_mask=attention_mask, output_hidden_states=True, return_dict=True)
         hidden = torch.stack(out.hidden_states, dim=0)

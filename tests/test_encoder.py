@@ -83,3 +83,14 @@ def test_weighted_layer_sum_starts_as_mean_and_fixed_layer_selects():
 def test_masked_mean_ignores_padding():
     x = torch.tensor([[[1.0], [3.0], [100.0]]])
     assert masked_mean(x, torch.tensor([[True, True, False]])).item() == 2.0
+
+
+def test_short_batches_train_with_the_models_own_time_masking(tmp_path):
+    """HF refuses a padded batch with fewer frames than mask_time_length; the wrapper pads it instead."""
+    folder = make_tiny_encoder(tmp_path / "masking", "hubert", mask_time_prob=0.5, mask_time_length=10)
+    enc = SpeechEncoder.from_pretrained(folder).train()
+    assert enc.masking_min_samples() == enc.min_samples(10)
+    out = enc(torch.randn(2, 2560), torch.tensor([1.0, 0.6]))  # 0.16 s: 7 frames < 10
+    assert out.frame_mask.sum(1).tolist() == [7, 4]
+    assert out.hidden_states.shape[2] >= 10 and torch.isfinite(out.hidden_states).all()
+    assert SpeechEncoder.from_pretrained(folder).eval().masking_min_samples() == 0
