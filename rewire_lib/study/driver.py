@@ -112,16 +112,16 @@ def run_study(cfg: StudyConfig) -> int:
         seconds = time.time() - t0
         sampler.__exit__(None, None, None)
         entry = log.record(name, state, seconds, _stage_settings(cfg, name), counts, sampler.peak_mib)
-        tree = entry["peak_tree_rss_mib"]
-        print(f"stage {name}: {state} in {seconds:.1f} s (peak memory of all study processes together: "
+        tree = entry["peak_tree_pss_mib"]
+        print(f"stage {name}: {state} in {seconds:.1f} s (peak memory (PSS) of all study processes together: "
               f"{'n/a' if tree is None else f'{tree:.0f} MiB'}; this process {entry['peak_rss_mib']['self']:.0f} MiB)",
               flush=True)
     if computed is not None:
         from rewire_lib.study.report import rewrite_tables
 
         rewrite_tables(cfg, computed, log.data)
-    tree = log.data.get("peak_tree_rss_mib")
-    print(f"\nStudy finished in {time.time() - t_all:.1f} s; peak memory of all study processes together "
+    tree = log.data.get("peak_tree_pss_mib")
+    print(f"\nStudy finished in {time.time() - t_all:.1f} s; peak memory (PSS) of all study processes together "
           f"{'n/a' if tree is None else f'{tree:.0f} MiB'}. Report: {cfg.out / 'summary.md'}", flush=True)
     return status
 

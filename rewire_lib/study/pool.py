@@ -108,8 +108,10 @@ def run_groups(fn: Callable, cfg, groups: List[list], jobs: int, threads: int, d
     # one worker alone gets the threads of all the jobs
     per_worker = threads if workers > 1 or jobs <= 1 else threads * jobs
     try:
+        # a fresh worker per group (cheap: forked from the preloaded forkserver) returns each group's
+        # memory to the system; long-lived workers grew by allocator and oneDNN shape caches
         with ProcessPoolExecutor(max_workers=workers, mp_context=ctx, initializer=_init_worker,
-                                 initargs=(q, per_worker)) as pool:
+                                 initargs=(q, per_worker), max_tasks_per_child=1) as pool:
             futures = [pool.submit(_call, fn, cfg, g) for g in groups]
             pending = set(futures)
             while pending:

@@ -170,7 +170,7 @@ def write_csv(path: Path, cfg: StudyConfig, cells: dict, iso_rows: List[dict], s
         for q in ("wall_time_s", "work_time_s"):
             add(section="stage", task=name, quantity=q, value=st.get(q))
         add(section="stage", task=name, quantity="peak_rss_mib", value=st["peak_rss_mib"]["self"])
-        add(section="stage", task=name, quantity="peak_tree_rss_mib", value=st.get("peak_tree_rss_mib"))
+        add(section="stage", task=name, quantity="peak_tree_pss_mib", value=st.get("peak_tree_pss_mib"))
     buf = io.StringIO()
     w = csv.DictWriter(buf, CSV_FIELDS, lineterminator="\n")
     w.writeheader()
@@ -345,12 +345,12 @@ def write_markdown(path: Path, cfg: StudyConfig, cells: dict, iso_rows: List[dic
         units = f"{st.get('units_run', '—')} / {st.get('units_skipped', '—')} / {st.get('units_failed', '—')}"
         settings = json.dumps(st.get("settings", {}), default=str)
         L.append(f"| {name} | {st['status']} | {fmt(st['wall_time_s'], 1)} | {fmt(st['work_time_s'], 1)} | {units} | "
-                 f"{fmt(st.get('peak_tree_rss_mib'), 0)} | {fmt(st['peak_rss_mib']['self'], 0)} | `{settings}` |")
+                 f"{fmt(st.get('peak_tree_pss_mib'), 0)} | {fmt(st['peak_rss_mib']['self'], 0)} | `{settings}` |")
     if stages.get("stages"):
         L.append("")
         L.append(f"Total wall time of the latest invocation: {fmt(stages.get('total_wall_time_s'), 1)} s; "
                  f"work time over all invocations: {fmt(stages.get('total_work_time_s'), 1)} s; "
-                 f"peak memory of all study processes together: {fmt(stages.get('peak_tree_rss_mib'), 0)} MiB.")
+                 f"peak memory (PSS, shared pages counted once) of all study processes together: {fmt(stages.get('peak_tree_pss_mib'), 0)} MiB.")
     failed = [f for st in stages.get("stages", {}).values() for f in st.get("failed", [])]
     if failed:
         L.append("")

@@ -103,14 +103,14 @@ class StageLog:
             "status": status, "wall_time_s": round(seconds, 2),
             "work_time_s": round(old.get("work_time_s", 0.0) + seconds, 2),
             "invocations": old.get("invocations", 0) + 1, "finished_at": time.strftime("%Y-%m-%d %H:%M:%S"),
-            "peak_rss_mib": peak_rss_mib(), "peak_tree_rss_mib": None if tree_peak_mib is None else round(tree_peak_mib, 1),
+            "peak_rss_mib": peak_rss_mib(), "peak_tree_pss_mib": None if tree_peak_mib is None else round(tree_peak_mib, 1),
             "settings": settings, **counts,
         }
         self.data["stages"][name] = entry
         stages = self.data["stages"].values()
         self.data["peak_rss_mib"] = max(max(s["peak_rss_mib"]["self"], s["peak_rss_mib"]["children"]) for s in stages)
-        trees = [s["peak_tree_rss_mib"] for s in stages if s.get("peak_tree_rss_mib") is not None]
-        self.data["peak_tree_rss_mib"] = max(trees) if trees else None
+        trees = [s["peak_tree_pss_mib"] for s in stages if s.get("peak_tree_pss_mib") is not None]
+        self.data["peak_tree_pss_mib"] = max(trees) if trees else None
         self.data["total_wall_time_s"] = round(sum(s["wall_time_s"] for s in stages), 2)
         self.data["total_work_time_s"] = round(sum(s["work_time_s"] for s in stages), 2)
         self.save()
@@ -154,10 +154,25 @@ def reset_logging(level=logging.WARNING) -> None:
     root.setLevel(logging.INFO)
 
 
+def _pss_bytes(pid: str) -> Optional[int]:
+    try:
+        with open(f"/proc/{pid}/smaps_rollup") as f:
+            for line in f:
+                if line.startswith("Pss:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        return None
+    return None
+
+
 class TreeMemorySampler:
-    """Peak resident memory of this process and all its descendants together (worker processes
-    included), sampled from /proc every `interval` seconds in a background thread (Linux; elsewhere
-    it reports None)."""
+    """Peak memory of this process and all its descendants together (worker processes included),
+    sampled from /proc every `interval` seconds in a background thread (Linux; elsewhere None).
+
+    Each process counts its proportional set size (PSS: private pages plus its share of pages it
+    shares with others, from /proc/PID/smaps_rollup), so the libraries every worker maps (torch alone
+    is hundreds of MiB) are counted once, not once per process as a sum of RSS would. Where
+    smaps_rollup cannot be read, the process's RSS is used."""
 
     def __init__(self, interval: float = 0.5):
         import threading
@@ -189,6 +204,9 @@ class TreeMemorySampler:
                         fields = f.read().rsplit(")", 1)[1].split()
                     parents[int(d)] = int(fields[1])
                     rss[int(d)] = int(fields[21]) * page
+                    pss = _pss_bytes(d)
+                    if pss is not None:
+                        rss[int(d)] = pss
                 except (OSError, IndexError, ValueError):
                     continue
             me = os.getpid()
