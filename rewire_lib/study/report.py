@@ -114,6 +114,13 @@ def fmt(v, digits: int = 2) -> str:
     return f"{v:.{digits}f}"
 
 
+def fmt_small(v, digits: int = 3) -> str:
+    """Like fmt, but values that would print as 0.000 (I(W) is often 1e-18) in scientific notation."""
+    if isinstance(v, (int, float)) and not math.isnan(v) and v != 0 and abs(v) < 10 ** -digits:
+        return f"{v:.1e}"
+    return fmt(v, digits)
+
+
 def _conv_text(e: dict) -> tuple:
     c = e.get("conv")
     if not c:
@@ -317,7 +324,7 @@ def write_markdown(path: Path, cfg: StudyConfig, cells: dict, iso_rows: List[dic
         L.append("| encoder | level | vectors | " + " | ".join(t for _, t in ISO_MEASURES) + " |")
         L.append("|---|---|---|" + "---|" * len(ISO_MEASURES))
         for (enc, level), d in summ.items():
-            vals = " | ".join(f"{fmt(d[m]['mean'], 3)} / {fmt(d[m]['last'], 3)}" for m, _ in ISO_MEASURES)
+            vals = " | ".join(f"{fmt_small(d[m]['mean'])} / {fmt_small(d[m]['last'])}" for m, _ in ISO_MEASURES)
             L.append(f"| {enc} | {level} | {n_vec[(enc, level)]} | {vals} |")
         L.append("")
         base = {k[1]: v for k, v in summ.items() if k[0] == BASE}
