@@ -1,4 +1,5 @@
 """Shared fixtures: tiny random encoders and a few real FSDD utterances."""
+import logging
 import os
 from pathlib import Path
 
@@ -25,3 +26,25 @@ def fsdd_files() -> list[Path]:
     if not files:
         pytest.fail(f"FSDD recordings not found under {FSDD}: the shared data must sit beside the checkout")
     return files
+
+
+@pytest.fixture(autouse=True)
+def _restore_process_wide_logging():
+    """Benchmarks and recipes run in-process change process-wide state (logging.disable, logger levels,
+    TQDM_DISABLE, torch threads) as a command-line program may; restore it so later tests are unaffected."""
+    manager = logging.root.manager
+    disabled = manager.disable
+    loggers = {name: (lg.level, lg.disabled, lg.propagate) for name, lg in manager.loggerDict.items()
+               if isinstance(lg, logging.Logger)}
+    tqdm_disable = os.environ.get("TQDM_DISABLE")
+    threads = torch.get_num_threads()  # numerics depend on it: a resumed run must match a straight one
+    yield
+    torch.set_num_threads(threads)
+    logging.disable(disabled)
+    for name, lg in list(manager.loggerDict.items()):
+        if isinstance(lg, logging.Logger):  # loggers made during the test go back to the defaults
+            lg.level, lg.disabled, lg.propagate = loggers.get(name, (logging.NOTSET, False, True))
+    if tqdm_disable is None:
+        os.environ.pop("TQDM_DISABLE", None)
+    else:
+        os.environ["TQDM_DISABLE"] = tqdm_disable
