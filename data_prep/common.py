@@ -43,6 +43,18 @@ def base_parser(description: str, data_folder_default: Optional[str] = None) -> 
     return p
 
 
+def run_preparer(prepare, description: str, argv=None, data_folder_default: Optional[str] = None, options=()):
+    """The command line every preparer shares: the common options plus `options`, (flag, argparse
+    keyword arguments) pairs whose values go to `prepare` under their `dest` name; then logging and
+    `prepare(...)`."""
+    p = base_parser(description, data_folder_default)
+    extra = [p.add_argument(flag, **kwargs).dest for flag, kwargs in options]
+    a = p.parse_args(argv)
+    setup_logging()
+    return prepare(a.data_folder, a.save_folder, seed=a.seed, fractions=a.fraction, hours=a.hours, force=a.force,
+                   **{name: getattr(a, name) for name in extra})
+
+
 def setup_logging() -> None:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
 

@@ -19,8 +19,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from data_prep.common import (PrepError, base_parser, finish, fingerprint, is_done, log, mark_done,  # noqa: E402
-                              require_dir, require_file, setup_logging)
+from data_prep.common import (run_preparer, PrepError, finish, fingerprint, is_done, log, mark_done,  # noqa: E402
+                              require_dir, require_file)
 
 FILES = {"train": "train_data.csv", "dev": "valid_data.csv", "test": "test_data.csv"}
 COLUMNS = ("path", "speakerId", "transcription", "action", "object", "location")
@@ -75,9 +75,7 @@ def prepare(data_folder, save_folder, seed: int = 0, fractions=(0.1, 0.01), hour
 
 
 def main(argv=None) -> None:
-    a = base_parser(__doc__.splitlines()[0]).parse_args(argv)
-    setup_logging()
-    prepare(a.data_folder, a.save_folder, seed=a.seed, fractions=a.fraction, hours=a.hours, force=a.force)
+    run_preparer(prepare, __doc__.splitlines()[0], argv)
 
 
 if __name__ == "__main__":

@@ -19,8 +19,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from data_prep.common import (PrepError, base_parser, finish, fingerprint, group_split, is_done,  # noqa: E402
-                              log, mark_done, require_dir, setup_logging)
+from data_prep.common import (run_preparer, PrepError, finish, fingerprint, group_split, is_done,  # noqa: E402
+                              log, mark_done, require_dir)
 from rewire_lib.paths import shared_data_dir  # noqa: E402
 
 DIGITS = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine")
@@ -71,10 +71,7 @@ def prepare(data_folder, save_folder, seed: int = 0, fractions=(0.1, 0.01), hour
 
 
 def main(argv=None) -> None:
-    p = base_parser(__doc__.splitlines()[0], data_folder_default=str(shared_data_dir() / "fsdd"))
-    a = p.parse_args(argv)
-    setup_logging()
-    prepare(a.data_folder, a.save_folder, seed=a.seed, fractions=a.fraction, hours=a.hours, force=a.force)
+    run_preparer(prepare, __doc__.splitlines()[0], argv, data_folder_default=str(shared_data_dir() / "fsdd"))
 
 
 if __name__ == "__main__":

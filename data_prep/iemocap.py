@@ -20,8 +20,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from data_prep.common import (PrepError, base_parser, finish, fingerprint, is_done, log, mark_done,  # noqa: E402
-                              require_dir, setup_logging)
+from data_prep.common import (run_preparer, PrepError, finish, fingerprint, is_done, log, mark_done,  # noqa: E402
+                              require_dir)
 from rewire_lib.manifest import validate_entries  # noqa: E402
 from rewire_lib.subsets import nested_subset  # noqa: E402
 
@@ -79,9 +79,7 @@ def prepare(data_folder, save_folder, seed: int = 0, fractions=(0.1, 0.01), hour
 
 
 def main(argv=None) -> None:
-    a = base_parser(__doc__.splitlines()[0]).parse_args(argv)
-    setup_logging()
-    prepare(a.data_folder, a.save_folder, seed=a.seed, fractions=a.fraction, hours=a.hours, force=a.force)
+    run_preparer(prepare, __doc__.splitlines()[0], argv)
 
 
 if __name__ == "__main__":

@@ -17,8 +17,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from data_prep.common import (base_parser, finish, fingerprint, is_done, log, mark_done,  # noqa: E402
-                              require_dir, setup_logging)
+from data_prep.common import (run_preparer, finish, fingerprint, is_done, log, mark_done,  # noqa: E402
+                              require_dir)
 
 SPLITS = {"train": ("train-clean-100",), "dev": ("dev-clean",), "test": ("test-clean",)}
 
@@ -80,12 +80,8 @@ def prepare(data_folder, save_folder, seed: int = 0, fractions=(0.1, 0.01), hour
 
 
 def main(argv=None) -> None:
-    p = base_parser(__doc__.splitlines()[0])
-    p.add_argument("--no_phonemes", action="store_true")
-    a = p.parse_args(argv)
-    setup_logging()
-    prepare(a.data_folder, a.save_folder, seed=a.seed, fractions=a.fraction, hours=a.hours,
-            phonemes=not a.no_phonemes, force=a.force)
+    run_preparer(prepare, __doc__.splitlines()[0], argv,
+                 options=[("--no_phonemes", dict(action="store_false", dest="phonemes"))])
 
 
 if __name__ == "__main__":

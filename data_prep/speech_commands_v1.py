@@ -21,8 +21,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from data_prep.common import (PrepError, base_parser, finish, fingerprint, is_done, log, mark_done,  # noqa: E402
-                              require_dir, require_file, setup_logging)
+from data_prep.common import (run_preparer, PrepError, finish, fingerprint, is_done, log, mark_done,  # noqa: E402
+                              require_dir, require_file)
 
 KEYWORDS = ("yes", "no", "up", "down", "left", "right", "on", "off", "stop", "go")
 SILENCE_RATIOS = (0.8, 0.1, 0.1)
@@ -125,12 +125,7 @@ def prepare(data_folder, save_folder, seed: int = 0, fractions=(0.1, 0.01), hour
 
 
 def main(argv=None) -> None:
-    p = base_parser(__doc__.splitlines()[0])
-    p.add_argument("--test_folder", default=None)
-    a = p.parse_args(argv)
-    setup_logging()
-    prepare(a.data_folder, a.save_folder, seed=a.seed, fractions=a.fraction, hours=a.hours, test_folder=a.test_folder,
-            force=a.force)
+    run_preparer(prepare, __doc__.splitlines()[0], argv, options=[("--test_folder", dict(default=None))])
 
 
 if __name__ == "__main__":
