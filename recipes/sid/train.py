@@ -6,5 +6,10 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 from rewire_lib.downstream import run_task  # noqa: E402
 
+def main(argv=None) -> dict:
+    """Train and test; returns what result.json holds (argv: `HPARAMS.yaml [--key value ...]`)."""
+    return run_task("sid", argv)
+
+
 if __name__ == "__main__":
-    run_task("sid")
+    main()
