@@ -14,4 +14,4 @@ if [ ! -x "$PY" ]; then
 fi
 cd "$ROOT"
 export PYTHONUNBUFFERED=1
-exec "$PY" -m rewire_lib.study "$@"
+exec "$PY" -m rewire_study "$@"

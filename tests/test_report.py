@@ -6,10 +6,10 @@ from pathlib import Path
 
 import pytest
 
-from rewire_lib.study.config import parse_args
-from rewire_lib.study.convergence import aggregate, best_value, convergence_per_seed, speedup, steps_to_reach
-from rewire_lib.study.report import NOT_REACHED, write_report
-from rewire_lib.study.stages import downstream_units
+from rewire_study.config import parse_args
+from rewire_study.convergence import aggregate, best_value, convergence_per_seed, speedup, steps_to_reach
+from rewire_study.report import NOT_REACHED, write_report
+from rewire_study.stages import downstream_units
 
 
 # ---------------------------------------------------------------------- convergence on hand-made curves

@@ -1,4 +1,4 @@
-"""run_all.sh / rewire_lib.study end to end in a tiny configuration, resumability, and the CLI."""
+"""run_all.sh / rewire_study end to end in a tiny configuration, resumability, and the CLI."""
 import csv
 import json
 import os
@@ -10,10 +10,10 @@ from pathlib import Path
 import pytest
 
 from rewire_lib.paths import REPO_ROOT
-from rewire_lib.study.config import PRESETS, TASKS, parse_args
-from rewire_lib.study.driver import main
-from rewire_lib.study.stages import downstream_units, effective_fraction
-from rewire_lib.study.units import Unit
+from rewire_study.config import PRESETS, TASKS, parse_args
+from rewire_study.driver import main
+from rewire_study.stages import downstream_units, effective_fraction
+from rewire_study.units import Unit
 
 STAGE_NAMES = ["data", "tts", "rewire", "isotropy", "downstream", "report"]
 

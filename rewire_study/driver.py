@@ -1,6 +1,6 @@
 """Stage runner of the study: runs the chosen stages in order, times them, records stages.json.
 
-    python -m rewire_lib.study [--quick] [--encoders base=PATH,...] [--tasks ks,sid] [--fractions 1.0,0.1]
+    python -m rewire_study [--quick] [--encoders base=PATH,...] [--tasks ks,sid] [--fractions 1.0,0.1]
                                [--seeds 0,1,2] [--views twin,neutral,mixed] [--out results] ...
 
 Every stage skips the work it finds finished, so the same command after an interruption (or a
@@ -15,9 +15,9 @@ from typing import List, Optional
 
 import torch
 
-from rewire_lib.study import stages as st
-from rewire_lib.study.config import BASE, STAGES, StudyConfig, parse_args
-from rewire_lib.study.units import StageLog, TreeMemorySampler, reset_logging
+from rewire_study import stages as st
+from rewire_study.config import BASE, STAGES, StudyConfig, parse_args
+from rewire_study.units import StageLog, TreeMemorySampler, reset_logging
 
 
 def _stage_settings(cfg: StudyConfig, name: str) -> dict:
@@ -99,7 +99,7 @@ def run_study(cfg: StudyConfig) -> int:
                 if counts.get("units_failed"):
                     state, status = "done with failures", 1
             elif name == "report":
-                from rewire_lib.study.report import write_report
+                from rewire_study.report import write_report
 
                 computed = write_report(cfg, log.data)
         except Exception as err:
@@ -117,7 +117,7 @@ def run_study(cfg: StudyConfig) -> int:
               f"{'n/a' if tree is None else f'{tree:.0f} MiB'}; this process {entry['peak_rss_mib']['self']:.0f} MiB)",
               flush=True)
     if computed is not None:
-        from rewire_lib.study.report import rewrite_tables
+        from rewire_study.report import rewrite_tables
 
         rewrite_tables(cfg, computed, log.data)
     tree = log.data.get("peak_tree_pss_mib")

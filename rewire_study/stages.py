@@ -14,8 +14,8 @@ from pathlib import Path
 from typing import Dict, List, Optional
 
 from rewire_lib.paths import REPO_ROOT, shared_data_dir
-from rewire_lib.study.config import BASE, REAL_CORPORA, TASK_DATA, StudyConfig
-from rewire_lib.study.units import Unit, atomic_write_json, encoder_stamp, quiet
+from rewire_study.config import BASE, REAL_CORPORA, TASK_DATA, StudyConfig
+from rewire_study.units import Unit, atomic_write_json, encoder_stamp, quiet
 from rewire_lib.subsets import nested_subset, subset_name
 
 
@@ -235,7 +235,7 @@ def _rewire_one(cfg: StudyConfig, view: str) -> dict:
 
 
 def stage_rewire(cfg: StudyConfig) -> dict:
-    from rewire_lib.study.pool import run_groups
+    from rewire_study.pool import run_groups
 
     todo = []
     for view in cfg.views:
@@ -278,7 +278,7 @@ def _isotropy_one(cfg: StudyConfig, item) -> dict:
 
 def stage_isotropy(cfg: StudyConfig) -> dict:
     from rewire_lib import isotropy_cli
-    from rewire_lib.study.pool import run_groups
+    from rewire_study.pool import run_groups
 
     encs = encoder_paths(cfg)
     todo = []
@@ -369,7 +369,7 @@ def _downstream_one(cfg: StudyConfig, item) -> dict:
 
 
 def stage_downstream(cfg: StudyConfig) -> dict:
-    from rewire_lib.study.pool import run_groups
+    from rewire_study.pool import run_groups
 
     units = downstream_units(cfg)
     todo = [u for u in units if not u[4].is_done()]

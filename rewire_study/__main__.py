@@ -1,6 +1,6 @@
 import sys
 
-from rewire_lib.study.driver import main
+from rewire_study.driver import main
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -12,9 +12,9 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Dict, List, Optional
 
-from rewire_lib.study.config import BASE, StudyConfig
-from rewire_lib.study.convergence import aggregate, convergence_per_seed, mean_std
-from rewire_lib.study.stages import downstream_units, encoder_paths
+from rewire_study.config import BASE, StudyConfig
+from rewire_study.convergence import aggregate, convergence_per_seed, mean_std
+from rewire_study.stages import downstream_units, encoder_paths
 
 CSV_FIELDS = ["section", "task", "fraction", "encoder", "seed", "level", "layer", "quantity", "value"]
 ISO_MEASURES = [("iw", "I(W)"), ("iw_centred", "I(W) centred"), ("avg_cosine", "avg cosine"), ("isoscore", "IsoScore")]

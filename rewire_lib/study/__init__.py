@@ -1,3 +1,0 @@
-"""The whole study in one command (`run_all.sh` -> `python -m rewire_lib.study`): data, TTS cache,
-rewiring, isotropy, the downstream sweep and the report. See `driver.main`."""
-from rewire_lib.study.driver import main, run_study  # noqa: F401
