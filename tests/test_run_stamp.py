@@ -1,0 +1,150 @@
+"""A run folder keeps a stamp of what made it (rewire_lib.run_stamp): same stamp resumes, a changed run
+over checkpoints/results stops with a message naming the difference or moves to a fresh sibling folder."""
+import json
+import logging
+import os
+
+import pytest
+
+from rewire_lib.run_stamp import (RunFolderMismatch, check_run_folder, manifest_fingerprint,
+                                  settings_fingerprint)
+
+STAMP = {"encoder_fingerprint": "a" * 40, "manifests": "b" * 64, "lr": 0.002, "batch_size": 32}
+
+
+def _trained(folder):
+    """A folder as a run leaves it: a checkpoint under save/."""
+    (folder / "save" / "CKPT+1").mkdir(parents=True)
+    return folder
+
+
+# ---------------------------------------------------------------------- fingerprints
+def test_manifest_fingerprint_follows_content_not_mtime_or_name(tmp_path):
+    a = tmp_path / "train.csv"
+    a.write_text("ID,duration,wav\nu1,1.0,a.wav\n")
+    first = manifest_fingerprint(a)
+    os.utime(a, (1, 1))
+    assert manifest_fingerprint(a) == first
+    copy = tmp_path / "elsewhere.csv"
+    copy.write_bytes(a.read_bytes())
+    assert manifest_fingerprint(copy) == first
+    a.write_text("ID,duration,wav\nu1,1.0,b.wav\n")
+    assert manifest_fingerprint(a) != first
+    assert len(first) == 64 and int(first, 16) >= 0
+
+
+def test_manifest_fingerprint_of_several_files_keeps_their_boundaries(tmp_path):
+    a, b = tmp_path / "a.csv", tmp_path / "b.csv"
+    a.write_text("xy")
+    b.write_text("z")
+    joined = manifest_fingerprint(a, b)
+    a.write_text("x")
+    b.write_text("yz")
+    assert manifest_fingerprint(a, b) != joined
+    assert manifest_fingerprint(b, a) != manifest_fingerprint(a, b)
+
+
+def test_missing_manifest_is_named(tmp_path):
+    with pytest.raises(FileNotFoundError, match="nope.csv"):
+        manifest_fingerprint(tmp_path / "nope.csv")
+
+
+def test_settings_fingerprint_ignores_key_order_and_spelling_of_the_same_value(tmp_path):
+    assert settings_fingerprint({"a": 1, "b": (1, 2)}) == settings_fingerprint({"b": [1, 2], "a": 1})
+    assert settings_fingerprint({"p": tmp_path}) == settings_fingerprint({"p": str(tmp_path)})
+    assert settings_fingerprint({"lr": 0.002}) != settings_fingerprint({"lr": 0.5})
+    assert settings_fingerprint({"lr": 0.002}) != settings_fingerprint({"lr": 0.002, "seed": 0})
+
+
+# ---------------------------------------------------------------------- check_run_folder
+def test_fresh_folder_is_stamped(tmp_path):
+    folder = tmp_path / "run"
+    assert check_run_folder(folder, STAMP) == folder
+    saved = json.loads((folder / "run_stamp.json").read_text())
+    assert saved["stamp"] == STAMP
+    assert saved["fingerprint"] == settings_fingerprint(STAMP)
+    assert not list(folder.glob(".*tmp*")), "the crash-safe writer left a temporary file"
+
+
+def test_same_stamp_resumes_the_folder(tmp_path):
+    folder = _trained(tmp_path / "run")
+    check_run_folder(folder, STAMP)
+    before = (folder / "run_stamp.json").stat().st_mtime_ns
+    assert check_run_folder(folder, dict(reversed(list(STAMP.items())))) == folder
+    assert (folder / "run_stamp.json").stat().st_mtime_ns == before
+
+
+@pytest.mark.parametrize("evidence", ["checkpoint", "result"])
+def test_changed_run_over_a_trained_folder_is_an_error_naming_the_difference(tmp_path, evidence):
+    folder = tmp_path / "run"
+    check_run_folder(folder, STAMP)
+    if evidence == "checkpoint":
+        _trained(folder)
+    else:
+        (folder / "result.json").write_text("{}")
+    with pytest.raises(RunFolderMismatch) as err:
+        check_run_folder(folder, dict(STAMP, lr=0.5))
+    message = str(err.value)
+    assert isinstance(err.value, ValueError)
+    assert "\n" not in message
+    assert str(folder) in message
+    assert "lr 0.002 -> 0.5" in message
+    assert "batch_size" not in message and "manifests" not in message  # only the keys that differ
+    assert "output_folder" in message and "on_changed_run: new" in message
+    assert json.loads((folder / "run_stamp.json").read_text())["stamp"] == STAMP  # the old stamp stays
+
+
+def test_long_values_are_shortened_and_added_or_removed_keys_named(tmp_path):
+    folder = _trained(tmp_path / "run")
+    check_run_folder(folder, STAMP)
+    new = {k: v for k, v in STAMP.items() if k != "batch_size"}
+    new.update(manifests="c" * 64, seed=3)
+    with pytest.raises(RunFolderMismatch) as err:
+        check_run_folder(folder, new)
+    message = str(err.value)
+    assert "manifests bbbbbbbbbbbbbbbbbbbbb... -> ccccccccccccccccccccc..." in message
+    assert "b" * 30 not in message
+    assert "batch_size 32 -> <absent>" in message
+    assert "seed <absent> -> 3" in message
+
+
+def test_changed_run_with_new_goes_to_a_stamped_sibling_and_resumes_there(tmp_path, caplog):
+    folder = _trained(tmp_path / "run")
+    check_run_folder(folder, STAMP)
+    changed = dict(STAMP, lr=0.5)
+    with caplog.at_level(logging.INFO, logger="rewire_lib.run_stamp"):
+        sibling = check_run_folder(folder, changed, on_mismatch="new")
+    assert sibling == tmp_path / f"run-{settings_fingerprint(changed)[:8]}"
+    assert str(sibling) in caplog.text and "lr" in caplog.text
+    assert json.loads((sibling / "run_stamp.json").read_text())["stamp"] == changed
+    assert json.loads((folder / "run_stamp.json").read_text())["stamp"] == STAMP  # old run untouched
+    _trained(sibling)
+    assert check_run_folder(folder, changed, on_mismatch="new") == sibling  # the same changed command resumes
+    assert check_run_folder(folder, STAMP, on_mismatch="new") == folder  # and the original one still does
+
+
+def test_stamped_folder_with_nothing_trained_is_restamped(tmp_path):
+    folder = tmp_path / "run"
+    check_run_folder(folder, STAMP)
+    (folder / "save").mkdir()  # an empty save/ is not a run
+    assert check_run_folder(folder, dict(STAMP, lr=0.5)) == folder
+    assert json.loads((folder / "run_stamp.json").read_text())["stamp"]["lr"] == 0.5
+
+
+def test_trained_folder_without_stamp_is_adopted(tmp_path):
+    """Folders from before stamps existed are stamped with the current run (nothing to compare with)."""
+    folder = _trained(tmp_path / "run")
+    assert check_run_folder(folder, STAMP) == folder
+    assert json.loads((folder / "run_stamp.json").read_text())["stamp"] == STAMP
+
+
+def test_unreadable_stamp_over_a_run_counts_as_changed(tmp_path):
+    folder = _trained(tmp_path / "run")
+    (folder / "run_stamp.json").write_text("{not json")
+    with pytest.raises(RunFolderMismatch, match="lr <absent> -> 0.002"):
+        check_run_folder(folder, STAMP)
+
+
+def test_unknown_on_mismatch_value_is_refused(tmp_path):
+    with pytest.raises(ValueError, match="on_changed_run must be one of"):
+        check_run_folder(tmp_path, STAMP, on_mismatch="overwrite")
