@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
-# Sets up (or reuses) the project's environment: .venv/ from requirements.txt, re-installed only when
-# requirements.txt changes, plus Festival's text2wave where the machine allows (optional: the bundled
-# eSpeak NG is the default TTS). Safe to run any number of times.
+# Sets up (or reuses) the project's environment: .venv/ from requirements.txt plus this checkout in
+# editable mode, re-installed only when requirements.txt or pyproject.toml change, plus Festival's
+# text2wave where the machine allows (optional: the bundled eSpeak NG is the default TTS). Safe to
+# run any number of times.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")"
 PYTHON=${PYTHON:-python3}
@@ -10,11 +11,22 @@ if [ ! -x .venv/bin/python ]; then
   echo "[setup] creating .venv with $($PYTHON --version)"
   "$PYTHON" -m venv .venv
 fi
+# Reinstall only when what defines the environment changes: the pinned requirements and the package
+# description (pyproject.toml). The checkout itself is installed in editable mode (no copy: edits take
+# effect at once), so recipes, preparers and benchmarks import rewire_lib / data_prep / bench from
+# anywhere without touching sys.path.
 stamp=.venv/.requirements.sha256
-want=$(sha256sum requirements.txt | cut -d' ' -f1)
+want=$(cat requirements.txt pyproject.toml | sha256sum | cut -d' ' -f1)
 if [ "$(cat "$stamp" 2>/dev/null || true)" != "$want" ]; then
   echo "[setup] installing requirements.txt into .venv (first time: a few minutes)"
   .venv/bin/python -m pip install -q --disable-pip-version-check -r requirements.txt
+  echo "[setup] installing this checkout in editable mode (pip install -e . --no-deps)"
+  # with setuptools >= 64 already in .venv no build environment needs to be downloaded
+  if .venv/bin/python -c 'import setuptools, sys; sys.exit(int(setuptools.__version__.split(".")[0]) < 64)' 2>/dev/null; then
+    .venv/bin/python -m pip install -q --disable-pip-version-check --no-deps --no-build-isolation -e .
+  else
+    .venv/bin/python -m pip install -q --disable-pip-version-check --no-deps -e .
+  fi
   echo "$want" > "$stamp"
 else
   echo "[setup] .venv is up to date"

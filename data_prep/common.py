@@ -8,17 +8,12 @@ import json
 import logging
 import os
 import random
-import sys
 from pathlib import Path
 from typing import Dict, Iterable, List, Optional, Sequence
 
-REPO = Path(__file__).resolve().parent.parent
-if str(REPO) not in sys.path:  # `python data_prep/x.py` from anywhere
-    sys.path.insert(0, str(REPO))
-
-from rewire_lib.manifest import Failure, Row, report_failures, validate_entries, write_manifest  # noqa: E402
-from rewire_lib.outputs import check_writable  # noqa: E402
-from rewire_lib.subsets import nested_subset, subset_name  # noqa: E402
+from rewire_lib.manifest import Failure, Row, report_failures, validate_entries, write_manifest
+from rewire_lib.outputs import check_writable
+from rewire_lib.subsets import nested_subset, subset_name
 
 log = logging.getLogger("data_prep")
 

@@ -14,12 +14,9 @@ ID,duration,wav,spk_id,sample_rate,channels,action,object,location,wrd,intent (i
 from __future__ import annotations
 
 import csv
-import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-from data_prep.common import (run_preparer, PrepError, finish, fingerprint, is_done, log, mark_done,  # noqa: E402
+from data_prep.common import (run_preparer, PrepError, finish, fingerprint, is_done, log, mark_done,
                               require_dir, require_file)
 
 FILES = {"train": "train_data.csv", "dev": "valid_data.csv", "test": "test_data.csv"}

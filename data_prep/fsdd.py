@@ -14,14 +14,11 @@ The audio stays 8 kHz: `sample_rate` says so and `load_audio` resamples to 16 kH
 from __future__ import annotations
 
 import re
-import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-from data_prep.common import (run_preparer, PrepError, finish, fingerprint, group_split, is_done,  # noqa: E402
+from data_prep.common import (run_preparer, PrepError, finish, fingerprint, group_split, is_done,
                               log, mark_done, require_dir)
-from rewire_lib.paths import shared_data_dir  # noqa: E402
+from rewire_lib.paths import shared_data_dir
 
 DIGITS = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine")
 NAME = re.compile(r"^(\d+)_([A-Za-z]+)_(\d+)\.wav$")

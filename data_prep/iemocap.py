@@ -14,16 +14,13 @@ the other four sessions, train = the rest; columns ID,duration,wav,spk_id,sample
 from __future__ import annotations
 
 import re
-import sys
 from collections import Counter
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-from data_prep.common import (run_preparer, PrepError, finish, fingerprint, is_done, log, mark_done,  # noqa: E402
+from data_prep.common import (run_preparer, PrepError, finish, fingerprint, is_done, log, mark_done,
                               require_dir)
-from rewire_lib.manifest import validate_entries  # noqa: E402
-from rewire_lib.subsets import nested_subset  # noqa: E402
+from rewire_lib.manifest import validate_entries
+from rewire_lib.subsets import nested_subset
 
 CLASSES = {"neu": "neutral", "hap": "happy", "exc": "happy", "sad": "sad", "ang": "angry"}
 LINE = re.compile(r"^\[[\d.]+ - [\d.]+\]\t(\S+)\t(\S+)\t")

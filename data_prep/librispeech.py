@@ -12,12 +12,9 @@ transcript line, is a counted skip in skipped.csv.
 """
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-from data_prep.common import (run_preparer, finish, fingerprint, is_done, log, mark_done,  # noqa: E402
+from data_prep.common import (run_preparer, finish, fingerprint, is_done, log, mark_done,
                               require_dir)
 
 SPLITS = {"train": ("train-clean-100",), "dev": ("dev-clean",), "test": ("test-clean",)}

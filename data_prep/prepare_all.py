@@ -10,14 +10,11 @@ matches (so a second call costs about a second); `--force` redoes everything.
 """
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-from data_prep import fsdd, speech_commands_test, synth  # noqa: E402
-from data_prep.common import DEFAULT_FRACTIONS, setup_logging  # noqa: E402
-from rewire_lib.paths import data_dir, shared_data_dir  # noqa: E402
+from data_prep import fsdd, speech_commands_test, synth
+from data_prep.common import DEFAULT_FRACTIONS, setup_logging
+from rewire_lib.paths import data_dir, shared_data_dir
 
 
 def prepare_all(data_root=None, seed: int = 0, scale: float = 1.0, num_workers: int = 2, fractions=DEFAULT_FRACTIONS,

@@ -14,14 +14,11 @@ by a seeded shuffle of their names. Columns: ID,duration,wav,spk_id,sample_rate,
 from __future__ import annotations
 
 import re
-import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-from data_prep.common import (run_preparer, PrepError, finish, fingerprint, group_split, is_done,  # noqa: E402
+from data_prep.common import (run_preparer, PrepError, finish, fingerprint, group_split, is_done,
                               log, mark_done, require_dir)
-from rewire_lib.paths import shared_data_dir  # noqa: E402
+from rewire_lib.paths import shared_data_dir
 
 KEYWORDS = ("yes", "no", "up", "down", "left", "right", "on", "off", "stop", "go")
 CLASSES = KEYWORDS + ("_unknown_", "_silence_")

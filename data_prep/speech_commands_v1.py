@@ -16,12 +16,9 @@ Columns: ID,duration,wav,spk_id,sample_rate,channels,label,wrd.
 from __future__ import annotations
 
 import random
-import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-from data_prep.common import (run_preparer, PrepError, finish, fingerprint, is_done, log, mark_done,  # noqa: E402
+from data_prep.common import (run_preparer, PrepError, finish, fingerprint, is_done, log, mark_done,
                               require_dir, require_file)
 
 KEYWORDS = ("yes", "no", "up", "down", "left", "right", "on", "off", "stop", "go")

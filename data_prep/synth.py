@@ -33,16 +33,11 @@ import logging
 import math
 import multiprocessing as mp
 import random
-import sys
 import time
 from pathlib import Path
 from typing import Dict, List, Optional
 
-REPO = Path(__file__).resolve().parent.parent
-if str(REPO) not in sys.path:
-    sys.path.insert(0, str(REPO))
-
-import numpy as np  # noqa: E402
+import numpy as np
 
 log = logging.getLogger("data_prep.synth")
 

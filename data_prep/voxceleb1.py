@@ -10,12 +10,9 @@ Output: train.csv, dev.csv, test.csv with ID,duration,wav,spk_id,sample_rate,cha
 """
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-from data_prep.common import (run_preparer, PrepError, finish, fingerprint, is_done, log, mark_done,  # noqa: E402
+from data_prep.common import (run_preparer, PrepError, finish, fingerprint, is_done, log, mark_done,
                               require_dir, require_file)
 
 SPLIT_IDS = {"1": "train", "2": "dev", "3": "test"}
