@@ -11,6 +11,7 @@ import random
 from pathlib import Path
 from typing import Dict, Iterable, List, Optional, Sequence
 
+from rewire_lib.atomic import atomic_write_text
 from rewire_lib.manifest import Failure, Row, report_failures, validate_entries, write_manifest
 from rewire_lib.outputs import check_writable
 from rewire_lib.subsets import nested_subset, subset_name
@@ -83,10 +84,8 @@ def is_done(save_folder: os.PathLike, fp: str) -> bool:
 
 
 def mark_done(save_folder: os.PathLike, fp: str, **info) -> None:
-    path = Path(save_folder) / DONE_FILE
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(dict(fingerprint=fp, **info), indent=1, sort_keys=True, default=str) + "\n")
-    os.replace(tmp, path)
+    atomic_write_text(Path(save_folder) / DONE_FILE,
+                      json.dumps(dict(fingerprint=fp, **info), indent=1, sort_keys=True, default=str) + "\n")
 
 
 def group_split(groups: Iterable[str], ratios: Sequence[float], seed: int,

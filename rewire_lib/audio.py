@@ -5,7 +5,7 @@
   Names with a doubled extension (`x.wav.wav`, as the Speech Commands test set ships them) are
   read by content, not by name.
 - `audio_info(path) -> AudioInfo(sample_rate, channels, frames, duration)` from the header only.
-- `write_audio(path, wav, sr)`: atomic 16-bit PCM WAV (temp file in the same folder, then rename).
+- `write_audio(path, wav, sr)`: 16-bit PCM WAV, crash-safe (`rewire_lib.atomic`).
 
 Problems raise `AudioError` naming the file and the reason (missing, unreadable, truncated,
 empty, non-finite samples). Resampling and down-mixing are logged once per distinct source format.
@@ -14,13 +14,14 @@ from __future__ import annotations
 
 import logging
 import os
-import tempfile
 import threading
 from pathlib import Path
 from typing import NamedTuple, Union
 
 import numpy as np
 import soundfile as sf
+
+from rewire_lib.atomic import atomic_path
 
 # torch is imported inside the functions that need it, so that light worker processes
 # (corpus synthesis) can write audio without paying for importing torch.
@@ -157,13 +158,5 @@ def write_audio(path: PathLike, wav, sr: int) -> None:
         if not np.isfinite(wav).all():
             raise AudioError(path, "refusing to write non-finite samples (NaN or Inf)")
         wav = np.clip(wav, -1.0, 1.0).astype(np.float32)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=str(path.parent))
-    os.close(fd)
-    try:
-        sf.write(tmp, wav, int(sr), subtype="PCM_16", format="WAV")
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    with atomic_path(path) as tmp:
+        sf.write(str(tmp), wav, int(sr), subtype="PCM_16", format="WAV")

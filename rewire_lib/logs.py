@@ -1,14 +1,26 @@
-"""Curves people read: CSV logs appended row by row, and their PNG pictures."""
+"""Curves people read: CSV logs appended row by row, and their PNG pictures.
+
+matplotlib is imported by the plotting functions only, so that the CSV helpers stay light enough for
+the manifest writer and the preparers' worker processes.
+"""
 from __future__ import annotations
 
 import csv
+import io
 import os
 from pathlib import Path
+from typing import Iterable, Sequence
 
-import matplotlib
+from rewire_lib.atomic import atomic_path, atomic_write_text
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
+
+def _pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg")  # files only, never a window
+    import matplotlib.pyplot as plt
+
+    return plt
 
 
 class CSVLog:
@@ -42,20 +54,27 @@ def read_csv(path: str | os.PathLike) -> list[dict]:
         return list(csv.DictReader(f))
 
 
-def atomic_write_csv(path: str | os.PathLike, fields: list[str], rows: list[dict]) -> None:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with open(tmp, "w", newline="") as f:
-        writer = csv.DictWriter(f, fields, extrasaction="ignore")
-        writer.writeheader()
-        writer.writerows(rows)
-    os.replace(tmp, path)
+def csv_text(fields: Sequence[str], rows: Iterable[dict], extrasaction: str = "ignore") -> str:
+    """CSV text with a header (`\\n` line ends, None written as an empty field). `extrasaction="raise"`
+    refuses rows with keys outside `fields` instead of dropping them."""
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=list(fields), lineterminator="\n", extrasaction=extrasaction)
+    writer.writeheader()
+    for row in rows:
+        writer.writerow({k: ("" if v is None else v) for k, v in row.items()})
+    return buf.getvalue()
+
+
+def atomic_write_csv(path: str | os.PathLike, fields: Sequence[str], rows: Iterable[dict],
+                     extrasaction: str = "ignore") -> Path:
+    """Write rows as CSV crash-safe (rewire_lib.atomic): a killed run leaves the old file or the new one."""
+    return atomic_write_text(path, csv_text(fields, rows, extrasaction))
 
 
 def plot_columns(csv_path, png_path, x: str, ys: list[str], title: str = "", smooth: int = 1) -> None:
     """One subplot per column in `ys` against `x`; `smooth` > 1 adds a running mean line."""
     rows = read_csv(csv_path)
+    plt = _pyplot()
     fig, axes = plt.subplots(len(ys), 1, figsize=(7, 2.6 * len(ys)), squeeze=False)
     for ax, y in zip(axes[:, 0], ys):
         pts = [(float(r[x]), float(r[y])) for r in rows if r.get(y) not in (None, "")]
@@ -77,7 +96,7 @@ def plot_columns(csv_path, png_path, x: str, ys: list[str], title: str = "", smo
 
 
 def plot_layer_weights(weights, png_path, title: str = "Learned layer weights") -> None:
-    fig, ax = plt.subplots(figsize=(6, 3))
+    fig, ax = _pyplot().subplots(figsize=(6, 3))
     ax.bar(range(len(weights)), [float(w) for w in weights])
     ax.axhline(1.0 / len(weights), color="gray", ls="--", lw=0.8, label="equal weights")
     ax.set_xlabel("hidden state (0 = CNN/projection output)")
@@ -89,9 +108,9 @@ def plot_layer_weights(weights, png_path, title: str = "Learned layer weights") 
 
 
 def save_figure(fig, png_path) -> None:
-    png_path = Path(png_path)
-    png_path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = png_path.with_name(f".{png_path.stem}.{os.getpid()}.tmp.png")
-    fig.savefig(tmp, dpi=110)
-    plt.close(fig)
-    os.replace(tmp, png_path)
+    """Save `fig` as PNG crash-safe and close it."""
+    try:
+        with atomic_path(png_path) as tmp:
+            fig.savefig(tmp, dpi=110)
+    finally:
+        _pyplot().close(fig)

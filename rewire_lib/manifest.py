@@ -12,16 +12,15 @@ duration, sample rate, channels) and reports failures with `report_failures` (lo
 from __future__ import annotations
 
 import csv
-import io
 import logging
 import os
-import tempfile
 from pathlib import Path
 from typing import Dict, Iterable, List, Optional, Sequence, Tuple
 
 from tqdm import tqdm
 
 from rewire_lib.audio import AudioError, audio_info
+from rewire_lib.logs import atomic_write_csv
 from rewire_lib.outputs import output_error
 
 log = logging.getLogger(__name__)
@@ -144,26 +143,11 @@ def _columns(rows: Sequence[Row], columns: Optional[Sequence[str]]) -> List[str]
 
 
 def _atomic_write_csv(path: Path, columns: Sequence[str], rows: Iterable[Row]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    buf = io.StringIO()
-    writer = csv.DictWriter(buf, fieldnames=list(columns), lineterminator="\n", extrasaction="raise")
-    writer.writeheader()
-    for row in rows:
-        writer.writerow({k: ("" if row.get(k) is None else row.get(k)) for k in columns})
+    """Crash-safe CSV write; an OSError (disk full, read-only, ...) becomes one line naming the file."""
     try:
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=str(path.parent))
+        atomic_write_csv(path, columns, rows)
     except OSError as err:
         raise output_error(err, path, "manifest") from err
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8", newline="") as f:
-            f.write(buf.getvalue())
-        os.replace(tmp, path)
-    except BaseException as err:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        if isinstance(err, OSError):  # disk full, read-only, ...: say which file and why
-            raise output_error(err, path, "manifest") from err
-        raise
 
 
 def write_manifest(path: os.PathLike, rows: Sequence[Row], columns: Optional[Sequence[str]] = None) -> Path:
