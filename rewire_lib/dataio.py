@@ -21,6 +21,7 @@ from speechbrain.dataio.dataset import DynamicItemDataset
 from torch.utils.data import Sampler
 
 from rewire_lib.audio import AudioError, load_audio
+from rewire_lib.manifest import ManifestError, audio_rows, read_manifest
 
 logger = logging.getLogger(__name__)
 
@@ -28,17 +29,14 @@ _silent_noted: set = set()
 MIN_SAMPLES = 400  # receptive field of the wav2vec 2.0 / HuBERT / WavLM / data2vec CNN at 16 kHz (25 ms)
 
 
-class ManifestFormatError(ValueError):
+class ManifestFormatError(ManifestError):
     """A manifest cannot be used by a recipe; the message names the file, line and column."""
 
 
 def check_manifest(csv_path, required: Iterable[str] = ("ID", "duration", "wav")) -> None:
     """Fail early, naming the file, line and column, on what SpeechBrain's CSV reader would turn into a
-    bare KeyError/ValueError: missing file or column, empty required field, bad duration, duplicate ID.
-    Relative `wav` paths are resolved by SpeechBrain against the current folder; they are accepted,
-    and a missing file is reported by name when it is read."""
-    from rewire_lib.manifest import ManifestError, read_manifest
-
+    bare KeyError/ValueError: missing file (with the command that makes it) or column, empty required
+    field, bad duration, duplicate ID."""
     try:
         read_manifest(csv_path, required=tuple(required))
     except ManifestError as err:
@@ -49,21 +47,35 @@ def audio_dataset(csv_path, data_root: str | None = None, output_keys: Iterable[
                   sample_rate: int = 16000, min_samples: int = MIN_SAMPLES) -> DynamicItemDataset:
     """A DynamicItemDataset over a manifest whose `sig` item is the 16 kHz mono waveform of `wav`.
 
-    `$data_root` in the `wav` column is replaced by `data_root`. The manifest is checked first
-    (`check_manifest`). Audio errors name the file, and so does audio shorter than `min_samples`.
+    The manifest is read and checked by `rewire_lib.manifest.audio_rows` before anything else: `wav`
+    is resolved (`$data_root` by `data_root`, relative paths against the manifest's folder) and every
+    file must exist, so a bad manifest is one line naming it and the row, never a traceback from deep
+    inside training. Audio errors at load time name the file and the manifest, and so does audio
+    shorter than `min_samples`.
     """
-    check_manifest(csv_path)
-    replacements = {"data_root": str(data_root)} if data_root else {}
-    dataset = DynamicItemDataset.from_csv(str(csv_path), replacements=replacements)
+    try:
+        rows = audio_rows(csv_path, data_root=data_root)
+    except ManifestError as err:
+        raise ManifestFormatError(str(err)) from None
+    data = {}
+    for row in rows:
+        row = dict(row)
+        uid = row.pop("ID")
+        row["duration"] = float(row["duration"])  # as SpeechBrain's from_csv does
+        data[uid] = row
+    dataset = DynamicItemDataset(data)
 
     @sb.utils.data_pipeline.takes("wav")
     @sb.utils.data_pipeline.provides("sig")
     def read(wav):
-        sig = load_audio(wav, target_sr=sample_rate)
+        try:
+            sig = load_audio(wav, target_sr=sample_rate)
+        except AudioError as err:
+            raise AudioError(wav, f"{err.reason} (listed in {csv_path})") from None
         if min_samples and sig.numel() < min_samples:
             raise AudioError(wav, f"{sig.numel()} samples at {sample_rate} Hz is shorter than the encoder's receptive "
                                   f"field ({min_samples} samples); the manifest's duration for it is wrong or the file "
-                                  "changed: prepare the manifest again (preparers skip such files)")
+                                  f"changed: prepare the manifest again (preparers skip such files) ({csv_path})")
         if not bool(sig.abs().max() > 0) and wav not in _silent_noted:
             _silent_noted.add(wav)
             logger.warning("%s: all-silent audio (every sample is 0); kept, its features are those of silence", wav)

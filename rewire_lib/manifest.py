@@ -1,9 +1,16 @@
 """SpeechBrain CSV manifests: validate what a preparer lists, write atomically, read with checks.
 
-Columns: `ID,duration,wav` required, then usually `spk_id,sample_rate,channels` and the task's
-columns (`wrd`, `phn`, `label`, `action,object,location`). `wav` is an absolute path or starts
-with `$data_root/` (SpeechBrain replacement; pass `data_root=` here or `replacements` to
-`DynamicItemDataset.from_csv`).
+Columns: `ID,duration,wav` are required by every recipe; a task adds its own column (`label`, `wrd`,
+`phn`, `action,object,location`, or the speaker in `label`); preparers also write `spk_id`,
+`sample_rate` and `channels`, which no recipe requires.
+
+Where `wav` points (`resolve_wav`): an absolute path is used as it is; `$data_root/...` is replaced
+by the `data_root` option (portable manifests); any other path is RELATIVE TO THE MANIFEST'S FOLDER
+(not to the folder a command is started from), so a folder of manifests and audio can be moved or
+shared as a whole.
+
+Finding manifests: `split_csv(data_folder, "dev")` accepts `dev.csv` or `valid.csv`;
+`require_manifest(path)` turns a missing file into one line naming it and the command that makes it.
 
 Every preparer goes through `validate_entries` (file exists, readable audio, not empty; records
 duration, sample rate, channels) and reports failures with `report_failures` (logged count and
@@ -37,12 +44,62 @@ class ManifestError(ValueError):
     """A manifest is malformed; the message names the file, line and column."""
 
 
-def resolve_wav(wav: str, data_root: Optional[os.PathLike] = None) -> str:
-    """Absolute path of a `wav` field, substituting `$data_root`."""
+class ManifestNotFoundError(ManifestError):
+    """A manifest does not exist; the message names it and the command that makes it."""
+
+
+SPLIT_FILES = {"train": ("train.csv",), "dev": ("dev.csv", "valid.csv"), "valid": ("dev.csv", "valid.csv"),
+               "test": ("test.csv",)}
+
+
+def make_hint(path: os.PathLike) -> str:
+    """The command that makes a manifest: the default data's, or a corpus preparer's."""
+    from rewire_lib.paths import data_dir
+
+    try:
+        Path(path).resolve().relative_to(data_dir().resolve())
+        return "make the default data with `python data_prep/prepare_all.py`"
+    except ValueError:
+        return ("make it with the preparer of that corpus (data_prep/README.md); for a folder of audio files: "
+                f"`python data_prep/own_folder.py --data_folder AUDIO_FOLDER --save_folder {Path(path).parent}`")
+
+
+def require_manifest(path: os.PathLike, hint: Optional[str] = None) -> Path:
+    """`path` as a Path if it is a file; else ManifestNotFoundError naming it and `hint` (default: the
+    command that makes it, see `make_hint`)."""
+    path = Path(path)
+    if not path.is_file():
+        what = "is a folder, not a manifest" if path.is_dir() else "manifest not found"
+        raise ManifestNotFoundError(f"{path}: {what}; {hint or make_hint(path)}")
+    return path
+
+
+def split_csv(data_folder: os.PathLike, split: str, must_exist: bool = True) -> str:
+    """The manifest of `split` in `data_folder`: `train.csv`, `test.csv`, and for "dev" (or "valid")
+    `dev.csv` or else `valid.csv`. Missing: ManifestNotFoundError listing the names looked for (or, with
+    `must_exist=False`, the first name, for a preparer that runs later). For YAML:
+    `valid_csv: !apply:rewire_lib.manifest.split_csv [!ref <data_folder>, dev]`."""
+    names = SPLIT_FILES.get(split, (f"{split}.csv",))
+    folder = Path(data_folder)
+    for name in names:
+        if (folder / name).is_file():
+            return str(folder / name)
+    if must_exist:
+        raise ManifestNotFoundError(f"{folder}: no {split} manifest (looked for {', '.join(names)}); "
+                                    f"{make_hint(folder / names[0])}")
+    return str(folder / names[0])
+
+
+def resolve_wav(wav: str, data_root: Optional[os.PathLike] = None, base: Optional[os.PathLike] = None) -> str:
+    """Path of a `wav` field: `$data_root/...` gets `data_root` (ManifestError if there is none), a
+    relative path is taken relative to `base` (the manifest's folder; None: left as it is)."""
     if wav.startswith(DATA_ROOT):
         if data_root is None:
-            raise ManifestError(f"wav path {wav!r} uses {DATA_ROOT} but no data_root was given")
+            raise ManifestError(f"wav path {wav!r} uses {DATA_ROOT} but no data_root was given "
+                                "(set the data_root option: `--data_root DIR` on a recipe's command line)")
         return str(Path(data_root) / wav[len(DATA_ROOT):].lstrip("/"))
+    if base is not None and not os.path.isabs(wav):
+        return os.path.normpath(os.path.join(os.path.abspath(base), wav))
     return wav
 
 
@@ -164,12 +221,13 @@ def write_manifest(path: os.PathLike, rows: Sequence[Row], columns: Optional[Seq
 
 
 def read_manifest(path: os.PathLike, required: Sequence[str] = REQUIRED,
-                  data_root: Optional[os.PathLike] = None) -> List[Dict[str, str]]:
+                  data_root: Optional[os.PathLike] = None, hint: Optional[str] = None) -> List[Dict[str, str]]:
     """Read a manifest as a list of dicts, checking required columns, non-empty required fields,
-    numeric positive durations and unique IDs. `data_root` substitutes `$data_root` in `wav`."""
-    path = Path(path)
-    if not path.is_file():
-        raise ManifestError(f"{path}: manifest not found")
+    numeric positive durations and unique IDs. `wav` comes back resolved (`resolve_wav`): relative
+    paths against the manifest's folder, `$data_root` by `data_root` (kept as written when None).
+    A missing file is a ManifestNotFoundError naming `hint` or the command that makes it."""
+    path = require_manifest(path, hint)
+    base = path.absolute().parent
     with open(path, newline="", encoding="utf-8") as f:
         reader = csv.DictReader(f)
         header = reader.fieldnames or []
@@ -196,7 +254,34 @@ def read_manifest(path: os.PathLike, required: Sequence[str] = REQUIRED,
                     raise ManifestError(f"{path}: line {line}: column 'duration': not a number: {row['duration']!r}") from None
                 if not dur > 0:
                     raise ManifestError(f"{path}: line {line}: column 'duration': must be > 0, got {dur}")
-            if data_root is not None and "wav" in row:
-                row["wav"] = resolve_wav(row["wav"], data_root)
+            wav = row.get("wav")
+            if wav and not (data_root is None and wav.startswith(DATA_ROOT)):
+                row["wav"] = resolve_wav(wav, data_root, base)
             rows.append(row)
+    return rows
+
+
+def audio_rows(path: os.PathLike, data_root: Optional[os.PathLike] = None, required: Sequence[str] = REQUIRED,
+               hint: Optional[str] = None) -> List[Dict[str, str]]:
+    """`read_manifest` for code that is about to read the audio: every `wav` must resolve to an
+    existing file. Errors are one line naming the manifest and the first bad row: `$data_root`
+    without a data_root (names the option), another `$variable`, audio files not found (counted)."""
+    rows = read_manifest(path, required=required, data_root=data_root, hint=hint)
+    missing = []
+    for line, row in enumerate(rows, start=2):
+        wav = row["wav"]
+        if wav.startswith(DATA_ROOT):
+            raise ManifestError(f"{path}: line {line} (ID {row['ID']}): wav {wav!r} uses {DATA_ROOT} but no data_root "
+                                "was given: set the data_root option (`--data_root DIR` on a recipe's command line, "
+                                "`data_root: DIR` in its YAML)")
+        if wav.startswith("$"):
+            raise ManifestError(f"{path}: line {line} (ID {row['ID']}): wav {wav!r}: only {DATA_ROOT} is replaced in "
+                                "wav paths (or give absolute paths, or paths relative to the manifest's folder)")
+        if not os.path.isfile(wav):
+            missing.append((line, row["ID"], wav))
+    if missing:
+        line, uid, wav = missing[0]
+        more = f" ({len(missing) - 1} more of {len(rows)} rows are missing too)" if len(missing) > 1 else ""
+        raise ManifestError(f"{path}: line {line} (ID {uid}): audio file not found: {wav}{more}; relative wav paths "
+                            "are taken relative to the manifest's folder")
     return rows

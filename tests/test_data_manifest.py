@@ -3,7 +3,8 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from rewire_lib.manifest import ManifestError, read_manifest, report_failures, validate_entries, write_manifest
+from rewire_lib.manifest import (ManifestError, ManifestNotFoundError, read_manifest, report_failures, require_manifest,
+                                 split_csv, validate_entries, write_manifest)
 from rewire_lib.subsets import nested_subset, subset_name
 
 
@@ -48,6 +49,49 @@ def test_read_manifest_errors(tmp_path):
     assert read_manifest(p, data_root="/root")[0]["wav"] == "/root/a.wav"
     with pytest.raises(ManifestError, match="not found"):
         read_manifest(tmp_path / "nope.csv")
+
+
+def test_read_manifest_resolves_relative_paths_against_its_folder(tmp_path, monkeypatch):
+    (tmp_path / "d").mkdir()
+    p = tmp_path / "d" / "m.csv"
+    p.write_text("ID,duration,wav\na,1,a.wav\nb,1,../x/b.wav\nc,1,/abs/c.wav\nd,1,$data_root/d.wav\n")
+    monkeypatch.chdir(tmp_path)
+    rows = read_manifest(p.relative_to(tmp_path))
+    assert [r["wav"] for r in rows] == [str(tmp_path / "d" / "a.wav"), str(tmp_path / "x" / "b.wav"), "/abs/c.wav",
+                                        "$data_root/d.wav"]  # kept as written until a data_root is given
+    assert read_manifest(p, data_root="/r")[3]["wav"] == "/r/d.wav"
+
+
+def test_split_csv_accepts_dev_or_valid(tmp_path):
+    for name in ("train.csv", "valid.csv", "test.csv"):
+        (tmp_path / name).write_text("ID,duration,wav\n")
+    assert split_csv(tmp_path, "dev") == str(tmp_path / "valid.csv")
+    assert split_csv(tmp_path, "valid") == str(tmp_path / "valid.csv")
+    assert split_csv(tmp_path, "train") == str(tmp_path / "train.csv")
+    (tmp_path / "dev.csv").write_text("ID,duration,wav\n")
+    assert split_csv(tmp_path, "dev") == str(tmp_path / "dev.csv")  # dev.csv first when both exist
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    with pytest.raises(ManifestNotFoundError, match=r"empty: no dev manifest \(looked for dev.csv, valid.csv\); make it "
+                                                    r"with the preparer .*own_folder.py"):
+        split_csv(empty, "dev")
+    assert split_csv(empty, "dev", must_exist=False) == str(empty / "dev.csv")
+
+
+def test_missing_manifest_names_the_command_that_makes_it(tmp_path, monkeypatch):
+    monkeypatch.setenv("REWIRE_DATA", str(tmp_path / "data"))
+    with pytest.raises(ManifestNotFoundError) as err:
+        read_manifest(tmp_path / "data" / "fsdd" / "digits" / "train.csv")
+    assert "\n" not in str(err.value)
+    assert "digits/train.csv: manifest not found; make the default data with `python data_prep/prepare_all.py`" \
+        in str(err.value)
+    with pytest.raises(ManifestNotFoundError, match=r"mine/train.csv: manifest not found; .*own_folder.py"):
+        require_manifest(tmp_path / "mine" / "train.csv")
+    with pytest.raises(ManifestNotFoundError, match=r"x.csv: manifest not found; run my_prep.py"):
+        require_manifest(tmp_path / "x.csv", hint="run my_prep.py")
+    assert isinstance(err.value, ManifestError)  # callers that catch ManifestError keep working
+    (tmp_path / "ok.csv").write_text("ID,duration,wav\n")
+    assert require_manifest(tmp_path / "ok.csv") == tmp_path / "ok.csv"
 
 
 def test_nested_subsets():

@@ -55,20 +55,47 @@ def test_bad_manifest_is_named_with_line_and_column(case, tmp_path, wav):
 
 
 def test_relative_and_data_root_paths(tmp_path, wav, monkeypatch):
-    # relative paths resolve against the folder the recipe is started from (SpeechBrain's rule) ...
+    # relative paths resolve against the manifest's folder, whatever folder the recipe is started from
+    (tmp_path / "sub").mkdir()
     (tmp_path / "rel.csv").write_text("ID,duration,wav\nu1,0.5,a.wav\n")
-    monkeypatch.chdir(tmp_path)
-    with audio_dataset(tmp_path / "rel.csv").output_keys_as(["sig"]) as ds:
-        assert next(iter(ds))["sig"].numel() == SR // 2
-    # ... so from elsewhere the file is missing, and the error names the path as written
-    monkeypatch.chdir(REPO_ROOT)
-    ds = audio_dataset(tmp_path / "rel.csv")
-    with ds.output_keys_as(["sig"]), pytest.raises(AudioError, match=r"a\.wav: file does not exist"):
-        next(iter(ds))
+    (tmp_path / "sub" / "up.csv").write_text("ID,duration,wav\nu1,0.5,../a.wav\n")
+    for cwd in (tmp_path, REPO_ROOT, tmp_path / "sub"):
+        monkeypatch.chdir(cwd)
+        for manifest in (tmp_path / "rel.csv", tmp_path / "sub" / "up.csv"):
+            with audio_dataset(manifest).output_keys_as(["wav", "sig"]) as ds:
+                item = next(iter(ds))
+                assert item["wav"] == str(wav) and item["sig"].numel() == SR // 2
     # $data_root: portable manifests
     (tmp_path / "root.csv").write_text("ID,duration,wav\nu1,0.5,$data_root/a.wav\n")
     with audio_dataset(tmp_path / "root.csv", data_root=str(tmp_path)).output_keys_as(["sig"]) as ds:
         assert next(iter(ds))["sig"].numel() == SR // 2
+
+
+def test_data_root_without_a_value_names_the_manifest_row_and_option(tmp_path, wav):
+    (tmp_path / "root.csv").write_text(f"ID,duration,wav\nok,0.5,{wav}\nu1,0.5,$data_root/a.wav\n")
+    with pytest.raises(ManifestFormatError) as err:
+        audio_dataset(tmp_path / "root.csv")
+    text = str(err.value)
+    assert "\n" not in text
+    assert "root.csv: line 3 (ID u1)" in text and "$data_root" in text and "--data_root DIR" in text
+
+
+def test_missing_audio_is_one_line_naming_file_and_manifest(tmp_path, wav, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # where a.wav is: a relative path must still not be taken from here
+    (tmp_path / "m").mkdir()
+    (tmp_path / "m" / "gone.csv").write_text(f"ID,duration,wav\nok,0.5,{wav}\nu1,0.5,a.wav\nu2,0.5,/nowhere/b.wav\n")
+    with pytest.raises(ManifestFormatError) as err:
+        audio_dataset(tmp_path / "m" / "gone.csv")
+    text = str(err.value)
+    assert "\n" not in text
+    assert f"gone.csv: line 3 (ID u1): audio file not found: {tmp_path / 'm' / 'a.wav'}" in text
+    assert "1 more of 3 rows" in text
+    # a file that disappears after the check: the load error names the file and the manifest
+    (tmp_path / "m" / "late.csv").write_text(f"ID,duration,wav\nu1,0.5,{wav}\n")
+    ds = audio_dataset(tmp_path / "m" / "late.csv")
+    wav.unlink()
+    with ds.output_keys_as(["sig"]), pytest.raises(AudioError, match=r"a\.wav: file does not exist \(listed in .*late\.csv\)"):
+        next(iter(ds))
 
 
 def _write(path, header, rows):
