@@ -21,7 +21,9 @@ def data_dir() -> Path:
 
 
 def cache_dir() -> Path:
-    """Caches (TTS renderings, frozen-encoder features): `<repo>/cache`, or `$REWIRE_CACHE`."""
+    """The one root of every cache: `<repo>/cache`, or `$REWIRE_CACHE`. Users of it: TTS renderings
+    (`<cache>/tts`), frozen-encoder features (`<cache>/features`), benchmark work (`<cache>/bench`).
+    Code that keeps a cache takes its default from here, never from the checkout's location."""
     return Path(os.environ.get("REWIRE_CACHE", REPO_ROOT / "cache"))
 
 
