@@ -1,4 +1,4 @@
-"""Settings of the study: command line, the full and quick presets, and per-task defaults."""
+"""Settings of the study: command line, the default, quick and real-corpus presets, and per-task defaults."""
 from __future__ import annotations
 
 import argparse
@@ -22,8 +22,11 @@ TASK_DATA = {
 
 # Sweep presets. Training steps are an optimiser-step limit (number_of_epochs is set high so the
 # step limit binds): every encoder, fraction and seed of a task trains for the same number of steps.
+# The size caps (train_cap, eval_cap, rewire_utts: 0 = all) and step limits of "default" and "quick"
+# exist for the embedded data on 2 CPU cores only; a task fed by a real corpus or by the user's own
+# manifests gets the "real-corpus" values (all its data, the recipe's own epochs) unless an option sets them.
 PRESETS = {
-    "full": dict(
+    "default": dict(
         tasks=TASKS, fractions=[1.0, 0.1, 0.01], seeds=[0, 1, 2], views=VIEWS,
         train_cap=200, eval_cap=60, min_train=16,
         max_steps={**{t: 60 for t in TASKS}, "asr": 30}, task_overrides={"asr": ["batch_size=8"]},
@@ -38,6 +41,9 @@ PRESETS = {
         iso_utts=100, iso_max_vectors=2000,
     ),
 }
+# What a real corpus or user data gets instead of the embedded default's caps (None: the recipe's epochs).
+REAL_CORPUS = dict(train_cap=0, eval_cap=0, rewire_utts=0, max_steps=None, task_overrides={})
+REAL = "real-corpus"
 
 # Real corpora: option -> (preparer module, save folder under the data dir, tasks it feeds)
 REAL_CORPORA = {
@@ -52,18 +58,18 @@ REAL_CORPORA = {
 @dataclass
 class StudyConfig:
     out: Path
-    mode: str
+    mode: str  # "default" or "quick": the preset of the embedded data
     encoders: Dict[str, str]  # name -> hub id or folder; "base" is the baseline and the one rewired
     tasks: List[str]
     fractions: List[float]
     seeds: List[int]
     views: List[str]
-    train_cap: int
-    eval_cap: int
+    train_cap: Dict[str, int]  # task -> at most N training utterances (0: all)
+    eval_cap: Dict[str, int]  # task -> at most N dev and N test utterances (0: all)
     min_train: int
-    max_steps: Dict[str, int]
+    max_steps: Dict[str, Optional[int]]  # task -> optimiser-step limit (None: the recipe's own epochs)
     eval_every: int
-    rewire_utts: int
+    rewire_utts: int  # 0: all
     rewire_epochs: Dict[str, int]
     rewire_batch: int
     iso_utts: int
@@ -78,12 +84,15 @@ class StudyConfig:
     iso_manifest: Optional[str] = None
     rewire_overrides: List[str] = field(default_factory=list)
     task_overrides: Dict[str, List[str]] = field(default_factory=dict)
+    presets: Dict[str, str] = field(default_factory=dict)  # task (and "rewire") -> preset its sizes come from
     stages: List[str] = field(default_factory=list)
     seed: int = 0
     device: str = "cpu"
     feature_dtype: str = "float32"
     jobs: int = 2
     threads: int = 1
+    launcher: str = "local"  # local | slurm | submitit-local
+    slurm: Dict[str, object] = field(default_factory=dict)  # partition, gpus_per_job, time_min, extra
 
     @property
     def work(self) -> Path:
@@ -96,6 +105,7 @@ class StudyConfig:
 
 
 STAGES = ["data", "tts", "rewire", "isotropy", "downstream", "report"]
+LAUNCHERS = ["local", "slurm", "submitit-local"]
 
 
 def _list(text: str, cast=str, what: str = "") -> list:
@@ -129,22 +139,82 @@ def _pairs(text: str, what: str) -> Dict[str, str]:
     return out
 
 
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
+def check_names(names, valid, what: str, kind: str) -> None:
+    """A per-task or per-view option key that is not a known name is a one-line error listing the valid ones."""
+    bad = [n for n in names if n not in valid]
+    if bad:
+        raise argparse.ArgumentTypeError(f"{what}: unknown {kind} {', '.join(repr(b) for b in bad)}; "
+                                         f"valid: {', '.join(valid)}")
+
+
+class OneLineParser(argparse.ArgumentParser):
+    """Errors in one line (the option, what is wrong, the valid values), not the whole usage block."""
+
+    def error(self, message):
+        self.exit(2, f"{self.prog}: error: {message} (./run_all.sh --help lists every option)\n")
+
+
+def user_data_tasks(corpora: Dict[str, str], data_folders: Dict[str, str]) -> Dict[str, str]:
+    """Tasks (and "rewire") fed by a real corpus or the user's own folder -> the option that feeds them."""
+    fed = {}
+    for opt, (_, _, tasks) in REAL_CORPORA.items():
+        if opt in corpora:
+            fed.update({t: f"--{opt.replace('_', '-')}" for t in tasks})
+    fed.update({t: "--data-folder" for t in data_folders})
+    return fed
+
+
+def presets_help(active: str, fed: Dict[str, str]) -> str:
+    """Every preset value, and which preset each task takes with the options given so far."""
+    keys = ["tasks", "fractions", "seeds", "views", "train_cap", "eval_cap", "min_train", "max_steps",
+            "eval_every", "rewire_utts", "rewire_epochs", "rewire_batch", "iso_utts", "iso_max_vectors",
+            "task_overrides"]
+    lines = ["Presets (an option given on the command line replaces the preset value; caps: 0 = all):"]
+    lines.append(f"  {'key':<16}{'default':<44}{'quick':<44}{REAL}")
+    for k in keys:
+        row = [PRESETS["default"][k], PRESETS["quick"][k], REAL_CORPUS.get(k, "(as the preset)")]
+        if k == "max_steps":
+            row[2] = "None (the recipe's own number_of_epochs)"
+        elif k == "task_overrides":
+            row[2] = "none (the recipe's own values)"
+        lines.append(f"  {k:<16}" + "".join(f"{_short(v):<44}" for v in row[:2]) + _short(row[2]))
+    lines.append(f"  '{REAL}' applies to each task fed by a real corpus option (--librispeech, --voxceleb1, ...), "
+                 "--data-folder or --rewire-csv (the user's own data): all of it is used unless --train-cap, "
+                 "--eval-cap, --rewire-utts or --max-steps set a limit. --quick caps every task, real corpora "
+                 "included (it is a first look).")
+    active_line = f"Active preset: {active}"
+    if fed and active != "quick":
+        active_line += f"; {REAL} for " + ", ".join(f"{t} ({o})" for t, o in sorted(fed.items()))
+    lines.append(active_line)
+    return "\n".join(lines)
+
+
+def _short(v) -> str:
+    if isinstance(v, dict):
+        return ",".join(f"{k}={'+'.join(x) if isinstance(x, list) else x}" for k, x in v.items())
+    if isinstance(v, list):
+        return ",".join(str(x) for x in v)
+    return str(v)
+
+
+def build_parser(active: str = "default", fed: Optional[Dict[str, str]] = None) -> argparse.ArgumentParser:
+    p = OneLineParser(
         prog="run_all.sh", formatter_class=argparse.RawDescriptionHelpFormatter,
         description="The study of the paper in one command: data, TTS cache, rewiring (twin/neutral/mixed), "
                     "isotropy, the downstream sweep (tasks x encoders x fractions x seeds) and the report "
                     "(summary.md, summary.csv, PNGs). Every stage skips finished work.",
         epilog="Examples:\n  ./run_all.sh --quick\n  ./run_all.sh\n"
                "  ./run_all.sh --encoders base=facebook/wav2vec2-base --tasks ks,sid --seeds 0,1,2\n"
-               "  ./run_all.sh --librispeech /corpora/LibriSpeech --voxceleb1 /corpora/VoxCeleb1\n")
+               "  ./run_all.sh --librispeech /corpora/LibriSpeech --voxceleb1 /corpora/VoxCeleb1\n"
+               "  ./run_all.sh --launcher slurm --slurm-partition gpu --slurm-gpus-per-job 1 --device cuda\n\n"
+               + presets_help(active, fed or {}))
     p.add_argument("--quick", action="store_true", help="a first look in minutes: fewer tasks, seeds, fractions, "
                                                          "steps and data; twin view only; still every stage")
     p.add_argument("--out", default=str(REPO_ROOT / "results"), help="report folder (default: results/); "
                    "working files go to OUT/study/")
     p.add_argument("--encoders", default=None,
                    help=f"NAME=PATH_OR_HUB_ID,...; '{BASE}' is the baseline and the encoder rewired "
-                        f"(default: {BASE}={default_encoder_dir()}); other names are compared as given")
+                        f"(default: {BASE}=pretrained/tiny-hubert); other names are compared as given")
     p.add_argument("--views", default=None, help="rewiring views, e.g. twin,neutral,mixed ('' or none: no rewiring)")
     p.add_argument("--tasks", default=None, help=f"comma list from {','.join(TASKS)}")
     p.add_argument("--fractions", default=None, help="training fractions, e.g. 1.0,0.1,0.01")
@@ -153,15 +223,17 @@ def build_parser() -> argparse.ArgumentParser:
                    help="optimiser steps per downstream run: N (every task) or task=N,... (the others keep the preset)")
     p.add_argument("--eval-every", type=int, default=None, help="dev evaluation every K steps (convergence curves)")
     p.add_argument("--train-cap", type=int, default=None,
-                   help="at most N training utterances per task (seeded, stratified; 0 = all)")
-    p.add_argument("--eval-cap", type=int, default=None, help="at most N dev and N test utterances per task (0 = all)")
+                   help="at most N training utterances per task, every task (seeded, stratified; 0 = all)")
+    p.add_argument("--eval-cap", type=int, default=None,
+                   help="at most N dev and N test utterances per task, every task (0 = all)")
     p.add_argument("--min-train", type=int, default=None,
                    help="low-resource subsets keep at least N utterances (the fraction is raised to reach it)")
     p.add_argument("--rewire-utts", type=int, default=None, help="utterances the rewiring trains on (0 = all)")
     p.add_argument("--rewire-epochs", default=None, help="epochs per view, e.g. twin=1,neutral=1,mixed=1")
     p.add_argument("--rewire-batch", type=int, default=None, help="pairs per rewiring step")
     p.add_argument("--rewire-override", action="append", default=[], metavar="KEY=VALUE",
-                   help="extra override for the rewiring recipe (repeatable), e.g. lr=0.0001")
+                   help="extra override for the rewiring recipe (repeatable), e.g. lr=0.0001 or "
+                        "tts_backend=festival (the TTS stage uses it too)")
     p.add_argument("--task-override", action="append", default=[], metavar="TASK:KEY=VALUE",
                    help="extra override for a downstream recipe (repeatable), e.g. asr:lr=0.002 or all:batch_size=8")
     p.add_argument("--iso-utts", type=int, default=None, help="utterances for the isotropy measurement")
@@ -177,37 +249,70 @@ def build_parser() -> argparse.ArgumentParser:
                    help="dtype of the frozen-feature disk cache")
     for opt, (_, _, tasks) in REAL_CORPORA.items():
         p.add_argument(f"--{opt.replace('_', '-')}", dest=opt, default=None, metavar="DIR",
-                       help=f"real corpus in its published layout, prepared and used for {', '.join(tasks)}")
+                       help=f"real corpus in its published layout, prepared and used (all of it) for {', '.join(tasks)}")
     p.add_argument("--speech-commands-v1-test", default=None, metavar="DIR",
                    help="the separate Speech Commands v0.01 test set (with --speech-commands-v1)")
     p.add_argument("--data-folder", action="append", default=[], metavar="TASK=DIR",
-                   help="use an already prepared folder (train/dev/test.csv) for a task (repeatable)")
+                   help="use an already prepared folder (train/dev/test.csv) for a task, all of it (repeatable)")
     p.add_argument("--stages", default=",".join(STAGES), help="stages to run (default: all), e.g. downstream,report")
     p.add_argument("--seed", type=int, default=0, help="seed of data preparation, subsets and isotropy sampling")
     p.add_argument("--device", default="cpu", help="cpu or cuda")
     p.add_argument("--jobs", type=int, default=min(2, os.cpu_count() or 1),
                    help="worker processes for rewiring, isotropy and the sweep (default: 2, or 1 on one core)")
     p.add_argument("--threads", type=int, default=1, help="torch threads per worker (default 1)")
+    p.add_argument("--launcher", default="local", choices=LAUNCHERS,
+                   help="where units (rewiring, isotropy, downstream runs) run: local worker pool (default), "
+                        "slurm (one submitit job per unit), submitit-local (the slurm code path on this machine)")
+    p.add_argument("--slurm-partition", default=None, help="SLURM partition of the jobs")
+    p.add_argument("--slurm-gpus-per-job", type=int, default=0,
+                   help="GPUs per job; more than 1 runs rewiring and downstream units under torchrun (DDP)")
+    p.add_argument("--slurm-cpus-per-job", type=int, default=None, help="CPUs per job (default: --threads)")
+    p.add_argument("--slurm-time", type=int, default=60, metavar="MINUTES", help="time limit of each job")
+    p.add_argument("--slurm-extra", action="append", default=[], metavar="KEY=VALUE",
+                   help="extra sbatch option (repeatable), e.g. account=myproj or qos=high")
     return p
 
 
+def _preview(argv) -> tuple:
+    """The active preset and user-fed tasks from argv alone, so that --help can show them."""
+    pre = argparse.ArgumentParser(add_help=False)
+    pre.add_argument("--quick", action="store_true")
+    pre.add_argument("--data-folder", action="append", default=[])
+    pre.add_argument("--rewire-csv", default=None)
+    for opt in REAL_CORPORA:
+        pre.add_argument(f"--{opt.replace('_', '-')}", dest=opt, default=None)
+    a, _ = pre.parse_known_args(argv)
+    folders = {}
+    for item in a.data_folder:
+        for part in item.split(","):
+            if "=" in part:
+                folders[part.split("=", 1)[0].strip()] = part.split("=", 1)[1]
+    fed = user_data_tasks(corpora_given(a), folders)
+    if a.rewire_csv:
+        fed["rewire"] = "--rewire-csv"
+    return ("quick" if a.quick else "default"), fed
+
+
+def corpora_given(a: argparse.Namespace) -> Dict[str, str]:
+    return {k: getattr(a, k) for k in REAL_CORPORA if getattr(a, k)}
+
+
 def parse_args(argv=None) -> StudyConfig:
-    parser = build_parser()
+    import sys
+
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser = build_parser(*_preview(argv))
     a = parser.parse_args(argv)
-    mode = "quick" if a.quick else "full"
+    mode = "quick" if a.quick else "default"
     pre = PRESETS[mode]
     try:
         encoders = _pairs(a.encoders, "--encoders") if a.encoders else {BASE: str(default_encoder_dir())}
         if BASE not in encoders:
             raise argparse.ArgumentTypeError(f"--encoders must name a '{BASE}' encoder (the baseline), got {list(encoders)}")
         tasks = _list(a.tasks) if a.tasks is not None else list(pre["tasks"])
-        bad = [t for t in tasks if t not in TASKS]
-        if bad:
-            raise argparse.ArgumentTypeError(f"--tasks: unknown {bad}; choose from {TASKS}")
+        check_names(tasks, TASKS, "--tasks", "task")
         views = [] if a.views in ("", "none") else (_list(a.views) if a.views is not None else list(pre["views"]))
-        bad = [v for v in views if v not in VIEWS]
-        if bad:
-            raise argparse.ArgumentTypeError(f"--views: unknown {bad}; choose from {VIEWS}")
+        check_names(views, VIEWS, "--views", "view")
         clash = [v for v in views if v in encoders]
         if clash:
             raise argparse.ArgumentTypeError(f"--encoders names {clash} are taken by the rewired encoders")
@@ -216,30 +321,40 @@ def parse_args(argv=None) -> StudyConfig:
             raise argparse.ArgumentTypeError(f"--fractions must be in (0, 1], got {fractions}")
         fractions = sorted(set(fractions), reverse=True)
         seeds = _list(a.seeds, int, "--seeds") if a.seeds else list(pre["seeds"])
-        max_steps = dict(pre["max_steps"])
+        steps_given: Dict[str, int] = {}
         if a.max_steps:
             if "=" in a.max_steps:
-                max_steps.update({k: _int(v, "--max-steps") for k, v in _pairs(a.max_steps, "--max-steps").items()})
+                steps_given = {k: _int(v, "--max-steps") for k, v in _pairs(a.max_steps, "--max-steps").items()}
+                check_names(steps_given, TASKS, "--max-steps", "task")
             else:
-                max_steps = {t: _int(a.max_steps, "--max-steps") for t in TASKS}
+                steps_given = {t: _int(a.max_steps, "--max-steps") for t in TASKS}
         rewire_epochs = dict(pre["rewire_epochs"])
         if a.rewire_epochs:
-            rewire_epochs.update({k: _int(v, "--rewire-epochs") for k, v in _pairs(a.rewire_epochs, "--rewire-epochs").items()})
+            given = {k: _int(v, "--rewire-epochs") for k, v in _pairs(a.rewire_epochs, "--rewire-epochs").items()}
+            check_names(given, VIEWS, "--rewire-epochs", "view")
+            rewire_epochs.update(given)
         stages = _list(a.stages)
-        bad = [s for s in stages if s not in STAGES]
-        if bad:
-            raise argparse.ArgumentTypeError(f"--stages: unknown {bad}; choose from {STAGES}")
+        check_names(stages, STAGES, "--stages", "stage")
         data_folders = _pairs(",".join(a.data_folder), "--data-folder") if a.data_folder else {}
-        task_overrides: Dict[str, List[str]] = {k: list(v) for k, v in pre["task_overrides"].items()}
+        check_names(data_folders, TASKS, "--data-folder", "task")
+        fed = user_data_tasks(corpora_given(a), data_folders)
+        if a.rewire_csv:
+            fed["rewire"] = "--rewire-csv"
+        # each task's sizes: the embedded preset, or all the data for a real corpus / the user's own folder
+        presets = {t: (REAL if t in fed and mode != "quick" else mode) for t in TASKS + ["rewire"]}
+        task_overrides: Dict[str, List[str]] = {k: list(v) for k, v in pre["task_overrides"].items()
+                                                if presets.get(k) != REAL}
         for item in a.task_override:
             if ":" not in item or "=" not in item:
                 raise argparse.ArgumentTypeError(f"--task-override: expected TASK:KEY=VALUE, got {item!r}")
             t, kv = item.split(":", 1)
+            check_names([t], TASKS + ["all"], "--task-override", "task")
             task_overrides.setdefault(t, []).append(kv)
         for item in a.rewire_override:
             if "=" not in item:
                 raise argparse.ArgumentTypeError(f"--rewire-override: expected KEY=VALUE, got {item!r}")
-        corpora = {k: getattr(a, k) for k in REAL_CORPORA if getattr(a, k)}
+        slurm_extra = _pairs(",".join(a.slurm_extra), "--slurm-extra") if a.slurm_extra else {}
+        corpora = corpora_given(a)
         if a.speech_commands_v1_test:
             corpora["speech_commands_v1_test"] = a.speech_commands_v1_test
         for name, folder in corpora.items():
@@ -249,16 +364,25 @@ def parse_args(argv=None) -> StudyConfig:
     except argparse.ArgumentTypeError as e:
         parser.error(str(e))
     pick = lambda v, k: pre[k] if v is None else v  # noqa: E731
+    size = lambda t, k: (REAL_CORPUS[k] if presets[t] == REAL else pre[k])  # noqa: E731
+    train_cap = {t: size(t, "train_cap") if a.train_cap is None else a.train_cap for t in tasks}
+    eval_cap = {t: size(t, "eval_cap") if a.eval_cap is None else a.eval_cap for t in tasks}
+    max_steps = {t: steps_given.get(t, None if presets[t] == REAL else pre["max_steps"][t]) for t in TASKS}
+    rewire_utts = size("rewire", "rewire_utts") if a.rewire_utts is None else a.rewire_utts
     return StudyConfig(
         out=Path(a.out).resolve(), mode=mode, encoders=encoders, tasks=tasks, fractions=fractions, seeds=seeds,
-        views=views, train_cap=pick(a.train_cap, "train_cap"), eval_cap=pick(a.eval_cap, "eval_cap"),
+        views=views, train_cap=train_cap, eval_cap=eval_cap,
         min_train=pick(a.min_train, "min_train"), max_steps=max_steps,
-        eval_every=pick(a.eval_every, "eval_every"), rewire_utts=pick(a.rewire_utts, "rewire_utts"),
+        eval_every=pick(a.eval_every, "eval_every"), rewire_utts=rewire_utts,
         rewire_epochs=rewire_epochs, rewire_batch=pick(a.rewire_batch, "rewire_batch"),
         iso_utts=pick(a.iso_utts, "iso_utts"), iso_max_vectors=pick(a.iso_max_vectors, "iso_max_vectors"),
         data_dir=Path(a.data_dir).resolve(), shared_dir=Path(a.shared_dir).resolve() if a.shared_dir else None,
         synth_scale=a.synth_scale, cache_dir=Path(a.cache_dir).resolve(), corpora=corpora,
         data_folders=data_folders, rewire_csv=a.rewire_csv, iso_manifest=a.iso_manifest,
-        rewire_overrides=list(a.rewire_override), task_overrides=task_overrides, stages=stages, seed=a.seed,
-        device=a.device, feature_dtype=a.feature_dtype, jobs=max(1, a.jobs), threads=max(1, a.threads),
+        rewire_overrides=list(a.rewire_override), task_overrides=task_overrides, presets=presets,
+        stages=stages, seed=a.seed, device=a.device, feature_dtype=a.feature_dtype, jobs=max(1, a.jobs),
+        threads=max(1, a.threads), launcher=a.launcher,
+        slurm={"partition": a.slurm_partition, "gpus_per_job": max(0, a.slurm_gpus_per_job),
+               "cpus_per_job": a.slurm_cpus_per_job or max(1, a.threads), "time_min": a.slurm_time,
+               "extra": slurm_extra},
     )

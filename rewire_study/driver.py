@@ -17,20 +17,26 @@ import torch
 
 from rewire_study import stages as st
 from rewire_study.config import BASE, STAGES, StudyConfig, parse_args
-from rewire_study.units import StageLog, TreeMemorySampler, reset_logging
+from rewire_study.units import StageLog, TreeMemorySampler, portable, reset_logging
 
 
 def _stage_settings(cfg: StudyConfig, name: str) -> dict:
-    """What each stage's result depends on (written to stages.json and summary.md)."""
+    """What each stage's result depends on (written to stages.json and summary.md; paths relative to OUT)."""
+    return portable(_settings(cfg, name), cfg.out)
+
+
+def _settings(cfg: StudyConfig, name: str) -> dict:
     if name == "data":
         return {"data_dir": str(cfg.data_dir), "synth_scale": cfg.synth_scale, "corpora": cfg.corpora,
                 "data_folders": cfg.data_folders, "train_cap": cfg.train_cap, "eval_cap": cfg.eval_cap,
-                "min_train": cfg.min_train, "fractions": cfg.fractions, "seed": cfg.seed}
+                "min_train": cfg.min_train, "fractions": cfg.fractions, "seed": cfg.seed,
+                "presets": cfg.presets, "rewire_utterances": cfg.rewire_utts}
     if name == "tts":
-        return {"views": st.tts_views(cfg), "backend": "espeak", "cache": str(cfg.cache_dir / "tts")}
+        return {"views": st.tts_views(cfg), **st.tts_choice(cfg), "cache": str(cfg.cache_dir / "tts")}
     if name == "rewire":
         return {"base": cfg.encoders[BASE], "views": cfg.views, "epochs": cfg.rewire_epochs,
-                "utterances": cfg.rewire_utts, "batch_size": cfg.rewire_batch, "overrides": cfg.rewire_overrides}
+                "utterances": cfg.rewire_utts, "batch_size": cfg.rewire_batch, "overrides": cfg.rewire_overrides,
+                "tts": st.tts_choice(cfg), "encoders_written": str(cfg.work / "rewire")}
     if name == "isotropy":
         return {"encoders": list(st.encoder_paths(cfg)), "utterances": cfg.iso_utts,
                 "max_vectors": cfg.iso_max_vectors, "levels": ["frame", "utterance"]}
@@ -39,7 +45,7 @@ def _stage_settings(cfg: StudyConfig, name: str) -> dict:
                 "seeds": cfg.seeds, "max_steps": {t: cfg.max_steps[t] for t in cfg.tasks},
                 "eval_every_steps": cfg.eval_every, "task_overrides": cfg.task_overrides,
                 "feature_cache": str(cfg.cache_dir / "features"), "feature_dtype": cfg.feature_dtype}
-    return {"out": str(cfg.out)}
+    return {"out": ".", "launcher": cfg.launcher}
 
 
 def check_encoders(cfg: StudyConfig) -> None:
@@ -73,7 +79,7 @@ def run_study(cfg: StudyConfig) -> int:
     _memoise_environment_description()
     cfg.out.mkdir(parents=True, exist_ok=True)
     cfg.work.mkdir(parents=True, exist_ok=True)
-    log = StageLog(cfg.out / "stages.json", cfg.as_dict())
+    log = StageLog(cfg.out / "stages.json", portable(cfg.as_dict(), cfg.out))
     log.save()
     print(f"Study ({cfg.mode} mode) -> {cfg.out}; torch threads: {torch.get_num_threads()}", flush=True)
     t_all = time.time()
@@ -123,6 +129,8 @@ def run_study(cfg: StudyConfig) -> int:
     tree = log.data.get("peak_tree_pss_mib")
     print(f"\nStudy finished in {time.time() - t_all:.1f} s; peak memory (PSS) of all study processes together "
           f"{'n/a' if tree is None else f'{tree:.0f} MiB'}. Report: {cfg.out / 'summary.md'}", flush=True)
+    if cfg.views:
+        print(st.continue_by_hand(cfg), flush=True)
     return status
 
 

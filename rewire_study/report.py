@@ -7,14 +7,15 @@ import csv
 import io
 import json
 import math
-import os
 from collections import defaultdict
 from pathlib import Path
 from typing import Dict, List, Optional
 
+from rewire_lib.atomic import atomic_write_bytes, atomic_write_text
 from rewire_study.config import BASE, StudyConfig
 from rewire_study.convergence import aggregate, convergence_per_seed, mean_std
-from rewire_study.stages import downstream_units, encoder_paths
+from rewire_study.stages import continue_by_hand, downstream_units, encoder_paths
+from rewire_study.units import shown_path
 
 CSV_FIELDS = ["section", "task", "fraction", "encoder", "seed", "level", "layer", "quantity", "value"]
 ISO_MEASURES = [("iw", "I(W)"), ("iw_centred", "I(W) centred"), ("avg_cosine", "avg cosine"), ("isoscore", "IsoScore")]
@@ -34,11 +35,13 @@ def read_curve(path: Path, metric: str) -> List[tuple]:
 
 
 def collect_runs(cfg: StudyConfig) -> Dict[tuple, dict]:
-    """{(task, encoder, fraction, seed): {"result": ..., "curve": [(step, dev)], "folder": ...}} for finished runs."""
+    """{(task, encoder, fraction, seed): {"result": ..., "curve": [(step, dev)], "folder": ...}} for finished
+    runs: a run counts only when its unit is done with the current spec (same settings, manifests'
+    content and encoder files), so a stale folder left by other data or another encoder is never reported."""
     runs = {}
     for task, name, frac, seed, unit in downstream_units(cfg):
         res_path = unit.folder / "result.json"
-        if not res_path.is_file():
+        if not unit.is_done() or not res_path.is_file():
             continue
         result = json.loads(res_path.read_text())
         curve_path = unit.folder / "curve.csv"
@@ -183,14 +186,7 @@ def write_csv(path: Path, cfg: StudyConfig, cells: dict, iso_rows: List[dict], s
     w.writeheader()
     for r in rows:
         w.writerow({k: (repr(v) if isinstance(v, float) else v) for k, v in r.items()})
-    _atomic_text(path, buf.getvalue())
-
-
-def _atomic_text(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
+    atomic_write_text(path, buf.getvalue())
 
 
 def plot_convergence(path: Path, task: str, frac: float, cell: dict, runs: dict, seeds: List[int]) -> None:
@@ -229,10 +225,42 @@ def plot_convergence(path: Path, task: str, frac: float, cell: dict, runs: dict,
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=100)
     plt.close(fig)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_bytes(buf.getvalue())
-    os.replace(tmp, path)
+    atomic_write_bytes(path, buf.getvalue())
+
+
+def _steps(n) -> str:
+    return "the recipe's epochs" if n is None else str(n)
+
+
+def what_ran(cfg: StudyConfig) -> List[str]:
+    """The data sizes actually used per task (from the data stage's sizes.json), with their preset and caps."""
+    path = cfg.work / "data" / "sizes.json"
+    sizes = json.loads(path.read_text()) if path.is_file() else {}
+    L = ["## What ran\n",
+         "Utterances used per task (of those available) and where the sizes come from: the embedded data's "
+         "preset caps them for 2 CPU cores; a real corpus or the user's own folder is used whole "
+         "(`real-corpus`) unless an option set a cap.\n",
+         "| task | preset | source | train | dev | test | cap train / eval | steps per run |",
+         "|---|---|---|---|---|---|---|---|"]
+    used = lambda info, k: (f"{info[k]} of {info[k + '_available']}" if f"{k}_available" in info  # noqa: E731
+                            else str(info.get(k, "n/a")))
+    for task in cfg.tasks:
+        info = sizes.get(task, {})
+        if "folds_dir" in info:
+            L.append(f"| {task} | {info.get('preset', cfg.presets.get(task))} | {info['folds_dir']} | folds | folds | "
+                     f"folds | all | {_steps(cfg.max_steps[task])} |")
+            continue
+        caps = f"{cfg.train_cap[task] or 'all'} / {cfg.eval_cap[task] or 'all'}"
+        L.append(f"| {task} | {info.get('preset', cfg.presets.get(task))} | {info.get('source', 'n/a')} | "
+                 f"{used(info, 'train')} | {used(info, 'dev')} | {used(info, 'test')} | {caps} | "
+                 f"{_steps(cfg.max_steps[task])} |")
+    if "rewire" in sizes:
+        r = sizes["rewire"]
+        L.append(f"| rewiring | {r.get('preset')} | {r.get('source')} | {r.get('train')} of "
+                 f"{r.get('train_available', 'n/a')} | — | — | {r.get('cap') or 'all'} | "
+                 + ", ".join(f"{v} {cfg.rewire_epochs.get(v, 1)} epoch(s)" for v in cfg.views) + " |")
+    L.append("")
+    return L
 
 
 def write_markdown(path: Path, cfg: StudyConfig, cells: dict, iso_rows: List[dict], stages: dict,
@@ -240,14 +268,14 @@ def write_markdown(path: Path, cfg: StudyConfig, cells: dict, iso_rows: List[dic
     encs = encoder_paths(cfg)
     L = []
     L.append("# Study: rewired encoders against their base encoder\n")
-    L.append(f"Generated by `run_all.sh` ({cfg.mode} mode) from the files under `{cfg.work}`; "
-             "every number below is read from those files.\n")
-    L.append("**Encoders**: " + ", ".join(f"`{n}` = `{p}`" for n, p in encs.items()) + "  ")
+    L.append(f"Generated by `run_all.sh` ({cfg.mode} preset, {cfg.launcher} launcher) from the files under "
+             "`study/`; every number below is read from those files. Paths are relative to this report's folder.\n")
+    L.append("**Encoders**: " + ", ".join(f"`{n}` = `{shown_path(p, cfg.out)}`" for n, p in encs.items()) + "  ")
     L.append(f"**Tasks**: {', '.join(cfg.tasks)}; **training fractions**: {', '.join(f'{f:g}' for f in cfg.fractions)}; "
              f"**seeds**: {', '.join(map(str, cfg.seeds))}; **steps per run**: "
-             + ", ".join(f"{t} {cfg.max_steps[t]}" for t in cfg.tasks) + f"; **dev every** {cfg.eval_every} steps.  ")
-    L.append(f"**Data caps**: train <= {cfg.train_cap or 'all'}, dev/test <= {cfg.eval_cap or 'all'} utterances per task "
-             f"(seeded, stratified); low-resource subsets keep >= {cfg.min_train} utterances.\n")
+             + ", ".join(f"{t} {_steps(cfg.max_steps[t])}" for t in cfg.tasks) + f"; **dev every** {cfg.eval_every} steps.  ")
+    L.append(f"Low-resource subsets keep >= {cfg.min_train} utterances.\n")
+    L += what_ran(cfg)
 
     # verdict
     L.append("## Verdict: does a rewired encoder beat the baseline?\n")
@@ -317,7 +345,7 @@ def write_markdown(path: Path, cfg: StudyConfig, cells: dict, iso_rows: List[dic
         L.append("No isotropy measurement.\n")
     else:
         n_vec = {(r["encoder"], r["level"]): r["n_vectors"] for r in iso_rows}
-        L.append(f"On `{cfg.work / 'data' / 'isotropy.csv'}`; per layer, every hidden state (0 = CNN/projection output); "
+        L.append(f"On `{shown_path(cfg.work / 'data' / 'isotropy.csv', cfg.out)}`; per layer, every hidden state (0 = CNN/projection output); "
                  "I(W) of raw rows (uncentred, not normalised) and of centred rows; average cosine of random pairs "
                  "from different utterances (near 1: anisotropic); IsoScore (1: isotropic). "
                  "Each cell: mean over layers / last layer.\n")
@@ -358,6 +386,14 @@ def write_markdown(path: Path, cfg: StudyConfig, cells: dict, iso_rows: List[dic
         L.append(f"Total wall time of the latest invocation: {fmt(stages.get('total_wall_time_s'), 1)} s; "
                  f"work time over all invocations: {fmt(stages.get('total_work_time_s'), 1)} s; "
                  f"peak memory (PSS, shared pages counted once) of all study processes together: {fmt(stages.get('peak_tree_pss_mib'), 0)} MiB.")
+    if cfg.views:
+        L.append("")
+        L.append("## Continue by hand\n")
+        L.append("The rewired encoders are complete model folders; a downstream recipe runs on them from the "
+                 "repository root with:\n")
+        L.append("```")
+        L += [line.strip() for line in continue_by_hand(cfg).splitlines()[1:]]
+        L.append("```")
     failed = [f for st in stages.get("stages", {}).values() for f in st.get("failed", [])]
     if failed:
         L.append("")
@@ -365,7 +401,7 @@ def write_markdown(path: Path, cfg: StudyConfig, cells: dict, iso_rows: List[dic
         for f in failed:
             L.append(f"- `{f['unit']}`: {f['error']}")
     L.append("")
-    _atomic_text(path, "\n".join(L) + "\n")
+    atomic_write_text(path, "\n".join(L) + "\n")
 
 
 def write_report(cfg: StudyConfig, stages: Optional[dict] = None) -> dict:

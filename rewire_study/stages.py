@@ -1,11 +1,12 @@
 """The study's stages. Each calls the project's own entry points (data_prep, rewire_lib.tts, the
-rewiring recipe, rewire_lib.isotropy, the downstream recipes' run_task) in this process, and skips
-the units it finds finished."""
+rewiring recipe's and the downstream recipes' `train.py` main(), rewire_lib.isotropy) and skips the
+units it finds finished. A unit is finished only for the same spec: its settings, the content
+fingerprint of its manifests and the stamp of its encoder's files."""
 from __future__ import annotations
 
 import csv
 import importlib
-import importlib.util
+import io
 import json
 import math
 import time
@@ -13,14 +14,13 @@ import traceback
 from pathlib import Path
 from typing import Dict, List, Optional
 
-from rewire_lib.paths import REPO_ROOT, shared_data_dir
-from rewire_study.config import BASE, REAL_CORPORA, TASK_DATA, StudyConfig
-from rewire_study.units import Unit, atomic_write_json, encoder_stamp, quiet
+from rewire_lib.atomic import atomic_write_json, atomic_write_text
+from rewire_lib.paths import shared_data_dir
 from rewire_lib.subsets import nested_subset, subset_name
-
-
-class StageError(RuntimeError):
-    """A stage could not do its work (the message says what and where)."""
+from rewire_study.config import BASE, REAL_CORPORA, TASK_DATA, StudyConfig
+from rewire_study.launch import run_units
+from rewire_study.recipes import recipe_hparams
+from rewire_study.units import StageError, Unit, data_fingerprint, encoder_stamp, quiet, shown_path
 
 
 # ---------------------------------------------------------------------- helpers
@@ -35,8 +35,6 @@ def read_manifest(path) -> tuple[list, List[dict]]:
 
 def write_manifest_if_changed(path: Path, fields: list, rows: List[dict]) -> bool:
     """Write a manifest atomically unless the same content is already there (keeps mtimes stable)."""
-    import io
-
     buf = io.StringIO()
     w = csv.DictWriter(buf, fields, extrasaction="ignore", lineterminator="\n")
     w.writeheader()
@@ -44,10 +42,7 @@ def write_manifest_if_changed(path: Path, fields: list, rows: List[dict]) -> boo
     text = buf.getvalue()
     if path.is_file() and path.read_text(encoding="utf-8") == text:
         return False
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text, encoding="utf-8")
-    tmp.replace(path)
+    atomic_write_text(path, text)
     return True
 
 
@@ -80,6 +75,16 @@ def task_source(cfg: StudyConfig, task: str) -> Dict[str, str]:
 
 def study_data_folder(cfg: StudyConfig, task: str) -> Path:
     return cfg.work / "data" / task
+
+
+def task_manifests(cfg: StudyConfig, task: str, fraction: float = 1.0) -> List[Path]:
+    """The manifests a downstream run of `task` reads (what its data fingerprint covers)."""
+    src = task_source(cfg, task)
+    if "folds_dir" in src:
+        return sorted(Path(src["folds_dir"]).rglob("*.csv"))
+    folder = study_data_folder(cfg, task)
+    files = [folder / "train.csv", folder / "dev.csv", folder / "test.csv"]
+    return files + ([folder / subset_name(fraction=fraction)] if fraction < 1 else [])
 
 
 def rewire_source_csv(cfg: StudyConfig) -> Path:
@@ -138,18 +143,21 @@ def make_study_manifests(cfg: StudyConfig) -> dict:
     for task in cfg.tasks:
         src = task_source(cfg, task)
         if "folds_dir" in src:
-            sizes[task] = {"folds_dir": src["folds_dir"]}
+            sizes[task] = {"folds_dir": shown_path(src["folds_dir"], cfg.out), "preset": cfg.presets[task]}
             continue
         folder, dst = Path(src["data_folder"]), study_data_folder(cfg, task)
         strat = TASK_DATA[task][1]
-        info = {"source": str(folder)}
+        info = {"source": shown_path(folder, cfg.out), "preset": cfg.presets[task],
+                "train_cap": cfg.train_cap[task], "eval_cap": cfg.eval_cap[task]}
         fields, train = read_manifest(folder / "train.csv")
-        train = cap_rows(train, cfg.train_cap, cfg.seed, strat)
+        info["train_available"] = len(train)
+        train = cap_rows(train, cfg.train_cap[task], cfg.seed, strat)
         write_manifest_if_changed(dst / "train.csv", fields, train)
         info["train"] = len(train)
         for split in ("dev", "test"):
             f2, rows = read_manifest(folder / f"{split}.csv")
-            rows = cap_rows(rows, cfg.eval_cap, cfg.seed, strat)
+            info[f"{split}_available"] = len(rows)
+            rows = cap_rows(rows, cfg.eval_cap[task], cfg.seed, strat)
             write_manifest_if_changed(dst / f"{split}.csv", f2, rows)
             info[split] = len(rows)
         for frac in cfg.fractions:
@@ -164,14 +172,16 @@ def make_study_manifests(cfg: StudyConfig) -> dict:
         print(f"  {task}: {info}", flush=True)
     if cfg.views:
         fields, rows = read_manifest(rewire_source_csv(cfg))
+        available = len(rows)
         rows = cap_rows(rows, cfg.rewire_utts, cfg.seed, None)
         write_manifest_if_changed(cfg.work / "data" / "rewire" / "train.csv", fields, rows)
-        sizes["rewire"] = {"source": str(rewire_source_csv(cfg)), "train": len(rows)}
+        sizes["rewire"] = {"source": shown_path(rewire_source_csv(cfg), cfg.out), "preset": cfg.presets["rewire"],
+                           "cap": cfg.rewire_utts, "train_available": available, "train": len(rows)}
         print(f"  rewire: {sizes['rewire']}", flush=True)
     fields, rows = read_manifest(iso_source_csv(cfg))
     rows = cap_rows(rows, cfg.iso_utts, cfg.seed, "label")
     write_manifest_if_changed(cfg.work / "data" / "isotropy.csv", fields, rows)
-    sizes["isotropy"] = {"source": str(iso_source_csv(cfg)), "utterances": len(rows)}
+    sizes["isotropy"] = {"source": shown_path(iso_source_csv(cfg), cfg.out), "utterances": len(rows)}
     print(f"  isotropy: {sizes['isotropy']}", flush=True)
     atomic_write_json(cfg.work / "data" / "sizes.json", sizes)
     return {"sizes": sizes}
@@ -182,80 +192,128 @@ def tts_views(cfg: StudyConfig) -> List[str]:
     return [v for v in cfg.views if v in ("neutral", "mixed")]
 
 
+def rewire_setting(cfg: StudyConfig, view: str, key: str):
+    """A rewiring YAML key as the recipe will see it: the view's YAML (with its `extends:` base) under
+    the study's `--rewire-override`s. Read from the YAML so that its default lives in one place."""
+    import ruamel.yaml
+
+    from rewire_lib.recipe import resolve_extends
+
+    text = "".join(f"{k.strip()}: {v.strip()}\n" for k, v in (kv.split("=", 1) for kv in cfg.rewire_overrides))
+    base_file, merged = resolve_extends(str(recipe_hparams("rewire", view)), text)
+    if key in merged:
+        return merged[key]
+    return ruamel.yaml.YAML().load(base_file.read_text()).get(key)
+
+
+def tts_choice(cfg: StudyConfig) -> dict:
+    """The TTS backend and settings the neutral/mixed views will use (the same cache folder)."""
+    views = tts_views(cfg)
+    if not views:
+        return {"backend": None, "settings": {}}
+    backend = str(rewire_setting(cfg, views[0], "tts_backend"))
+    settings = rewire_setting(cfg, views[0], "tts_settings") or {}
+    return {"backend": backend, "settings": json.loads(json.dumps(dict(settings)))}
+
+
 def stage_tts(cfg: StudyConfig) -> dict:
     views = tts_views(cfg)
     if not views:
         print("  no view needs TTS (twin only): nothing to synthesise", flush=True)
         return {"texts": 0}
-    from rewire_lib import tts
+    from rewire_lib.tts import TTSCache, TTSUnavailable, make_backend, read_manifest_texts
 
+    choice = tts_choice(cfg)
     manifest = cfg.work / "data" / "rewire" / "train.csv"
-    print(f"  eSpeak NG renderings of {manifest}'s transcripts for {views} -> {cfg.cache_dir / 'tts'} "
-          "(cached texts are skipped)", flush=True)
+    try:
+        backend = make_backend(choice["backend"], **choice["settings"])
+    except (TTSUnavailable, ValueError) as err:
+        raise StageError(f"TTS backend {choice['backend']!r} (--rewire-override tts_backend=...): {err}") from None
+    cache = TTSCache(cfg.cache_dir / "tts", backend)
+    print(f"  {choice['backend']} renderings of {shown_path(manifest, cfg.out)}'s transcripts for {views} -> "
+          f"{shown_path(cache.folder, cfg.out)} (cached texts are skipped)", flush=True)
+    texts = read_manifest_texts(manifest)
     with quiet(None):
-        rc = tts.main(["--manifest", str(manifest), "--cache", str(cfg.cache_dir / "tts"), "--num-workers", "2"])
-    if rc:
-        raise StageError(f"TTS pre-synthesis failed (exit code {rc})")
-    return {"texts": len(tts.read_manifest_texts(manifest))}
+        stats = cache.synthesize_missing(texts, num_workers=2, progress=False)
+    return {"texts": len(texts), "backend": choice["backend"], "synthesised": stats.done, "cached": stats.cached,
+            "skipped": stats.skipped}
 
 
 # ---------------------------------------------------------------------- 3. rewiring
-def _rewire_recipe():
-    spec = importlib.util.spec_from_file_location("rewire_recipe_train", REPO_ROOT / "recipes" / "rewire" / "train.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
-
-
 def rewire_unit(cfg: StudyConfig, view: str) -> Unit:
     base = cfg.encoders[BASE]
     csv_path = cfg.work / "data" / "rewire" / "train.csv"
     spec = {"view": view, "encoder": base, "encoder_stamp": encoder_stamp(base), "train_csv": str(csv_path),
+            "data_fingerprint": data_fingerprint(csv_path),
             "epochs": cfg.rewire_epochs.get(view, 1), "batch_size": cfg.rewire_batch,
-            "overrides": cfg.rewire_overrides, "tts_cache_dir": str(cfg.cache_dir / "tts")}
+            "overrides": cfg.rewire_overrides, "tts_cache_dir": str(cfg.cache_dir / "tts"), "device": cfg.device}
     return Unit(cfg.work / "rewire" / view, spec, outputs=["encoder/config.json"])
 
 
-def _rewire_one(cfg: StudyConfig, view: str) -> dict:
-    """In a worker: rewire `base` with one view (the recipe's own main(), its console to console.txt)."""
-    unit = rewire_unit(cfg, view)
+def rewire_argv(cfg: StudyConfig, unit: Unit) -> List[str]:
     s = unit.spec
-    unit.start()
-    argv = [str(REPO_ROOT / "recipes" / "rewire" / "hparams" / f"{view}.yaml"), "--encoder", s["encoder"],
+    return [str(recipe_hparams("rewire", s["view"])), "--encoder", s["encoder"],
             "--train_csv", s["train_csv"], "--output_folder", str(unit.folder),
             "--number_of_epochs", str(s["epochs"]), "--batch_size", str(s["batch_size"]),
             "--tts_cache_dir", s["tts_cache_dir"], "--device", cfg.device, "--noprogressbar"] + \
         _overrides(cfg.rewire_overrides)
+
+
+def _rewire_one(cfg: StudyConfig, view: str) -> dict:
+    """In a worker or job: rewire `base` with one view (the recipe's own main(), its console to console.txt)."""
+    from rewire_study.launch import run_recipe
+
+    unit = rewire_unit(cfg, view)
+    unit.start()
     t0 = time.time()
-    with quiet(unit.folder / "console.txt"):
-        _rewire_recipe().main(argv)
+    run_recipe(cfg, "rewire", rewire_argv(cfg, unit), unit.folder / "console.txt")
     seconds = round(time.time() - t0, 2)
     unit.finish(seconds=seconds)
-    return {"text": f"  {view}: rewired in {seconds:.1f} s -> {unit.folder / 'encoder'}", "seconds": seconds}
+    return {"text": f"  {view}: rewired in {seconds:.1f} s -> {shown_path(unit.folder / 'encoder', cfg.out)}",
+            "seconds": seconds}
 
 
 def stage_rewire(cfg: StudyConfig) -> dict:
-    from rewire_study.pool import run_groups
-
     todo = []
     for view in cfg.views:
         unit = rewire_unit(cfg, view)
         if unit.is_done():
-            print(f"  {view}: already rewired ({unit.folder / 'encoder'}), skipped", flush=True)
+            print(f"  {view}: already rewired ({shown_path(unit.folder / 'encoder', cfg.out)}), skipped", flush=True)
             continue
         s = unit.spec
         print(f"  {view}: rewiring {s['encoder']} for {s['epochs']} epoch(s), {s['batch_size']} pairs a step, "
-              f"on {s['train_csv']} (log: {unit.folder / 'console.txt'})", flush=True)
+              f"on {shown_path(s['train_csv'], cfg.out)} (log: {shown_path(unit.folder / 'console.txt', cfg.out)})",
+              flush=True)
         todo.append(view)
-    msgs = run_groups(_rewire_one, cfg, [[v] for v in todo], cfg.jobs, cfg.threads, "rewire", isolate=True) \
-        if todo else []
+    msgs = run_units(_rewire_one, cfg, [[v] for v in todo], "rewire", isolate=True) if todo else []
+    print(continue_by_hand(cfg), flush=True)
     return {"units_run": len(msgs), "units_skipped": len(cfg.views) - len(todo),
             "unit_seconds": [m["seconds"] for m in msgs], "worker_peak_rss_mib": _worker_peak(msgs)}
 
 
+def continue_by_hand(cfg: StudyConfig) -> str:
+    """The commands that run a downstream recipe by hand on the study's rewired encoders (from the
+    repository root): rewired.yaml finds `<rewire_results>/twin/encoder`, other views by --encoder."""
+    from rewire_lib.paths import REPO_ROOT
+
+    results = shown_path(cfg.work / "rewire", REPO_ROOT)
+    task = cfg.tasks[0] if cfg.tasks else "ks"
+    lines = [f"  continue by hand (from the repository root): the rewired encoders are under {results}/<view>/encoder"]
+    for view in cfg.views:
+        if view == "twin":
+            lines.append(f"    python recipes/{task}/train.py recipes/{task}/hparams/rewired.yaml "
+                         f"--rewire_results {results}")
+        else:
+            lines.append(f"    python recipes/{task}/train.py recipes/{task}/hparams/rewired.yaml "
+                         f"--encoder {results}/{view}/encoder")
+    return "\n".join(lines)
+
+
 # ---------------------------------------------------------------------- 4. isotropy
 def isotropy_unit(cfg: StudyConfig, name: str, encoder: str) -> Unit:
-    spec = {"encoder": encoder, "encoder_stamp": encoder_stamp(encoder), "manifest": str(cfg.work / "data" / "isotropy.csv"),
+    manifest = cfg.work / "data" / "isotropy.csv"
+    spec = {"encoder": encoder, "encoder_stamp": encoder_stamp(encoder), "manifest": str(manifest),
+            "data_fingerprint": data_fingerprint(manifest),
             "level": "both", "max_vectors": cfg.iso_max_vectors, "seed": cfg.seed}
     return Unit(cfg.work / "isotropy" / name, spec, outputs=["rows.json"])
 
@@ -278,7 +336,6 @@ def _isotropy_one(cfg: StudyConfig, item) -> dict:
 
 def stage_isotropy(cfg: StudyConfig) -> dict:
     from rewire_lib import isotropy_cli
-    from rewire_study.pool import run_groups
 
     encs = encoder_paths(cfg)
     todo = []
@@ -289,13 +346,14 @@ def stage_isotropy(cfg: StudyConfig) -> dict:
             todo.append((name, enc))
     if todo:
         print(f"  measuring {[n for n, _ in todo]}: frame and utterance level, every layer, on "
-              f"{cfg.work / 'data' / 'isotropy.csv'} (up to {cfg.iso_max_vectors} vectors per layer and level)",
-              flush=True)
-        run_groups(_isotropy_one, cfg, [[t] for t in todo], cfg.jobs, cfg.threads, "isotropy")
+              f"{shown_path(cfg.work / 'data' / 'isotropy.csv', cfg.out)} (up to {cfg.iso_max_vectors} vectors per "
+              "layer and level)", flush=True)
+        run_units(_isotropy_one, cfg, [[t] for t in todo], "isotropy")
     rows = []
     for name, enc in encs.items():
         rows += json.loads((isotropy_unit(cfg, name, enc).folder / "rows.json").read_text())
-    settings = {"encoders": encs, "manifest": str(cfg.work / "data" / "isotropy.csv"), "level": "both",
+    settings = {"encoders": {n: shown_path(e, cfg.out) for n, e in encs.items()},
+                "manifest": shown_path(cfg.work / "data" / "isotropy.csv", cfg.out), "level": "both",
                 "layers": None, "centred": False, "normalised": False, "max_vectors": cfg.iso_max_vectors,
                 "seed": cfg.seed, "top_k": rows[0]["top_k"] if rows else 1}
     out = cfg.work / "isotropy"
@@ -319,10 +377,12 @@ def downstream_units(cfg: StudyConfig) -> List[tuple]:
         src = task_source(cfg, task)
         data = {"folds_dir": src["folds_dir"]} if "folds_dir" in src else \
             {"data_folder": str(study_data_folder(cfg, task))}
+        fingerprints = {f: data_fingerprint(*task_manifests(cfg, task, f)) for f in cfg.fractions}
         for name, path in encs.items():
             for frac in cfg.fractions:
                 for seed in cfg.seeds:
                     spec = {"task": task, "encoder": path, "encoder_stamp": stamps[name], **data,
+                            "data_fingerprint": fingerprints[frac], "device": cfg.device,
                             "train_fraction": frac, "seed": seed, "max_steps": cfg.max_steps[task],
                             "eval_every_steps": cfg.eval_every,
                             "overrides": cfg.task_overrides.get("all", []) + cfg.task_overrides.get(task, []),
@@ -336,32 +396,35 @@ def downstream_units(cfg: StudyConfig) -> List[tuple]:
 def downstream_argv(cfg: StudyConfig, unit: Unit) -> List[str]:
     s = unit.spec
     data = ["--folds_dir", s["folds_dir"]] if "folds_dir" in s else ["--data_folder", s["data_folder"]]
-    return [str(REPO_ROOT / "recipes" / s["task"] / "hparams" / "baseline.yaml"), "--encoder", s["encoder"], *data,
+    # a step limit binds only with epochs to spare; without one the recipe's own number_of_epochs runs
+    steps = [] if s["max_steps"] is None else ["--number_of_epochs", "100000", "--max_steps", str(s["max_steps"])]
+    return [str(recipe_hparams(s["task"], "baseline")), "--encoder", s["encoder"], *data,
             "--train_fraction", str(s["train_fraction"]), "--seed", str(s["seed"]),
-            "--output_folder", str(unit.folder), "--number_of_epochs", "100000",
-            "--max_steps", str(s["max_steps"]), "--eval_every_steps", str(s["eval_every_steps"]),
+            "--output_folder", str(unit.folder), *steps, "--eval_every_steps", str(s["eval_every_steps"]),
             "--feature_cache", "disk", "--feature_cache_dir", str(cfg.cache_dir / "features"),
             "--feature_cache_dtype", s["feature_dtype"], "--device", cfg.device, "--noprogressbar",
             *_overrides(s["overrides"])]
 
 
 def _downstream_one(cfg: StudyConfig, item) -> dict:
-    """In a worker: one downstream run through the task recipe's run_task; a failure is reported, not raised."""
-    from rewire_lib.downstream import run_task
+    """In a worker or job: one downstream run through the task recipe's own main(); a failure is
+    reported, not raised."""
+    from rewire_study.launch import run_recipe
 
     task, name, frac, seed, unit = item
     label = f"{task} {name} frac{frac:g} seed{seed}"
     unit.start()
     t0 = time.time()
     try:
-        with quiet(unit.folder / "console.txt"):
-            result = run_task(task, downstream_argv(cfg, unit))
+        result = run_recipe(cfg, task, downstream_argv(cfg, unit), unit.folder / "console.txt")
     except Exception as err:  # one failed run must not lose the others: counted, listed, reported
-        (unit.folder / "error.txt").write_text(traceback.format_exc())
-        return {"failed": True, "unit": str(unit.folder), "error": f"{type(err).__name__}: {err}",
-                "text": f"  FAILED {label}: {type(err).__name__}: {err} (see {unit.folder / 'error.txt'})"}
+        atomic_write_text(unit.folder / "error.txt", traceback.format_exc())
+        where = shown_path(unit.folder, cfg.out)
+        return {"failed": True, "unit": where, "error": f"{type(err).__name__}: {err}",
+                "text": f"  FAILED {label}: {type(err).__name__}: {err} (see {where}/error.txt)"}
     seconds = round(time.time() - t0, 2)
     unit.finish(seconds=seconds)
+    result = result or {}
     metric = result.get("metric")
     value = result.get(f"test_{metric}")
     shown = f"test {metric} {value:.2f}" if isinstance(value, (int, float)) and not math.isnan(value) else "done"
@@ -369,8 +432,6 @@ def _downstream_one(cfg: StudyConfig, item) -> dict:
 
 
 def stage_downstream(cfg: StudyConfig) -> dict:
-    from rewire_study.pool import run_groups
-
     units = downstream_units(cfg)
     todo = [u for u in units if not u[4].is_done()]
     print(f"  {len(units)} runs ({len(cfg.tasks)} tasks x {len(encoder_paths(cfg))} encoders x "
@@ -379,7 +440,7 @@ def stage_downstream(cfg: StudyConfig) -> dict:
     groups = {}
     for u in todo:  # one group per task and encoder, full fraction first (it fills the feature cache)
         groups.setdefault((u[0], u[1]), []).append(u)
-    msgs = run_groups(_downstream_one, cfg, list(groups.values()), cfg.jobs, cfg.threads, "downstream")
+    msgs = run_units(_downstream_one, cfg, list(groups.values()), "downstream", failures="report")
     failed = [{"unit": m["unit"], "error": m["error"]} for m in msgs if m.get("failed")]
     secs = [m["seconds"] for m in msgs if not m.get("failed")]
     return {"units": len(units), "units_run": len(msgs) - len(failed), "units_skipped": len(units) - len(todo),

@@ -13,29 +13,50 @@ import time
 from pathlib import Path
 from typing import Optional
 
+from rewire_lib.atomic import atomic_write_json
+from rewire_lib.run_stamp import manifest_fingerprint
+
 MARKER = "study_unit.json"
 
 
-def atomic_write_json(path: Path, obj) -> None:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(obj, indent=1, default=str) + "\n")
-    os.replace(tmp, path)
+class StageError(RuntimeError):
+    """A stage could not do its work (the message says what and where)."""
+
+
+def _sha1_files(files, names) -> str:
+    h = hashlib.sha1()
+    for f, name in zip(files, names):
+        h.update(f"{name}\n".encode())
+        with open(f, "rb") as fh:
+            for block in iter(lambda: fh.read(1 << 20), b""):
+                h.update(block)
+    return h.hexdigest()[:16]
+
+
+_STAMPS: dict = {}
 
 
 def encoder_stamp(encoder: str) -> str:
-    """Changes whenever a local encoder folder's own files (weights, configs) change; sub-folders (e.g.
-    training logs beside the model) do not count; a hub id stands for itself."""
+    """Fingerprint of a local encoder folder's own files (weights, configs: their bytes); sub-folders
+    (e.g. training logs beside the model) do not count; a hub id stands for itself. Hashed once per
+    process for each (file sizes, mtimes), so a large model is read once per study."""
     path = Path(encoder)
     if not path.exists():
         return str(encoder)
     files = sorted(p for p in path.iterdir() if p.is_file()) if path.is_dir() else [path]
-    h = hashlib.sha1()
-    for p in files:
-        st = p.stat()
-        h.update(f"{p.relative_to(path) if path.is_dir() else p.name}|{st.st_size}|{st.st_mtime_ns}\n".encode())
-    return h.hexdigest()[:16]
+    key = (str(path.resolve()), tuple((f.name, f.stat().st_size, f.stat().st_mtime_ns) for f in files))
+    if key not in _STAMPS:
+        _STAMPS[key] = _sha1_files(files, [f.name for f in files])
+    return _STAMPS[key]
+
+
+def data_fingerprint(*csv_paths) -> str:
+    """Content fingerprint of a unit's manifests (rewire_lib.run_stamp's, of their bytes); before they
+    exist, the names of the missing ones: a unit trained on other data is another unit."""
+    missing = [Path(p).name for p in csv_paths if not Path(p).is_file()]
+    if missing:
+        return "missing:" + ",".join(missing)
+    return manifest_fingerprint(*csv_paths)
 
 
 class Unit:
@@ -227,3 +248,24 @@ class TreeMemorySampler:
             if v is not None:
                 self.peak_mib = v if self.peak_mib is None else max(self.peak_mib, v)
             self._stop.wait(self.interval)
+
+
+def shown_path(path, base: Path) -> str:
+    """A path as the report writes it: relative to the report folder `base` (no machine's absolute
+    paths in summary.md, summary.csv or stages.json); a hub id or other non-path stays as it is."""
+    text = str(path)
+    p = Path(text)
+    if not p.is_absolute():
+        return text
+    return os.path.relpath(p, Path(base).resolve())
+
+
+def portable(obj, base: Path):
+    """`obj` (settings: dicts, lists, strings, paths) with every absolute path made relative to `base`."""
+    if isinstance(obj, dict):
+        return {k: portable(v, base) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [portable(v, base) for v in obj]
+    if isinstance(obj, Path) or (isinstance(obj, str) and os.path.isabs(obj)):
+        return shown_path(obj, base)
+    return obj

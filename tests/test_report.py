@@ -72,6 +72,7 @@ def fake_study(tmp_path: Path):
         result = {"task": task, "metric": m, "higher_is_better": hib, f"test_{m}": TESTS[task][enc][seed],
                   "num_train": 100, "steps": 40, "train_fraction": frac, "seed": seed}
         (unit.folder / "result.json").write_text(json.dumps(result))
+        unit.finish()  # done with this spec: the report counts only finished units
     iso = cfg.work / "isotropy"
     iso.mkdir(parents=True)
     rows = [{"encoder": e, "layer": l, "level": lvl, "n_vectors": 500, "iw": 0.1 * (l + 1) * k, "iw_centred": 0.5,

@@ -4,7 +4,6 @@ import json
 import os
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -29,13 +28,12 @@ def tiny_argv(tmp: Path, encoder: Path, extra=()):
 @pytest.fixture(scope="module")
 def tiny_study(tmp_path_factory, tiny_encoder_dir):
     tmp = tmp_path_factory.mktemp("study")
-    t0 = time.time()
     rc = main(tiny_argv(tmp, tiny_encoder_dir))
-    return tmp, rc, time.time() - t0, tiny_encoder_dir
+    return tmp, rc, tiny_encoder_dir
 
 
 def test_tiny_study_writes_every_output(tiny_study):
-    tmp, rc, seconds, _ = tiny_study
+    tmp, rc, _ = tiny_study
     assert rc == 0
     res = tmp / "results"
     cfg = parse_args(tiny_argv(tmp, Path("unused")))
@@ -84,12 +82,10 @@ def test_tiny_study_writes_every_output(tiny_study):
 
 
 def test_second_run_skips_everything(tiny_study):
-    tmp, rc, first_seconds, encoder = tiny_study
+    tmp, rc, encoder = tiny_study
     res = tmp / "results"
     mtimes = {p: p.stat().st_mtime_ns for p in (res / "study" / "runs").rglob("result.json")}
-    t0 = time.time()
     assert main(tiny_argv(tmp, encoder)) == 0
-    seconds = time.time() - t0
     stages = json.loads((res / "stages.json").read_text())["stages"]
     assert stages["rewire"]["units_run"] == 0 and stages["rewire"]["units_skipped"] == 1
     assert stages["isotropy"]["units_run"] == 0 and stages["isotropy"]["units_skipped"] == 2
@@ -97,11 +93,10 @@ def test_second_run_skips_everything(tiny_study):
     assert stages["downstream"]["invocations"] == 2
     assert stages["downstream"]["work_time_s"] > stages["downstream"]["wall_time_s"]
     assert {p: p.stat().st_mtime_ns for p in mtimes} == mtimes  # no run was redone
-    assert seconds < max(30.0, first_seconds / 3), (seconds, first_seconds)
 
 
 def test_changed_settings_redo_only_what_they_touch(tiny_study):
-    tmp, _, _, encoder = tiny_study
+    tmp, _, encoder = tiny_study
     # one more seed: only its 4 runs are new (the rewired encoder and the other runs are kept)
     assert main(tiny_argv(tmp, encoder, ["--seeds", "0,1,2", "--stages", "downstream,report"])) == 0
     st = json.loads((tmp / "results" / "stages.json").read_text())["stages"]["downstream"]
@@ -141,7 +136,7 @@ def test_cli_presets_and_errors(capsys):
     cfg = parse_args(["--encoders", "base=facebook/wav2vec2-base,other=/x", "--max-steps", "ks=7", "--views", "none",
                       "--task-override", "asr:lr=0.002", "--fractions", "0.1,1"])
     assert cfg.encoders == {"base": "facebook/wav2vec2-base", "other": "/x"} and cfg.views == []
-    assert cfg.max_steps["ks"] == 7 and cfg.max_steps["asr"] == PRESETS["full"]["max_steps"]["asr"]
+    assert cfg.max_steps["ks"] == 7 and cfg.max_steps["asr"] == PRESETS["default"]["max_steps"]["asr"]
     assert cfg.task_overrides["asr"][-1] == "lr=0.002" and cfg.fractions == [1.0, 0.1]
     for bad in (["--tasks", "xx"], ["--encoders", "other=/x"], ["--views", "twins"], ["--fractions", "2"],
                 ["--encoders", "base=/x,twin=/y"]):

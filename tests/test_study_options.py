@@ -1,0 +1,148 @@
+"""The study's options: caps only for the embedded default, --help's presets, one-line errors for
+misspelt per-task / per-view keys, the TTS backend of --rewire-override, and portable report paths."""
+import csv
+import json
+import re
+from pathlib import Path
+
+import pytest
+
+from rewire_lib.paths import REPO_ROOT
+from rewire_study import stages as st
+from rewire_study.config import PRESETS, REAL, parse_args
+from rewire_study.driver import _stage_settings, main
+
+
+def write_manifest(path: Path, n: int, labels=("a", "b", "c", "d")) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["ID", "duration", "wav", "label", "spk_id"])
+        for i in range(n):
+            w.writerow([f"{path.stem}{i}", 1.0, f"/nowhere/{i}.wav", labels[i % len(labels)], f"s{i % 7}"])
+    return path
+
+
+def task_folder(root: Path, train=400, dev=120, test=120) -> Path:
+    for split, n in (("train", train), ("dev", dev), ("test", test)):
+        write_manifest(root / f"{split}.csv", n)
+    return root
+
+
+def base_argv(tmp: Path, *extra):
+    iso = write_manifest(tmp / "iso" / "dev.csv", 20)
+    return ["--out", str(tmp / "results"), "--data-dir", str(tmp / "data"), "--tasks", "ks", "--views", "none",
+            "--fractions", "1.0,0.1", "--seeds", "0", "--iso-manifest", str(iso), *extra]
+
+
+# ---------------------------------------------------------------------- caps
+def test_embedded_default_is_capped_user_folder_is_not(tmp_path):
+    task_folder(tmp_path / "data" / "speech_commands")  # where the embedded default's KS data lives
+    cfg = parse_args(base_argv(tmp_path))
+    assert cfg.presets["ks"] == "default" and cfg.train_cap["ks"] == 200 and cfg.max_steps["ks"] == 60
+    sizes = st.make_study_manifests(cfg)["sizes"]["ks"]
+    assert (sizes["train"], sizes["dev"], sizes["test"]) == (200, 60, 60)
+
+    mine = task_folder(tmp_path / "mine")
+    cfg = parse_args(base_argv(tmp_path, "--data-folder", f"ks={mine}", "--out", str(tmp_path / "r2")))
+    assert cfg.presets["ks"] == REAL and cfg.train_cap["ks"] == 0 and cfg.max_steps["ks"] is None
+    sizes = st.make_study_manifests(cfg)["sizes"]["ks"]
+    assert (sizes["train"], sizes["dev"], sizes["test"]) == (400, 120, 120)
+    assert sizes["preset"] == REAL and sizes["train_available"] == 400
+    unit = next(u for *_, u in st.downstream_units(cfg))
+    argv = st.downstream_argv(cfg, unit)
+    assert "--max_steps" not in argv and "--number_of_epochs" not in argv  # the recipe's own epochs
+
+    # a cap the user sets applies to the user's data too
+    cfg = parse_args(base_argv(tmp_path, "--data-folder", f"ks={mine}", "--train-cap", "100", "--max-steps", "ks=7",
+                               "--out", str(tmp_path / "r3")))
+    assert st.make_study_manifests(cfg)["sizes"]["ks"]["train"] == 100 and cfg.max_steps["ks"] == 7
+
+
+def test_real_corpus_options_lift_caps_of_the_tasks_they_feed(tmp_path):
+    cfg = parse_args(["--librispeech", str(tmp_path), "--tasks", "asr,ks"])
+    assert cfg.presets["asr"] == REAL and cfg.presets["rewire"] == REAL and cfg.presets["ks"] == "default"
+    assert cfg.train_cap == {"asr": 0, "ks": 200} and cfg.eval_cap == {"asr": 0, "ks": 60}
+    assert cfg.rewire_utts == 0 and cfg.max_steps["asr"] is None and cfg.max_steps["ks"] == 60
+    assert "asr" not in cfg.task_overrides  # the embedded preset's CPU batch size is not forced on LibriSpeech
+    quick = parse_args(["--quick", "--voxceleb1", str(tmp_path)])  # --quick: a first look, capped everywhere
+    assert quick.presets["sid"] == "quick" and quick.train_cap["sid"] == PRESETS["quick"]["train_cap"]
+
+
+def test_help_shows_every_preset_value_and_the_active_one(capsys, tmp_path):
+    with pytest.raises(SystemExit):
+        parse_args(["--data-folder", f"ks={tmp_path}", "--help"])
+    out = capsys.readouterr().out
+    assert "Active preset: default; real-corpus for ks (--data-folder)" in out
+    for key in ("train_cap", "eval_cap", "max_steps", "rewire_utts", "iso_utts"):
+        line = next(ln for ln in out.splitlines() if ln.strip().startswith(key + " "))
+        assert str(PRESETS["default"][key] if key != "max_steps" else "ks=60") in line, line
+    with pytest.raises(SystemExit):
+        parse_args(["--quick", "--help"])
+    assert "Active preset: quick" in capsys.readouterr().out
+
+
+# ---------------------------------------------------------------------- misspelt keys
+@pytest.mark.parametrize("argv, words", [
+    (["--max-steps", "kss=5"], "--max-steps: unknown task 'kss'; valid: pr, asr, ks, ic, sid, er"),
+    (["--task-override", "kss:lr=1"], "--task-override: unknown task 'kss'; valid: pr, asr, ks, ic, sid, er, all"),
+    (["--rewire-epochs", "twinn=3"], "--rewire-epochs: unknown view 'twinn'; valid: twin, neutral, mixed"),
+    (["--data-folder", "ks2=/x"], "--data-folder: unknown task 'ks2'; valid: pr, asr, ks, ic, sid, er"),
+])
+def test_misspelt_keys_are_one_line_errors(argv, words, capsys):
+    with pytest.raises(SystemExit) as exc:
+        parse_args(argv)
+    err = capsys.readouterr().err
+    assert exc.value.code == 2 and words in err and len(err.strip().splitlines()) == 1, err
+
+
+# ---------------------------------------------------------------------- TTS backend
+def test_rewire_override_tts_backend_is_what_the_tts_stage_uses(tmp_path, monkeypatch):
+    cfg = parse_args(base_argv(tmp_path, "--views", "neutral", "--rewire-override", "tts_backend=festival"))
+    assert parse_args(base_argv(tmp_path, "--views", "neutral")).views == ["neutral"]
+    assert st.tts_choice(parse_args(base_argv(tmp_path, "--views", "neutral")))["backend"] == "espeak"  # YAML default
+    assert st.tts_choice(cfg)["backend"] == "festival"
+    assert _stage_settings(cfg, "tts")["backend"] == "festival"
+    assert _stage_settings(cfg, "rewire")["tts"]["backend"] == "festival"
+    argv = st.rewire_argv(cfg, st.rewire_unit(cfg, "neutral"))
+    assert argv[argv.index("--tts_backend") + 1] == "festival"
+
+    import rewire_lib.tts as tts
+
+    asked = []
+
+    def fake_backend(name, **settings):
+        asked.append(name)
+        raise tts.TTSUnavailable(f"{name} is a test double")
+
+    monkeypatch.setattr(tts, "make_backend", fake_backend)
+    write_manifest(cfg.work / "data" / "rewire" / "train.csv", 3)
+    with pytest.raises(st.StageError, match="festival"):
+        st.stage_tts(cfg)
+    assert asked == ["festival"]
+
+
+# ---------------------------------------------------------------------- report paths and continuing by hand
+def test_report_files_hold_no_absolute_paths(tmp_path):
+    enc = tmp_path / "enc"
+    enc.mkdir()
+    (enc / "config.json").write_text("{}")
+    task_folder(tmp_path / "data" / "speech_commands")
+    write_manifest(tmp_path / "data" / "synth" / "rewire" / "train.csv", 120)
+    argv = base_argv(tmp_path, "--encoders", f"base={enc}", "--views", "twin")
+    st.make_study_manifests(parse_args(argv))
+    assert main(argv + ["--stages", "report"]) == 0
+    res = tmp_path / "results"
+    for name in ("summary.md", "summary.csv", "stages.json"):
+        text = (res / name).read_text()
+        for root in (tmp_path, REPO_ROOT):  # no path starting at the file-system root (relative ones may pass by)
+            assert re.search(r"(^|[\s`'\"(=:,\[])" + re.escape(str(root)), text) is None, name
+    md = (res / "summary.md").read_text()
+    assert "| ks | default | ../data/speech_commands | 200 of 400 | 60 of 120 | 60 of 120 | 200 / 60 | 60 |" in md
+    assert "| rewiring | default | ../data/synth/rewire/train.csv | 96 of 120 |" in md
+    # the command to continue by hand names the study's rewired encoders, relative to the repository
+    line = next(ln for ln in md.splitlines() if "hparams/rewired.yaml --rewire_results" in ln)
+    assert line.startswith("python recipes/ks/train.py recipes/ks/hparams/rewired.yaml")
+    assert (REPO_ROOT / line.split("--rewire_results ")[1]).resolve() == (res / "study" / "rewire").resolve()
+    stages = json.loads((res / "stages.json").read_text())
+    assert stages["settings"]["out"] == "." and stages["settings"]["encoders"]["base"] == "../enc"
