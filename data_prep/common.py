@@ -12,8 +12,8 @@ from pathlib import Path
 from typing import Dict, Iterable, List, Optional, Sequence
 
 from rewire_lib.atomic import atomic_write_text
-from rewire_lib.manifest import Failure, Row, report_failures, validate_entries, write_manifest
-from rewire_lib.outputs import check_writable
+from rewire_lib.manifest import Failure, ManifestError, Row, report_failures, validate_entries, write_manifest
+from rewire_lib.outputs import OutputFolderError, check_writable
 from rewire_lib.subsets import nested_subset, subset_name
 
 log = logging.getLogger("data_prep")
@@ -42,13 +42,17 @@ def base_parser(description: str, data_folder_default: Optional[str] = None) -> 
 def run_preparer(prepare, description: str, argv=None, data_folder_default: Optional[str] = None, options=()):
     """The command line every preparer shares: the common options plus `options`, (flag, argparse
     keyword arguments) pairs whose values go to `prepare` under their `dest` name; then logging and
-    `prepare(...)`."""
+    `prepare(...)`. A corpus that is missing or laid out otherwise, a bad list or manifest, or a save
+    folder that cannot be written ends the command with one line saying so (exit status 2)."""
     p = base_parser(description, data_folder_default)
     extra = [p.add_argument(flag, **kwargs).dest for flag, kwargs in options]
     a = p.parse_args(argv)
     setup_logging()
-    return prepare(a.data_folder, a.save_folder, seed=a.seed, fractions=a.fraction, hours=a.hours, force=a.force,
-                   **{name: getattr(a, name) for name in extra})
+    try:
+        return prepare(a.data_folder, a.save_folder, seed=a.seed, fractions=a.fraction, hours=a.hours, force=a.force,
+                       **{name: getattr(a, name) for name in extra})
+    except (PrepError, ManifestError, OutputFolderError) as err:
+        p.exit(2, f"{p.prog}: error: {err}\n")
 
 
 def setup_logging() -> None:
