@@ -4,6 +4,8 @@
 
 - `data/synth/`: the eSpeak NG corpus (asr, rewire, ks, ic, er, sid), `data_prep/synth.py`;
 - `data/fsdd/{digits,speakers}/`: FSDD from `../shared/data/fsdd`;
+- `data/fsdd/connected/`: connected digits (ASR/PR, real speech) joined from FSDD, `data_prep/fsdd_connected.py`
+  (its utterance counts scaled by `--scale` too);
 - `data/speech_commands/`: the Speech Commands v0.02 test set split speaker-disjointly.
 Each preparer writes `prepared.json` with a fingerprint of its arguments and is skipped when it
 matches (so a second call costs about a second); `--force` redoes everything.
@@ -12,7 +14,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from data_prep import fsdd, speech_commands_test, synth
+from data_prep import fsdd, fsdd_connected, speech_commands_test, synth
 from data_prep.common import DEFAULT_FRACTIONS, setup_logging
 from rewire_lib.paths import data_dir, shared_data_dir
 
@@ -24,6 +26,8 @@ def prepare_all(data_root=None, seed: int = 0, scale: float = 1.0, num_workers: 
     synth.generate(data_root / "synth", scale=scale, seed=seed, num_workers=num_workers, fractions=fractions,
                    hours=hours, force=force)
     fsdd.prepare(shared / "fsdd", data_root / "fsdd", seed=seed, fractions=fractions, hours=hours, force=force)
+    fsdd_connected.prepare(shared / "fsdd", data_root / "fsdd" / "connected", seed=seed, fractions=fractions,
+                           hours=hours, force=force, utterances=fsdd_connected.scaled_counts(scale))
     speech_commands_test.prepare(shared / "speech_commands_v0.02_test", data_root / "speech_commands", seed=seed,
                                  fractions=fractions, hours=hours, force=force)
 
