@@ -88,6 +88,11 @@ def _resample_counts(rng: np.random.Generator, n: int, size: int) -> np.ndarray:
     return rng.multinomial(n, np.full(n, 1.0 / n), size=size).astype(np.float64)
 
 
+def _drawn_sum(seed_counts: np.ndarray, x: np.ndarray, utt_counts: np.ndarray) -> np.ndarray:
+    """Per replicate, the sum of x over the drawn (seed, utterance) cells: seed_counts^T x utt_counts."""
+    return ((seed_counts @ x) * utt_counts).sum(axis=1)
+
+
 def paired_bootstrap_diff(base, other, n_boot: int = 10_000, seed: int = 0, ci: float = 0.95,
                           higher_is_better: bool = True, base_den=None, other_den=None,
                           scale: float = 100.0) -> BootstrapDiff:
@@ -122,20 +127,15 @@ def paired_bootstrap_diff(base, other, n_boot: int = 10_000, seed: int = 0, ci: 
     else:
         bd = od = np.ones_like(b)
 
-    def metric(num_b, den_b, num_o, den_o):
-        return scale * num_b / den_b, scale * num_o / den_o
-
-    point_b, point_o = metric(b.sum(), bd.sum(), o.sum(), od.sum())
+    point_b, point_o = scale * b.sum() / bd.sum(), scale * o.sum() / od.sum()
     rng = np.random.default_rng(seed)
     diffs = np.empty(n_boot)
     for start in range(0, n_boot, _CHUNK):
         size = min(_CHUNK, n_boot - start)
         cs = _resample_counts(rng, n_seeds, size)  # [size, n_seeds]
         cu = _resample_counts(rng, n_utts, size)  # [size, n_utts]
-        # Sum over the drawn (seed, utterance) cells of X = cs^T X cu, one replicate per row.
-        def total(x):
-            return ((cs @ x) * cu).sum(axis=1)
-        rb, ro = metric(total(b), total(bd), total(o), total(od))
+        rb = scale * _drawn_sum(cs, b, cu) / _drawn_sum(cs, bd, cu)
+        ro = scale * _drawn_sum(cs, o, cu) / _drawn_sum(cs, od, cu)
         diffs[start:start + size] = ro - rb
     alpha = (1.0 - ci) / 2.0
     low, high = np.quantile(diffs, [alpha, 1.0 - alpha])
