@@ -244,11 +244,16 @@ def _first_at_or_below_half(steps: np.ndarray, surv: np.ndarray) -> float:
 
 
 def _km_median(obs: np.ndarray, reached: np.ndarray) -> Optional[float]:
-    sf = _km_curve(obs, reached)
-    if sf is None:
-        return None
-    m = _first_at_or_below_half(sf.quantiles, sf.probabilities)
-    return None if math.isinf(m) else m
+    """Kaplan-Meier median by the product-limit formula directly, for the bootstrap's thousands of calls
+    (scipy.stats.ecdf, used for the reported curve and band, costs ~0.4 ms a call); tests check they agree.
+    Runs censored at an event time stay at risk at that time, as in scipy."""
+    surv = 1.0
+    for t in np.unique(obs[reached]):
+        at_risk = np.count_nonzero(obs >= t)
+        surv *= 1.0 - np.count_nonzero(reached & (obs == t)) / at_risk
+        if surv <= 0.5 + _HALF_TOL:
+            return float(t)
+    return None
 
 
 def censored_median(times: Sequence[Optional[float]], censored_at, ci: float = 0.95) -> CensoredMedian:

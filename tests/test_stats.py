@@ -157,6 +157,17 @@ def test_median_interval_matches_a_hand_computed_greenwood_log_log_band():
     assert res.n_censored == 0
 
 
+def test_bootstrap_km_median_agrees_with_the_reported_scipy_curve():
+    from rewire_lib.stats import _km_median, _observations
+
+    rng = np.random.default_rng(0)
+    for _ in range(200):
+        n = int(rng.integers(1, 9))
+        times = [None if rng.random() < 0.4 else int(rng.integers(1, 6)) * 10 for _ in range(n)]
+        limits = [int(rng.integers(1, 6)) * 10 for _ in range(n)]
+        assert _km_median(*_observations(times, limits)) == censored_median(times, limits).median, (times, limits)
+
+
 def test_no_run_reaches_the_target():
     res = censored_median([None, None], censored_at=[30, 40])
     assert res.median is None and res.n_censored == 2 and math.isinf(res.ci_low)
