@@ -1,22 +1,23 @@
 """The checkout is an installed package (pyproject.toml, `pip install -e .` by setup.sh): scripts and
-recipes import `rewire_lib` / `data_prep` from anywhere, and no committed script edits `sys.path`."""
+recipes import `rewire_lib`, `rewire_study`, `data_prep`, `bench` from anywhere, and no committed script
+edits `sys.path`."""
 import subprocess
 import sys
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
-SCANNED = ("rewire_lib", "data_prep", "recipes", "bench")
+SCANNED = ("rewire_lib", "rewire_study", "data_prep", "recipes", "bench")
 
 
 def test_packages_import_from_this_checkout_outside_the_repo(tmp_path):
     """Run from an unrelated folder with no PYTHONPATH: only the editable install can find them."""
-    code = "import rewire_lib, data_prep, rewire_lib.downstream; print(rewire_lib.__file__); print(data_prep.__file__)"
+    packages = ("rewire_lib", "rewire_study", "data_prep", "bench")
+    code = f"import {', '.join(packages)}, rewire_lib.downstream; " + "; ".join(f"print({p}.__file__)" for p in packages)
     env = {"PATH": "/usr/bin:/bin", "HOME": str(tmp_path)}
     out = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, env=env, capture_output=True, text=True)
     assert out.returncode == 0, f"not installed? run setup.sh (pip install -e . --no-deps): {out.stderr[-500:]}"
-    lib, prep = (Path(line).resolve() for line in out.stdout.split())
-    assert lib == REPO / "rewire_lib" / "__init__.py"
-    assert prep == REPO / "data_prep" / "__init__.py"
+    found = [Path(line).resolve() for line in out.stdout.split()]
+    assert found == [REPO / p / "__init__.py" for p in packages]
 
 
 def test_preparer_runs_as_a_script_from_another_folder(tmp_path):
