@@ -16,7 +16,6 @@ import soundfile as sf
 
 from rewire_lib.audio import AudioError
 from rewire_lib.dataio import ManifestFormatError, audio_dataset
-from rewire_lib.downstream.tasks import LabelError, make_task
 from rewire_lib.encoder import EncoderLoadError
 from rewire_lib.paths import REPO_ROOT
 from rewire_lib.recipe import HparamsError, load_recipe
@@ -106,24 +105,31 @@ def _write(path, header, rows):
     return path
 
 
-@pytest.mark.parametrize("task,column", [("ks", "label"), ("ic", "object"), ("asr", "wrd"), ("pr", "phn")])
-def test_downstream_label_columns(task, column, tmp_path, wav):
-    (tmp_path / "out1").mkdir()
-    (tmp_path / "out2").mkdir()
+@pytest.mark.parametrize("column,kind", [("label", "classes"), ("object", "classes"), ("wrd", "tokens"),
+                                         ("phn", "tokens")])
+def test_downstream_label_columns(column, kind, tmp_path, wav):
+    from rewire_lib.downstream.labels import LabelError, fit_ctc_tokenizer, fit_label_encoder
+
     header = ["ID", "duration", "wav", "label", "action", "object", "location", "wrd", "phn"]
     row = ["u1", "0.5", str(wav), "yes", "on", "lights", "kitchen", "HELLO", "h e l ow"]
     train = _write(tmp_path / "train.csv", header, [row])
     missing = _write(tmp_path / "dev.csv", [h for h in header if h != column],
                      [[v for h, v in zip(header, row) if h != column]])
+
+    def fit(dev, name):
+        if kind == "classes":
+            return fit_label_encoder(train, column, [dev], tmp_path / f"{name}.txt")
+        return fit_ctc_tokenizer(train, column, str.split, [dev], tmp_path / f"{name}.txt")
+
     with pytest.raises(LabelError, match=rf"dev\.csv: missing column\(s\) \['{column}'\]"):
-        make_task(task, {}).setup_labels(train, {"valid": missing}, tmp_path / "out1")
-    if task in ("ks", "ic"):  # an unknown class in dev/test: named with its line and the training manifest
+        fit(missing, "a")
+    if kind == "classes":  # an unknown class in dev/test: named with its line and the training manifest
         other = list(row)
         other[header.index(column)] = "garage"
         dev = _write(tmp_path / "dev2.csv", header, [row, other])
-        with pytest.raises(LabelError, match=rf"dev2\.csv: line 3 \(ID u1\): {column} label 'garage' never occurs "
+        with pytest.raises(LabelError, match=rf"dev2\.csv: line 3 \(ID u1\): {column} 'garage' never occurs "
                                              rf"in the training manifest .*train\.csv"):
-            make_task(task, {}).setup_labels(train, {"valid": dev}, tmp_path / "out2")
+            fit(dev, "b")
 
 
 def test_empty_numeric_and_non_ascii_transcripts_in_neutral_rewiring(tmp_path, wav):
