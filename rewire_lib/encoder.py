@@ -3,6 +3,13 @@
 The recipes never care which family (wav2vec 2.0, HuBERT, WavLM, data2vec-audio) they run: they
 receive all hidden states stacked as [L+1, B, T, D] plus a boolean mask of the valid frames, so
 pooling and layer weighting can ignore padding.
+
+LayerDrop: in train mode a Transformer layer may be skipped (the stock configs of every family use
+p = 0.1). Transformers 5 records hidden states only for the layers that ran, so the list would shrink
+and the layer weights of a featurizer would shift onto the wrong layers. A skipped layer is an
+identity map, so here its hidden state is the previous one (what transformers 4 returned, and what the
+authors' code saw): the stack always has L+1 entries, index i is always layer i. The per-layer outputs
+are taken with forward hooks on the encoder's layers (`LayerOutputs`).
 """
 from __future__ import annotations
 
@@ -65,6 +72,57 @@ def count_hidden_states(source: str | os.PathLike) -> int:
         raise EncoderLoadError(f"Cannot read the encoder config of '{source}': {err}") from err
 
 
+class LayerOutputs:
+    """Records, during one forward pass, the input of the first Transformer layer that ran and the
+    output of each layer that ran (by index), with forward hooks that exist only inside the `with`
+    block: a recomputation under gradient checkpointing (layers called again during backward) records
+    nothing, and copies or pickles of the model carry no hook.
+
+    Stable-layer-norm encoders apply a final layer norm after the last layer; its input is recorded
+    too, because it is the layers' input when LayerDrop skipped every layer.
+    """
+
+    def __init__(self, encoder: torch.nn.Module, stable_layer_norm: bool):
+        self.layers = encoder.layers
+        self.final_norm = encoder.layer_norm if stable_layer_norm and hasattr(encoder, "layer_norm") else None
+
+    def __enter__(self):
+        self.first_input, self.final_norm_input, self.outputs = None, None, {}
+        self.handles = [layer.register_forward_hook(self._hook(index)) for index, layer in enumerate(self.layers)]
+        if self.final_norm is not None:
+            self.handles.append(self.final_norm.register_forward_pre_hook(self._record_final_norm_input))
+        return self
+
+    def __exit__(self, *exc):
+        for handle in self.handles:
+            handle.remove()
+        self.handles = []
+
+    def _hook(self, index: int):
+        def record(module, args, output):
+            if self.first_input is None:
+                self.first_input = args[0] if args else None
+            self.outputs[index] = output[0] if isinstance(output, tuple) else output
+        return record
+
+    def _record_final_norm_input(self, module, args):
+        self.final_norm_input = args[0]
+
+    def stack(self, last_hidden_state: torch.Tensor) -> torch.Tensor:
+        """[L+1, B, T, D]: the layers' input, then each layer's output, a skipped layer repeating the
+        previous state. Equal to HF's own `hidden_states` when no layer is skipped (for stable-layer-norm
+        models the top entry is the last layer's output before the final layer norm, as in transformers 5)."""
+        current = self.first_input
+        if current is None:  # LayerDrop skipped every layer: the layers' input is what came out
+            current = self.final_norm_input if self.final_norm is not None else last_hidden_state
+        states = [current]
+        for index in range(len(self.layers)):
+            current = self.outputs.get(index, current)
+            states.append(current)
+        self.first_input, self.final_norm_input, self.outputs = None, None, {}
+        return torch.stack(states, dim=0)
+
+
 class SpeechEncoder(torch.nn.Module):
     """A Hugging Face audio encoder plus the input preparation its feature extractor specifies."""
 
@@ -78,6 +136,7 @@ class SpeechEncoder(torch.nn.Module):
         self.model = model
         self.do_normalize = do_normalize
         self.use_attention_mask = use_attention_mask
+        self._layer_outputs = LayerOutputs(model.encoder, bool(getattr(model.config, "do_stable_layer_norm", False)))
 
     # ------------------------------------------------------------------ loading / saving
     @classmethod
@@ -88,10 +147,13 @@ class SpeechEncoder(torch.nn.Module):
         layerdrop: float | None = None,
         gradient_checkpointing: bool = False,
         freeze_feature_encoder: bool = False,
+        freeze_cnn: bool | None = None,
         **model_kwargs,
     ) -> "SpeechEncoder":
-        """Load by hub id or local folder. `apply_spec_augment`/`layerdrop` override the config
-        (the rewiring paper kept the config's values; downstream probing usually turns them off)."""
+        """Load by hub id or local folder. `apply_spec_augment` (HF's own SpecAugment time masking) and
+        `layerdrop` override the config when not None (the authors kept the stock values: LayerDrop 0.1,
+        masking p 0.05; the recipes' YAML keys `encoder_spec_augment` / `encoder_layerdrop` feed them).
+        `freeze_cnn` is the recipes' name for `freeze_feature_encoder` (either freezes the CNN)."""
         resolved = _resolve_source(source)
         try:
             config = AutoConfig.from_pretrained(resolved)
@@ -115,7 +177,7 @@ class SpeechEncoder(torch.nn.Module):
             raise EncoderLoadError(f"Cannot load encoder weights from '{source}': {err}") from err
         if gradient_checkpointing:
             model.gradient_checkpointing_enable()
-        if freeze_feature_encoder:
+        if freeze_feature_encoder or freeze_cnn:
             model.feature_extractor._freeze_parameters()
         try:
             extractor = AutoFeatureExtractor.from_pretrained(resolved)
@@ -208,8 +270,9 @@ class SpeechEncoder(torch.nn.Module):
             # a batch of only very short clips: pad it (the padding is masked) so time masking can run
             wavs = torch.nn.functional.pad(wavs, (0, masking_min - max_samples))
         inputs, attention_mask = self.prepare_inputs(wavs, sample_lengths)
-        out = self.model(inputs, attention_mask=attention_mask, output_hidden_states=True, return_dict=True)
-        hidden = torch.stack(out.hidden_states, dim=0)
+        with self._layer_outputs as layer_outputs:
+            out = self.model(inputs, attention_mask=attention_mask, return_dict=True)
+        hidden = layer_outputs.stack(out.last_hidden_state)
         frames = hidden.shape[2]
         frame_lengths = self.frame_lengths(sample_lengths).clamp(1, frames)
         frame_mask = torch.arange(frames, device=wavs.device)[None, :] < frame_lengths[:, None]

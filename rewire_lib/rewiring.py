@@ -21,6 +21,7 @@ from rewire_lib.featurizer import masked_mean
 from rewire_lib.logs import CSVLog, atomic_write_csv, plot_columns, plot_layer_weights
 from rewire_lib.losses import nt_xent
 from rewire_lib.nonfinite import NonFiniteGuard
+from rewire_lib.oom import name_the_batch_on_oom
 from rewire_lib.pairs import PairBuilder, pair_pipeline
 
 logger = logging.getLogger(__name__)
@@ -77,6 +78,12 @@ class RewireBrain(NonFiniteGuard, ShardedBatchesDDP, sb.Brain):
     hparams used: temperature, dropout (encoder in train mode), pair_builder, loss_csv,
     log_every_steps, sampler (optional BucketBatchSampler, its epoch is set here),
     max_nonfinite_in_a_row (NonFiniteGuard: non-finite steps are skipped and counted).
+
+    Devices and precision are SpeechBrain's run options (`--device cuda:0`, `--precision bf16|fp16`):
+    the encoder's forward runs under the Brain's autocast context, the loss in float32; with fp16 on a
+    GPU, SpeechBrain's GradScaler skips steps whose scaled gradients overflow (the loss check of
+    NonFiniteGuard still skips a non-finite loss). A batch that runs out of memory stops the run with
+    `BatchDoesNotFit`, naming its utterances and the settings that reduce memory.
     """
 
     def on_fit_start(self):
@@ -99,6 +106,12 @@ class RewireBrain(NonFiniteGuard, ShardedBatchesDDP, sb.Brain):
         if not self.hparams.dropout:  # dropout off: the encoder runs in eval mode while training
             self.modules.encoder.eval()
 
+    def fit_batch(self, batch):
+        seconds = [float(v.shape[0]) / 16000 for v in list(batch.view_a) + list(batch.view_b)]
+        ids = [f"{utt}/{side}" for side in ("a", "b") for utt in batch.id]
+        with name_the_batch_on_oom(ids, seconds, what="rewiring batch (both views)"):
+            return super().fit_batch(batch)
+
     def compute_forward(self, batch, stage):
         wavs, lens = pad_views(batch.view_a, batch.view_b)
         wavs, lens = wavs.to(self.device), lens.to(self.device)
@@ -108,8 +121,10 @@ class RewireBrain(NonFiniteGuard, ShardedBatchesDDP, sb.Brain):
 
     def compute_objectives(self, predictions, batch, stage):
         n = len(batch.view_a)
+        predictions = predictions.float()  # the loss in float32 even under bf16/fp16 autocast
         view_a, view_b = gather_across_ranks(predictions[:n]), gather_across_ranks(predictions[n:])
-        return nt_xent(view_a, view_b, self.hparams.temperature)
+        with torch.autocast(device_type=self.device_type, enabled=False):
+            return nt_xent(view_a, view_b, self.hparams.temperature)
 
     def on_fit_batch_end(self, batch, outputs, loss, should_step):
         if not should_step or not if_main_process():
@@ -249,11 +264,52 @@ def make_train_loader_kwargs(dataset, hparams) -> dict:
     return kwargs
 
 
-def finish(brain: RewireBrain, hparams) -> Path:
-    """Save the encoder and draw the loss curve (main process only)."""
+CARD_SETTINGS = ("batch_size", "lr", "weight_decay", "temperature", "max_grad_norm", "dropout", "encoder_layerdrop",
+                 "encoder_spec_augment", "freeze_cnn", "gradient_checkpointing", "layer", "sorting",
+                 "length_rules", "max_duration", "tts_backend", "mask_fraction", "seed")
+
+
+def last_epoch_loss(loss_csv) -> float | None:
+    """Mean loss of the last epoch in loss.csv (None if the file has no rows)."""
+    import csv
+
+    path = Path(loss_csv)
+    if not path.is_file():
+        return None
+    with open(path) as f:
+        rows = [(r["epoch"], float(r["loss"])) for r in csv.DictReader(f) if r.get("loss")]
+    if not rows:
+        return None
+    last = [loss for epoch, loss in rows if epoch == rows[-1][0]]
+    return sum(last) / len(last)
+
+
+def write_card(brain: RewireBrain, hparams, folder: Path, train_set=None, argv=None) -> Path:
+    """The hub model card of the rewired encoder (see rewire_lib.model_card)."""
+    from rewire_lib.model_card import portable_command, portable_path, write_model_card
+    from rewire_lib.paths import REPO_ROOT
+
+    out = Path(hparams["output_folder"])
+    seconds = durations(train_set) if train_set is not None else []
+    settings = {key: hparams.get(key) for key in CARD_SETTINGS if key in hparams}
+    settings["precision"] = getattr(brain, "precision", "fp32")
+    settings["world_size"] = world_size()
+    encoder = unwrap_ddp(brain.modules.encoder)
+    return write_model_card(
+        folder, base_encoder=portable_path(str(hparams["encoder"]), REPO_ROOT, out), view=hparams["view"],
+        utterances=len(seconds), hours=sum(seconds) / 3600, steps=brain.optimizer_step,
+        epochs=brain.hparams.epoch_counter.current, settings=settings, final_loss=last_epoch_loss(hparams["loss_csv"]),
+        command=portable_command(argv or [], REPO_ROOT, out), model_type=encoder.model.config.model_type,
+        datasets=hparams.get("hub_datasets"),
+    )
+
+
+def finish(brain: RewireBrain, hparams, train_set=None, argv=None) -> Path:
+    """Save the encoder with its model card and draw the loss curve (main process only)."""
     folder = Path(hparams["output_folder"]) / "encoder"
     if if_main_process():
         brain.save_encoder(folder)
+        write_card(brain, hparams, folder, train_set=train_set, argv=argv)
         plot_columns(hparams["loss_csv"], Path(hparams["output_folder"]) / "loss.png", "step", ["loss"],
                      title=f"Rewiring ({hparams['view']}) NT-Xent loss", smooth=max(1, hparams.get("plot_smooth", 10)))
         plot_layer_weights(brain.layer_weights(),
