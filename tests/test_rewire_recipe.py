@@ -142,3 +142,63 @@ def test_unknown_or_mistyped_keys_are_clear_errors(tmp_path, tiny_encoder_dir):
         load_recipe(base + ["--batchsize", "4"], schema)
     with pytest.raises(HparamsError, match="'batch_size' must be int"):
         load_recipe(base + ["--batch_size", "four"], schema)
+
+
+def test_a_batch_that_runs_out_of_memory_is_named_with_what_to_change(tmp_path, tiny_encoder_dir, monkeypatch):
+    from rewire_lib.oom import BatchDoesNotFit
+
+    def no_memory(self, wavs, wav_lens=None):
+        raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 20.00 GiB")
+
+    monkeypatch.setattr(SpeechEncoder, "forward", no_memory)
+    manifest = fsdd_manifest(tmp_path / "train.csv", takes=range(1), digits=range(4))
+    recipe = load_train_module("rewire")
+    with pytest.raises(BatchDoesNotFit) as err:  # one batch of 4 pairs
+        recipe.main(_args("twin", tiny_encoder_dir, manifest, tmp_path / "o", "--sorting", "ascending"))
+    message = str(err.value)
+    for needle in ("0_jackson_0/a (", "1_jackson_0/b (", " s)", "batch_size", "max_duration", "gradient_checkpointing",
+                   "--precision", "Tried to allocate"):
+        assert needle in message, needle
+
+
+def test_bf16_autocast_trains_and_the_nonfinite_guard_still_skips(tmp_path, tiny_encoder_dir):
+    """`--precision bf16` (SpeechBrain's run option): the encoder runs in bf16, the loss in float32, the
+    weights change, and a NaN loss is still skipped and counted by NonFiniteGuard."""
+    seen = {}
+
+    class Bf16Brain(RewireBrain):
+        def compute_forward(self, batch, stage):
+            pooled = super().compute_forward(batch, stage)
+            seen.setdefault("pooled", pooled.dtype)
+            return pooled
+
+        def compute_objectives(self, predictions, batch, stage):
+            loss = super().compute_objectives(predictions, batch, stage)
+            seen.setdefault("loss", loss.dtype)
+            seen["calls"] = seen.get("calls", 0) + 1
+            return loss * float("nan") if seen["calls"] == 2 else loss
+
+    manifest = fsdd_manifest(tmp_path / "train.csv", takes=range(2), digits=range(8))
+    out = tmp_path / "bf16"  # 16 utterances, 4 pairs a step: 4 batches
+    folder = load_train_module("rewire").main(
+        _args("twin", tiny_encoder_dir, manifest, out, "--precision", "bf16"), Bf16Brain)
+    assert seen["pooled"] == torch.bfloat16 and seen["loss"] == torch.float32
+    losses = _losses(out)
+    assert len(losses) == 3  # 4 batches, the NaN one skipped
+    before = AutoModel.from_pretrained(tiny_encoder_dir).state_dict()
+    after = AutoModel.from_pretrained(folder).state_dict()
+    assert after["feature_projection.projection.weight"].dtype == torch.float32
+    assert not torch.equal(before["feature_projection.projection.weight"], after["feature_projection.projection.weight"])
+
+
+def test_gradient_checkpointing_key_enables_it_and_gives_the_same_gradients(tiny_encoder_dir):
+    wavs, lens = torch.randn(2, 8000), torch.tensor([1.0, 0.6])
+    grads = []
+    for checkpointing in (False, True):
+        enc = SpeechEncoder.from_pretrained(tiny_encoder_dir, gradient_checkpointing=checkpointing).train()
+        enc.model.config.hidden_dropout = 0.0
+        assert enc.model.is_gradient_checkpointing == checkpointing
+        torch.manual_seed(0)
+        enc(wavs, lens).hidden_states.pow(2).mean().backward()
+        grads.append(enc.model.encoder.layers[0].feed_forward.intermediate_dense.weight.grad.clone())
+    torch.testing.assert_close(grads[0], grads[1])
