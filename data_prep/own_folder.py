@@ -3,7 +3,7 @@
     python data_prep/own_folder.py --data_folder SRC --save_folder DST \
         [--labels subfolder | pattern:REGEX | csv:FILE | kaldi:FILE] [--transcripts FILE] \
         [--speaker subfolder | pattern:REGEX | csv:FILE | kaldi:FILE] \
-        [--split_ratios 0.8 0.1 0.1] [--extensions wav flac ogg] [--fraction F ...] [--hours H ...] [--seed S]
+        [--split_ratios 0.8 0.1 0.1] [--extensions wav flac ogg] [--relative_paths] [--fraction F ...] [--hours H ...]
 
 Audio: every file under SRC (recursively, hidden files skipped) whose extension is one of
 `--extensions`, any sample rate and channel count soundfile reads (recipes resample to 16 kHz and
@@ -26,8 +26,9 @@ value column is wrd/transcript/text/words (else the second column).
 Splits: with speakers, speaker-disjoint (the sorted speakers shuffled with the seed and cut by
 `--split_ratios`, at least one speaker each); without, a seeded random split of the utterances (NOT
 speaker-disjoint; logged and recorded in prepared.json as `split: random utterances`). Columns:
-ID,duration,wav,[spk_id],sample_rate,channels,[label],[wrd],file (`wav` absolute, `file` relative to
-SRC). Then what every preparer does (data_prep/common.py): unreadable, empty or too-short audio in
+ID,duration,wav,[spk_id],sample_rate,channels,[label],[wrd],file (`wav` absolute, or with
+`--relative_paths` relative to the save folder, which recipes resolve against the manifest's folder;
+`file` relative to SRC). Then what every preparer does (data_prep/common.py): unreadable, empty or too-short audio in
 skipped.csv, nested `train_frac{F}.csv` / `train_hours{H}.csv` subsets (stratified by label when there
 are labels), prepared.json (the same command again is skipped; a changed folder or list is redone).
 """
@@ -35,6 +36,7 @@ from __future__ import annotations
 
 import csv
 import hashlib
+import os
 import re
 from collections import Counter, defaultdict
 from pathlib import Path
@@ -186,7 +188,8 @@ def _listing_digest(files: List[AudioFile], list_files: Sequence[str]) -> str:
 
 def prepare(data_folder, save_folder, seed: int = 0, fractions=(0.1, 0.01), hours=(), force: bool = False,
             labels: Optional[str] = None, transcripts: Optional[str] = None, speaker: Optional[str] = None,
-            split_ratios: Sequence[float] = DEFAULT_RATIOS, extensions: Sequence[str] = DEFAULT_EXTENSIONS) -> dict:
+            split_ratios: Sequence[float] = DEFAULT_RATIOS, extensions: Sequence[str] = DEFAULT_EXTENSIONS,
+            relative_paths: bool = False) -> dict:
     data_folder = require_dir(data_folder, "own corpus").resolve()
     save_folder = Path(save_folder)
     if len(split_ratios) != 3 or min(split_ratios) <= 0:
@@ -202,7 +205,7 @@ def prepare(data_folder, save_folder, seed: int = 0, fractions=(0.1, 0.01), hour
                  ", ".join(f"{e} ({n})" for e, n in other.most_common()))
     fp = fingerprint(corpus="own_folder", data_folder=data_folder, seed=seed, fractions=list(fractions),
                      hours=list(hours), labels=labels, transcripts=transcripts, speaker=speaker,
-                     split_ratios=list(split_ratios), extensions=list(extensions),
+                     split_ratios=list(split_ratios), extensions=list(extensions), relative_paths=relative_paths,
                      listing=_listing_digest(files, [spec.partition(":")[2] for spec in (labels, speaker)
                                                      if spec and spec.partition(":")[0] in ("csv", "kaldi")]
                                              + ([transcripts] if transcripts else [])))
@@ -253,6 +256,10 @@ def prepare(data_folder, save_folder, seed: int = 0, fractions=(0.1, 0.01), hour
         log.warning("%s: no speakers given (--speaker): seeded random split of utterances, NOT speaker-disjoint",
                     data_folder)
         splits = {s: [r for r in rows if split_of[r["ID"]] == s] for s in SPLITS}
+    if relative_paths:  # validated above with absolute paths; recipes resolve these against the manifest's folder
+        base = save_folder.resolve()
+        for r in rows:
+            r["wav"] = os.path.relpath(r["wav"], base)
     kept = finish(save_folder, splits, fractions=fractions, hours=hours, seed=seed,
                   stratify="label" if label_of is not None else None, failures=failures, validate=False, what=f"own corpus {data_folder}")
     mark_done(save_folder, fp, split=how, speakers_per_split=plan, data_folder=str(data_folder),
@@ -269,6 +276,8 @@ def main(argv=None) -> None:
         ("--transcripts", dict(default=None, help="the wrd column from `KEY transcript` lines or a CSV (.csv)")),
         ("--split_ratios", dict(type=float, nargs=3, default=list(DEFAULT_RATIOS), metavar=("TRAIN", "DEV", "TEST"),
                                 help="shares of speakers (or of utterances without --speaker); default 0.8 0.1 0.1")),
+        ("--relative_paths", dict(action="store_true",
+                                  help="write wav relative to the save folder, so that audio and manifests move together")),
         ("--extensions", dict(nargs="+", default=list(DEFAULT_EXTENSIONS), help="audio file extensions (default wav flac ogg)")),
     ])
 

@@ -150,3 +150,18 @@ def test_kaldi_labels_and_list_errors(tree, tmp_path):
     with pytest.raises(SystemExit) as exit_:
         own_folder.main(["--data_folder", str(tree), "--save_folder", str(tmp_path / "o5"), "--labels", "folder"])
     assert exit_.value.code == 2
+
+
+def test_relative_paths_move_with_the_folder(tree, tmp_path, monkeypatch):
+    """--relative_paths: wav relative to the save folder; audio and manifests moved together still load."""
+    corpus = tmp_path / "corpus"
+    corpus.mkdir()
+    shutil.move(str(tree), corpus / "audio")
+    own_folder.prepare(corpus / "audio", corpus / "manifests", labels="subfolder", relative_paths=True, fractions=[])
+    first = read_manifest_like(corpus / "manifests" / "train.csv")[0]
+    assert first["wav"] == f"../audio/{first['file']}"
+    moved = shutil.move(str(corpus), tmp_path / "elsewhere")
+    monkeypatch.chdir(tmp_path)
+    with audio_dataset(moved / "manifests" / "train.csv").output_keys_as(["id", "wav", "sig"]) as ds:
+        item = next(iter(ds))
+        assert item["wav"] == str(moved / "audio" / first["file"]) and item["sig"].numel() > 0
