@@ -13,14 +13,13 @@ import csv
 import io
 import json
 import logging
-import os
 import sys
-import tempfile
 from pathlib import Path
 from typing import List, Optional, Sequence
 
-from .isotropy import (DEFAULT_MAX_VECTORS, DEFAULT_PAIRS, DEFAULT_TOP_K, IsotropyError, _check_levels,
-                       measure_encoder)
+from rewire_lib.atomic import atomic_write_bytes
+from rewire_lib.isotropy import (DEFAULT_MAX_VECTORS, DEFAULT_PAIRS, DEFAULT_TOP_K, IsotropyError, _check_levels,
+                                 measure_encoder)
 
 logger = logging.getLogger(__name__)
 
@@ -53,21 +52,8 @@ def parse_layers(text: Optional[str]) -> Optional[List[int]]:
     return out
 
 
-def _atomic_write(path: Path, data: bytes) -> None:
-    """Temp file in the same folder, then os.replace: a crash never leaves a half-written result."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-
-
 def write_json(path: Path, settings: dict, rows: Sequence[dict]) -> None:
-    _atomic_write(path, (json.dumps({"settings": settings, "rows": list(rows)}, indent=2) + "\n").encode())
+    atomic_write_bytes(path, (json.dumps({"settings": settings, "rows": list(rows)}, indent=2) + "\n").encode())
 
 
 def write_csv(path: Path, rows: Sequence[dict]) -> None:
@@ -76,7 +62,7 @@ def write_csv(path: Path, rows: Sequence[dict]) -> None:
     writer.writeheader()
     for row in rows:
         writer.writerow({k: (f"{v:.6g}" if isinstance(v, float) else v) for k, v in row.items()})
-    _atomic_write(path, buf.getvalue().encode())
+    atomic_write_bytes(path, buf.getvalue().encode())
 
 
 def _short_names(encoders: Sequence[str]) -> dict:
@@ -126,7 +112,7 @@ def plot(path: Path, rows: Sequence[dict], settings: dict) -> None:
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=110)
     plt.close(fig)
-    _atomic_write(path, buf.getvalue())
+    atomic_write_bytes(path, buf.getvalue())
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -17,7 +17,8 @@ length (Algorithm R), so memory is bounded by capacity x layers x dim x 4 bytes 
 (default cap `DEFAULT_MAX_VECTORS` = 20,000 vectors per layer, i.e. about 60 MB per layer at d=768).
 `measure_encoder(...)` runs an encoder over a manifest and returns one result row per (level, layer).
 
-Command line: `python -m rewire_lib.isotropy --help` (implemented in `rewire_lib/isotropy_cli.py`).
+Command line: `python -m rewire_lib.isotropy --help` (`rewire_lib/isotropy_cli.py`, started by this
+package's `__main__.py`; the measures here never import the command line, so the two form no circle).
 """
 from __future__ import annotations
 
@@ -305,7 +306,7 @@ def _read_rows(manifest: ManifestRows, data_root: Optional[str] = None) -> List[
         if not path.read_bytes().strip():
             raise IsotropyError(f"manifest {path} is empty (no header, no rows): nothing to measure")
         try:
-            from .manifest import ManifestError, read_manifest
+            from rewire_lib.manifest import ManifestError, read_manifest
         except ImportError:  # fallback where the shared reader is absent
             read_manifest = None
         if read_manifest is not None:
@@ -357,7 +358,7 @@ def load_encoder(source, **options):
     """
     if not isinstance(source, (str, Path)):
         return source
-    from .encoder import EncoderLoadError, SpeechEncoder
+    from rewire_lib.encoder import EncoderLoadError, SpeechEncoder
 
     try:
         return SpeechEncoder.from_pretrained(source, **options)
@@ -402,8 +403,8 @@ def collect_vectors(encoder, rows: Sequence[dict], levels: Sequence[str], layers
     offers every valid frame (frame_mask) to the reservoir; utterance level the masked mean over frames.
     Unreadable audio files are skipped with a warning and counted.
     """
-    from .audio import load_audio
-    from .featurizer import masked_mean
+    from rewire_lib.audio import load_audio
+    from rewire_lib.featurizer import masked_mean
 
     if batch_size < 1:
         raise IsotropyError(f"batch size must be >= 1, got {batch_size}")
@@ -509,8 +510,3 @@ def measure_encoder(encoder, manifest: ManifestRows, level: str = "frame", max_v
             })
     return results
 
-
-if __name__ == "__main__":
-    from rewire_lib.isotropy_cli import main
-
-    raise SystemExit(main())
