@@ -16,7 +16,7 @@ import torch
 
 from downstream_helpers import make_tiny_corpus
 from rewire_lib.audio import AudioError, load_audio
-from rewire_lib.dataio import MIN_SAMPLES, audio_dataset, filter_by_duration
+from rewire_lib.dataio import MIN_SAMPLES, ManifestFormatError, audio_dataset, filter_by_duration
 from rewire_lib.manifest import validate_entries
 from rewire_lib.paths import REPO_ROOT
 
@@ -139,10 +139,16 @@ def test_recipe_loading_skips_too_short_and_too_long_and_names_bad_files(files, 
     # a manifest whose duration lies about a too-short file, and every unreadable case: errors naming the file
     bad = ["shorter_than_receptive_field"] + [c for c, (_, exp, _) in CASES.items() if isinstance(exp, str)]
     for case in bad:
-        ds = audio_dataset(_manifest(tmp_path / f"{case}.csv", [(case, "1.0", files[case])]))
+        manifest = _manifest(tmp_path / f"{case}.csv", [(case, "1.0", files[case])])
+        if case == "missing":  # found before any audio is read: one line naming the manifest, row and file
+            with pytest.raises(ManifestFormatError) as err:
+                audio_dataset(manifest)
+            assert f"{case}.csv: line 2 (ID missing): audio file not found: {files[case]}" in str(err.value)
+            continue
+        ds = audio_dataset(manifest)
         with ds.output_keys_as(["sig"]), pytest.raises(AudioError) as err:
             next(iter(ds))
-        assert str(files[case]) in str(err.value), case
+        assert str(files[case]) in str(err.value) and f"{case}.csv" in str(err.value), case
     assert MIN_SAMPLES == 400
 
 
