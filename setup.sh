@@ -21,11 +21,10 @@ if [ "$(cat "$stamp" 2>/dev/null || true)" != "$want" ]; then
   echo "[setup] installing requirements.txt into .venv (first time: a few minutes)"
   .venv/bin/python -m pip install -q --disable-pip-version-check -r requirements.txt
   echo "[setup] installing this checkout in editable mode (pip install -e . --no-deps)"
-  # with setuptools >= 64 already in .venv no build environment needs to be downloaded
-  if .venv/bin/python -c 'import setuptools, sys; sys.exit(int(setuptools.__version__.split(".")[0]) < 64)' 2>/dev/null; then
+  # the build backend (setuptools >= 64) comes from the package index; offline, .venv's own setuptools
+  if ! .venv/bin/python -m pip install -q --disable-pip-version-check --no-deps -e .; then
+    echo "[setup] retrying the editable install with .venv's own setuptools (no build environment)"
     .venv/bin/python -m pip install -q --disable-pip-version-check --no-deps --no-build-isolation -e .
-  else
-    .venv/bin/python -m pip install -q --disable-pip-version-check --no-deps -e .
   fi
   echo "$want" > "$stamp"
 else
