@@ -3,11 +3,13 @@ columns (label, wrd, phn, action/object/location) derived from the spoken digit.
 from __future__ import annotations
 
 import csv
+import importlib.util
+from functools import lru_cache
 from pathlib import Path
 
 import soundfile as sf
 
-from rewire_lib.paths import shared_data_dir
+from rewire_lib.paths import REPO_ROOT, shared_data_dir
 
 FSDD = shared_data_dir() / "fsdd" / "recordings"
 WORDS = {0: "ZERO", 1: "ONE", 2: "TWO"}
@@ -44,3 +46,17 @@ def make_tiny_corpus(folder: Path) -> Path:
     for split, takes in SPLITS.items():
         write_csv(folder / f"{split}.csv", _rows(takes))
     return folder
+
+
+@lru_cache(maxsize=None)
+def recipe_module(task: str):
+    """recipes/<task>/train.py as a module (a recipe folder is not a package)."""
+    spec = importlib.util.spec_from_file_location(f"downstream_recipe_{task}", REPO_ROOT / "recipes" / task / "train.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def run_task(task: str, argv: list) -> dict:
+    """What the study and a user's command do: `recipes/<task>/train.py`'s main(argv); result.json's dict."""
+    return recipe_module(task).main(list(argv))

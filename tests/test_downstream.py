@@ -11,10 +11,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from downstream_helpers import make_tiny_corpus, write_csv
-from rewire_lib.downstream import run_task
+from downstream_helpers import make_tiny_corpus, run_task, write_csv
 from rewire_lib.downstream.feature_cache import FeatureCache, encoder_fingerprint
-from rewire_lib.downstream.tasks import LabelError
+from rewire_lib.downstream.labels import LabelError
 from rewire_lib.encoder import SpeechEncoder
 from rewire_lib.logs import read_csv
 from rewire_lib.paths import REPO_ROOT
@@ -66,15 +65,17 @@ def test_recipe_end_to_end(task, tiny_encoder_dir, corpus, tmp_path):
 
 
 def test_yaml_pairs_differ_only_in_encoder():
-    """rewired.yaml extends baseline.yaml and overrides nothing but `encoder`."""
-    from rewire_lib.recipe import resolve_extends
+    """rewired.yaml extends baseline.yaml and overrides nothing but `encoder`; every baseline.yaml
+    extends the one shared file."""
+    import ruamel.yaml
 
     for task in TASKS:
         folder = REPO_ROOT / "recipes" / task / "hparams"
-        base_file, overrides = resolve_extends(str(folder / "rewired.yaml"), "")
-        assert base_file == folder / "baseline.yaml", task
-        assert list(overrides) == ["encoder"], (task, list(overrides))
-        assert str(overrides["encoder"].value).endswith("results/rewire/twin/encoder"), task
+        rewired = ruamel.yaml.YAML().load((folder / "rewired.yaml").read_text())
+        assert list(rewired) == ["extends", "encoder"] and rewired["extends"] == "baseline.yaml", task
+        assert str(rewired["encoder"].value) == "<rewire_results>/twin/encoder", task
+        baseline = ruamel.yaml.YAML().load((folder / "baseline.yaml").read_text())
+        assert baseline["extends"] == "../../common/downstream.yaml", task
 
 
 def test_train_py_from_repo_root(tiny_encoder_dir, corpus, tmp_path):
@@ -199,5 +200,5 @@ def test_train_fraction_subset_on_the_fly(tiny_encoder_dir, corpus, tmp_path):
 def test_other_encoder_cannot_resume_a_folder(tiny_encoder_dir, corpus, tmp_path):
     run("ks", tiny_encoder_dir, corpus, tmp_path / "out", "--max_steps", "1", "--eval_every_steps", "1")
     other = make_tiny_encoder(tmp_path / "other", seed=3)
-    with pytest.raises(ValueError, match="holds a run with encoder"):
+    with pytest.raises(ValueError, match=r"holds checkpoints/results of a different run \(encoder_fingerprint"):
         run("ks", other, corpus, tmp_path / "out", "--max_steps", "2")

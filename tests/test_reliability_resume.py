@@ -8,8 +8,7 @@ import sys
 
 import pytest
 
-from downstream_helpers import make_tiny_corpus
-from rewire_lib.downstream import run_task
+from downstream_helpers import make_tiny_corpus, run_task
 from rewire_lib.logs import read_csv
 from rewire_lib.paths import REPO_ROOT
 
@@ -18,7 +17,7 @@ import os, signal, sys
 sys.path.insert(0, {root!r}); sys.path.insert(0, {tests!r})
 import torch; torch.set_num_threads(1)
 from rewire_lib.downstream.brain import DownstreamBrain
-from rewire_lib.downstream import run_task
+from downstream_helpers import run_task
 fit_batch = DownstreamBrain.fit_batch
 def dying_fit_batch(self, batch):
     if self.optimizer_step == {kill_at}:

@@ -1,15 +1,87 @@
 #!/usr/bin/env python3
-"""Speech recognition (SUPERB ASR). Run: `python train.py hparams/baseline.yaml [--key value ...]` (or hparams/rewired.yaml)."""
-import sys
-from pathlib import Path
+"""Speech recognition (SUPERB ASR): the words of an utterance, spelled character by character.
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
-from rewire_lib.downstream import run_task  # noqa: E402
+A projection and a 2-layer BiLSTM over the learnable weighted sum of a frozen speech encoder's layers
+(SUPERB protocol), trained with CTC over characters; dev/test hypotheses by greedy CTC decoding (no
+language model); result.json reports the test WER and CER (%) of the checkpoint with the best dev WER,
+and wer_test.txt the alignment of every test utterance.
+
+Data: manifests `ID,duration,wav,wrd` (the transcript; upper-cased, spaces collapsed). Default: the
+synthetic corpus (data/synth/asr) made by `python data_prep/prepare_all.py`. LibriSpeech
+(train-clean-100 / dev-clean / test-clean) as SUPERB: hparams/librispeech.yaml with `--corpus_folder`.
+
+Run, from the repository root or from this folder:
+    python recipes/asr/train.py recipes/asr/hparams/rewired.yaml
+    cd recipes/asr && python train.py hparams/baseline.yaml --encoder facebook/wav2vec2-base
+    python recipes/asr/train.py recipes/asr/hparams/librispeech.yaml --corpus_folder /corpora/LibriSpeech --device cuda --precision bf16
+    torchrun --nproc_per_node=2 recipes/asr/train.py recipes/asr/hparams/baseline.yaml   # DDP
+
+Keys people change (`--key value`): encoder, data_folder, train_fraction, seed, lr, batch_size,
+max_steps, eval_every_steps, specaugment, freeze_encoder (false fine-tunes: finetune_top_layers,
+encoder_lr, encoder_warmup_steps, freeze_cnn), feature_cache; the head's sizes in the YAML.
+"""
+import speechbrain as sb
+
+from rewire_lib.atomic import atomic_path
+from rewire_lib.downstream.ctc import CTCBrain, add_ctc_pipeline
+from rewire_lib.downstream.data import split_datasets
+from rewire_lib.downstream.hparams import load_hparams
+from rewire_lib.downstream.metrics import normalize_text
+from rewire_lib.downstream.run import SCHEMA, prepare_run, run_as_script
+
+
+class SpeechRecognitionBrain(CTCBrain):
+    """compute_forward (CTCBrain): weighted layers -> projection -> BiLSTM -> CTC log-probabilities over characters."""
+
+    metric = "wer"
+    curve_metrics = ("wer", "cer")
+
+    def compute_objectives(self, predictions, batch, stage):
+        loss, hypotheses = self.ctc_loss_and_hypotheses(predictions, batch, stage)  # character lists on dev/test
+        if hypotheses is not None:
+            words = ["".join(chars).split() for chars in hypotheses]
+            targets = ["".join(chars).split() for chars in batch.ref_tokens]
+            self.wer_metric.append(batch.id, words, targets)
+            self.cer_metric.append(batch.id, words, targets)
+        return loss
+
+    def on_stage_start(self, stage, epoch=None):
+        super().on_stage_start(stage, epoch)
+        self.wer_metric = self.hparams.wer_stats()
+        self.cer_metric = self.hparams.cer_stats()
+
+    def on_stage_end(self, stage, stage_loss, epoch=None):
+        if stage != sb.Stage.TRAIN:
+            self.report_stage(stage, stage_loss, wer=self.wer_metric.summarize("error_rate"),
+                              cer=self.cer_metric.summarize("error_rate"))
+        if stage == sb.Stage.TEST and sb.utils.distributed.if_main_process():
+            with atomic_path(self.output_folder / "wer_test.txt") as tmp, open(tmp, "w") as f:
+                self.wer_metric.write_stats(f)
+        super().on_stage_end(stage, stage_loss, epoch)
+
+
+def dataio_prep(hparams):
+    """train/valid/test datasets giving `sig` (16 kHz audio, length policy applied), `ref_tokens`
+    (the characters of the normalised `wrd`) and `tokens` (their indices in the tokenizer fitted on train)."""
+    datasets = split_datasets(hparams)
+    tokenizer = add_ctc_pipeline(datasets, hparams, column="wrd", tokens_of=lambda text: list(normalize_text(text)))
+    sb.dataio.dataset.set_output_keys(list(datasets.values()), ["id", "sig", "ref_tokens", "tokens"])
+    return datasets, tokenizer
+
 
 def main(argv=None) -> dict:
     """Train and test; returns what result.json holds (argv: `HPARAMS.yaml [--key value ...]`)."""
-    return run_task("asr", argv)
+    hparams, run_opts = load_hparams(argv, SCHEMA)  # parse_arguments, load_hyperpyyaml, DDP group, experiment folder
+    prepare_run(hparams)  # run_on_main(preparer) for per-dataset hparams; manifests and run folder checked
+    datasets, tokenizer = dataio_prep(hparams)
+    head = hparams["head"](vocab_size=len(tokenizer))  # output size: the characters of the training transcripts
+    asr_brain = SpeechRecognitionBrain(modules=dict(hparams["modules"], head=head), hparams=hparams,
+                                       run_opts=run_opts, checkpointer=hparams["checkpointer"])
+    asr_brain.tokenizer = tokenizer
+    asr_brain.fit(hparams["epoch_counter"], datasets["train"], datasets["valid"])
+    asr_brain.evaluate(datasets["test"])  # the best-dev checkpoint
+    return asr_brain.write_result("asr", datasets)
 
 
 if __name__ == "__main__":
-    main()
+    run_as_script(main)

@@ -1,15 +1,63 @@
 #!/usr/bin/env python3
-"""Emotion recognition (SUPERB ER). Run: `python train.py hparams/baseline.yaml [--key value ...]` (or hparams/rewired.yaml)."""
-import sys
-from pathlib import Path
+"""Emotion recognition (SUPERB ER): the emotion an utterance is spoken with.
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
-from rewire_lib.downstream import run_task  # noqa: E402
+A linear classifier over the mean-pooled, learnable weighted sum of a frozen speech encoder's layers
+(SUPERB protocol), trained with cross-entropy; result.json reports the test accuracy (%) of the
+checkpoint with the best dev accuracy. With `folds_dir` (IEMOCAP, leave-one-session-out), one run per
+fold in <output_folder>/fold<k>/ and their mean at the top (result.json, curve.csv, plots).
+
+Data: manifests `ID,duration,wav,label` (label: the emotion). Default: the synthetic corpus
+(data/synth/er) made by `python data_prep/prepare_all.py`. IEMOCAP as SUPERB (neutral, happy with
+excited, sad, angry; five folds): hparams/iemocap.yaml with `--corpus_folder`, which runs
+data_prep/iemocap.py first; or `--folds_dir` on folds prepared before.
+
+Run, from the repository root or from this folder:
+    python recipes/er/train.py recipes/er/hparams/baseline.yaml
+    cd recipes/er && python train.py hparams/rewired.yaml --folds_dir ../../data/iemocap
+    python recipes/er/train.py recipes/er/hparams/iemocap.yaml --corpus_folder /corpora/IEMOCAP_full_release
+    torchrun --nproc_per_node=2 recipes/er/train.py recipes/er/hparams/baseline.yaml   # DDP
+
+Keys people change (`--key value`): encoder, data_folder or folds_dir (and folds), train_fraction, seed,
+lr, batch_size, max_steps, eval_every_steps, freeze_encoder, feature_cache.
+"""
+import sys
+
+import speechbrain as sb
+
+from rewire_lib.downstream.classification import UtteranceClassifierBrain, add_label_pipeline
+from rewire_lib.downstream.data import split_datasets
+from rewire_lib.downstream.hparams import load_hparams
+from rewire_lib.downstream.run import SCHEMA, prepare_run, run_as_script, run_folds
+
+
+class EmotionRecognitionBrain(UtteranceClassifierBrain):
+    """Utterance classification, as KS and SID do it (rewire_lib/downstream/classification.py):
+    weighted layers -> mean over valid frames -> linear; cross-entropy; accuracy on dev/test."""
+
+
+def dataio_prep(hparams):
+    """train/valid/test datasets giving `sig` (16 kHz audio, length policy applied) and `label_encoded`
+    (the emotion); the training subset (train_fraction) keeps every emotion."""
+    datasets = split_datasets(hparams, stratify_key=lambda row: row[hparams["label_column"]])
+    emotions = add_label_pipeline(datasets, hparams)
+    sb.dataio.dataset.set_output_keys(list(datasets.values()), ["id", "sig", "label_encoded"])
+    return datasets, emotions
+
 
 def main(argv=None) -> dict:
-    """Train and test; returns what result.json holds (argv: `HPARAMS.yaml [--key value ...]`)."""
-    return run_task("er", argv)
+    """Train and test (every fold with folds_dir); returns what result.json holds."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    hparams, run_opts = load_hparams(argv, SCHEMA)  # parse_arguments, load_hyperpyyaml, DDP group, experiment folder
+    prepare_run(hparams)  # run_on_main(preparer) for per-dataset hparams; manifests and run folder checked
+    if hparams["folds_dir"]:  # each fold is this same recipe on fold<k>/{train,dev,test}.csv
+        return run_folds(hparams, argv, main)
+    datasets, emotions = dataio_prep(hparams)
+    er_brain = EmotionRecognitionBrain(modules=dict(hparams["modules"], head=hparams["head"](num_classes=len(emotions))),
+                                       hparams=hparams, run_opts=run_opts, checkpointer=hparams["checkpointer"])
+    er_brain.fit(hparams["epoch_counter"], datasets["train"], datasets["valid"])
+    er_brain.evaluate(datasets["test"])  # the best-dev checkpoint
+    return er_brain.write_result("er", datasets)
 
 
 if __name__ == "__main__":
-    main()
+    run_as_script(main)

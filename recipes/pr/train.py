@@ -1,15 +1,80 @@
 #!/usr/bin/env python3
-"""Phoneme recognition (SUPERB PR). Run: `python train.py hparams/baseline.yaml [--key value ...]` (or hparams/rewired.yaml)."""
-import sys
-from pathlib import Path
+"""Phoneme recognition (SUPERB PR): the phoneme sequence of an utterance.
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
-from rewire_lib.downstream import run_task  # noqa: E402
+A linear layer (optionally after a projection) over the learnable weighted sum of a frozen speech
+encoder's layers (SUPERB protocol), trained with CTC; dev/test hypotheses by greedy CTC decoding;
+result.json reports the test PER (%) of the checkpoint with the best dev PER, and per_test.txt the
+alignment of every test utterance.
+
+Data: manifests `ID,duration,wav,phn` (phonemes separated by spaces). Default: the synthetic corpus
+(data/synth/asr) made by `python data_prep/prepare_all.py`. LibriSpeech (train-clean-100 / dev-clean
+/ test-clean, phonemes by g2p) as SUPERB: hparams/librispeech.yaml with `--corpus_folder`.
+
+Run, from the repository root or from this folder:
+    python recipes/pr/train.py recipes/pr/hparams/baseline.yaml
+    cd recipes/pr && python train.py hparams/rewired.yaml --train_fraction 0.1
+    python recipes/pr/train.py recipes/pr/hparams/librispeech.yaml --corpus_folder /corpora/LibriSpeech
+    torchrun --nproc_per_node=2 recipes/pr/train.py recipes/pr/hparams/baseline.yaml   # DDP
+
+Keys people change (`--key value`): encoder, data_folder, train_fraction, seed, lr, batch_size,
+max_steps, eval_every_steps, freeze_encoder, feature_cache; the head's `proj_dim` in the YAML.
+"""
+import speechbrain as sb
+
+from rewire_lib.atomic import atomic_path
+from rewire_lib.downstream.ctc import CTCBrain, add_ctc_pipeline
+from rewire_lib.downstream.data import split_datasets
+from rewire_lib.downstream.hparams import load_hparams
+from rewire_lib.downstream.run import SCHEMA, prepare_run, run_as_script
+
+
+class PhonemeRecognitionBrain(CTCBrain):
+    """compute_forward (CTCBrain): weighted layers -> linear -> CTC log-probabilities."""
+
+    metric = "per"
+    curve_metrics = ("per",)
+
+    def compute_objectives(self, predictions, batch, stage):
+        loss, hypotheses = self.ctc_loss_and_hypotheses(predictions, batch, stage)  # phoneme lists on dev/test
+        if hypotheses is not None:
+            self.per_metric.append(batch.id, hypotheses, batch.ref_tokens)
+        return loss
+
+    def on_stage_start(self, stage, epoch=None):
+        super().on_stage_start(stage, epoch)
+        self.per_metric = self.hparams.per_stats()
+
+    def on_stage_end(self, stage, stage_loss, epoch=None):
+        if stage != sb.Stage.TRAIN:
+            self.report_stage(stage, stage_loss, per=self.per_metric.summarize("error_rate"))
+        if stage == sb.Stage.TEST and sb.utils.distributed.if_main_process():
+            with atomic_path(self.output_folder / "per_test.txt") as tmp, open(tmp, "w") as f:
+                self.per_metric.write_stats(f)
+        super().on_stage_end(stage, stage_loss, epoch)
+
+
+def dataio_prep(hparams):
+    """train/valid/test datasets giving `sig` (16 kHz audio, length policy applied), `ref_tokens`
+    (the phonemes of `phn`) and `tokens` (their indices in the tokenizer fitted on train)."""
+    datasets = split_datasets(hparams)
+    tokenizer = add_ctc_pipeline(datasets, hparams, column="phn", tokens_of=lambda text: text.split())
+    sb.dataio.dataset.set_output_keys(list(datasets.values()), ["id", "sig", "ref_tokens", "tokens"])
+    return datasets, tokenizer
+
 
 def main(argv=None) -> dict:
     """Train and test; returns what result.json holds (argv: `HPARAMS.yaml [--key value ...]`)."""
-    return run_task("pr", argv)
+    hparams, run_opts = load_hparams(argv, SCHEMA)  # parse_arguments, load_hyperpyyaml, DDP group, experiment folder
+    prepare_run(hparams)  # run_on_main(preparer) for per-dataset hparams; manifests and run folder checked
+    datasets, tokenizer = dataio_prep(hparams)
+    modules = dict(hparams["modules"], head=hparams["head"](vocab_size=len(tokenizer)))
+    brain = PhonemeRecognitionBrain(modules=modules, hparams=hparams, run_opts=run_opts,
+                                    checkpointer=hparams["checkpointer"])
+    brain.tokenizer = tokenizer
+    brain.fit(hparams["epoch_counter"], datasets["train"], datasets["valid"])
+    brain.evaluate(datasets["test"])  # the best-dev checkpoint
+    return brain.write_result("pr", datasets)
 
 
 if __name__ == "__main__":
-    main()
+    run_as_script(main)

@@ -1,15 +1,65 @@
 #!/usr/bin/env python3
-"""Speaker identification (SUPERB SID). Run: `python train.py hparams/baseline.yaml [--key value ...]` (or hparams/rewired.yaml)."""
-import sys
-from pathlib import Path
+"""Speaker identification (SUPERB SID): which of the training speakers is talking.
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
-from rewire_lib.downstream import run_task  # noqa: E402
+A linear classifier over the mean-pooled, learnable weighted sum of a frozen speech encoder's layers
+(SUPERB protocol), trained with cross-entropy, optionally on a random window of each training
+utterance (`train_crop_seconds`; SUPERB: 8 s); result.json reports the test accuracy (%) of the
+checkpoint with the best dev accuracy.
+
+Data: manifests `ID,duration,wav,label` (label: the speaker). Default: FSDD speakers (data/fsdd/speakers,
+split by take) made by `python data_prep/prepare_all.py`. VoxCeleb1 identification as SUPERB
+(iden_split.txt): hparams/voxceleb1.yaml, which prepares the manifests from `--corpus_folder` first.
+
+Run, from the repository root or from this folder:
+    python recipes/sid/train.py recipes/sid/hparams/baseline.yaml
+    cd recipes/sid && python train.py hparams/rewired.yaml --seed 1
+    python recipes/sid/train.py recipes/sid/hparams/voxceleb1.yaml --corpus_folder /corpora/voxceleb1 --device cuda
+    torchrun --nproc_per_node=2 recipes/sid/train.py recipes/sid/hparams/baseline.yaml   # DDP
+
+Keys people change (`--key value`): encoder, data_folder, train_fraction, seed, lr, batch_size,
+max_steps, eval_every_steps, train_crop_seconds, max_duration, freeze_encoder, feature_cache.
+"""
+import speechbrain as sb
+import torch
+
+from rewire_lib.downstream.classification import UtteranceClassifierBrain, add_label_pipeline, random_frame_window
+from rewire_lib.downstream.data import split_datasets
+from rewire_lib.downstream.hparams import load_hparams
+from rewire_lib.downstream.run import SCHEMA, prepare_run, run_as_script
+
+
+class SpeakerIdentificationBrain(UtteranceClassifierBrain):
+    """Utterance classification as KS and ER do it (rewire_lib/downstream/classification.py:
+    compute_objectives = cross-entropy, accuracy on dev/test), with SUPERB's training crops."""
+
+    def compute_forward(self, batch, stage):
+        feats, mask = self.layer_features(batch, stage)  # [B, T, D] weighted layers, frame mask [B, T]
+        if stage == sb.Stage.TRAIN and self.hparams.train_crop_seconds:
+            frames_per_second = int(self.encoder_module.frame_lengths(torch.tensor([16000]))[0])
+            mask = random_frame_window(mask, int(self.hparams.train_crop_seconds * frames_per_second))
+        return self.modules.head(feats, mask)  # speaker logits [B, n_speakers]
+
+
+def dataio_prep(hparams):
+    """train/valid/test datasets giving `sig` (16 kHz audio, length policy applied) and `label_encoded`
+    (the speaker); the training subset (train_fraction) keeps every speaker."""
+    datasets = split_datasets(hparams, stratify_key=lambda row: row[hparams["label_column"]])
+    speakers = add_label_pipeline(datasets, hparams)
+    sb.dataio.dataset.set_output_keys(list(datasets.values()), ["id", "sig", "label_encoded"])
+    return datasets, speakers
+
 
 def main(argv=None) -> dict:
     """Train and test; returns what result.json holds (argv: `HPARAMS.yaml [--key value ...]`)."""
-    return run_task("sid", argv)
+    hparams, run_opts = load_hparams(argv, SCHEMA)  # parse_arguments, load_hyperpyyaml, DDP group, experiment folder
+    prepare_run(hparams)  # run_on_main(preparer) for per-dataset hparams; manifests and run folder checked
+    datasets, speakers = dataio_prep(hparams)
+    brain = SpeakerIdentificationBrain(modules=dict(hparams["modules"], head=hparams["head"](num_classes=len(speakers))),
+                                       hparams=hparams, run_opts=run_opts, checkpointer=hparams["checkpointer"])
+    brain.fit(hparams["epoch_counter"], datasets["train"], datasets["valid"])
+    brain.evaluate(datasets["test"])  # the best-dev checkpoint
+    return brain.write_result("sid", datasets)
 
 
 if __name__ == "__main__":
-    main()
+    run_as_script(main)

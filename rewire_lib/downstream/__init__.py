@@ -1,2 +1,3 @@
-"""Downstream evaluation (SUPERB protocol) shared by the six recipes: `run_task("ks")` etc."""
-from rewire_lib.downstream.run import default_output_folder, encoder_tag, run_task  # noqa: F401
+"""The library under the six downstream recipes (recipes/{pr,asr,ks,ic,sid,er}): one shared Brain
+(`brain.DownstreamBrain`), the utterance classifier KS/SID/ER share, heads, data and label helpers,
+the feature cache, and what goes around a run (`run`). Each recipe's train.py holds its flow."""

@@ -1,14 +1,24 @@
-"""One SpeechBrain Brain for every downstream task.
+"""The one SpeechBrain Brain under the six downstream recipes (`recipes/<task>/train.py` subclass it).
 
-Upstream: a `SpeechEncoder` (frozen by default, SUPERB) whose hidden states [L+1, B, T, D] go
-through a learnable softmax-weighted layer sum (`WeightedLayerSum`) into the task's head. With the
-encoder frozen, features can come from a `FeatureCache` (computed once per utterance, the audio is
-not even read on a hit). Optionally the encoder is fine-tuned (all layers or the top ones) with its
-own optimiser and learning rate, after an optional warm-up with it frozen.
+What every task shares lives here; what a task is (its `compute_forward`, `compute_objectives`,
+`on_stage_start`/`on_stage_end` with its error-rate computers) lives in its train.py.
 
-Every `eval_every_steps` optimiser steps (and at the last step) the dev set is evaluated, a row
-goes to `curve.csv`, and a checkpoint is saved (mid-epoch position included) that keeps the most
-recent state (for resuming a killed run) and the best dev state (used for the test metric).
+- Upstream: `modules.encoder` (a `SpeechEncoder`, frozen by default as in SUPERB) gives hidden states
+  [L+1, B, T, D]; `modules.featurizer` (a learnable softmax-weighted layer sum) makes [B, T, D].
+  The encoder always runs through `self.modules.encoder`, so under DDP a trainable encoder is the
+  DDP-wrapped module and its gradients are averaged across processes.
+- Frozen encoder: features come from a `FeatureCache` (one encoder pass per utterance, the audio is
+  not even read on a hit); cache misses run under the Brain's autocast (`--precision bf16|fp16`) and
+  are stored as `feature_cache_dtype`.
+- Fine-tuning (`freeze_encoder: false`): all layers or the top `finetune_top_layers`, the CNN frozen
+  with `freeze_cnn`, its own optimiser (`encoder_opt_class`, `encoder_lr`) after
+  `encoder_warmup_steps` steps with it frozen.
+- Every `eval_every_steps` optimiser steps (and at the last step) the dev set is evaluated, a row
+  goes to curve.csv and a checkpoint is saved (mid-epoch position included) that keeps the latest
+  state (to resume a killed run) and the best dev state (used for the test metric).
+- `write_result` writes result.json, curve.png and layer_weights.png.
+- Non-finite losses/gradients are skipped and counted (`NonFiniteGuard`); DDP batches are sharded
+  so W processes see what one process with the global batch sees (`ShardedBatchesDDP`).
 """
 from __future__ import annotations
 
@@ -16,6 +26,7 @@ import json
 import logging
 import math
 import time
+from pathlib import Path
 from typing import Optional
 
 import speechbrain as sb
@@ -24,14 +35,23 @@ from speechbrain.utils.checkpoints import mark_as_loader, mark_as_saver, registe
 from speechbrain.utils.data_utils import batch_pad_right
 from speechbrain.utils.distributed import if_main_process
 
+from rewire_lib.atomic import atomic_write_json
 from rewire_lib.audio import load_audio
-from rewire_lib.dataio import ShardedBatchesDDP
-from rewire_lib.downstream.feature_cache import FeatureCache
-from rewire_lib.downstream.tasks import Task, is_better
-from rewire_lib.logs import CSVLog
+from rewire_lib.dataio import BucketBatchSampler, ShardedBatchesDDP, durations
+from rewire_lib.downstream.feature_cache import FeatureCache, encoder_fingerprint
+from rewire_lib.logs import CSVLog, plot_columns, plot_layer_weights
 from rewire_lib.nonfinite import NonFiniteGuard
+from rewire_lib.paths import cache_dir
+from rewire_lib.recipe import HparamsError
 
 logger = logging.getLogger(__name__)
+
+SHARED_CACHES: Optional[dict] = None  # a dict within run.shared_feature_caches() (ER folds): one cache per setting
+CACHE_DTYPES = {"float32": torch.float32, "float16": torch.float16}
+# settings copied into result.json (the ones that change results; absent keys are left out)
+RESULT_SETTINGS = ("batch_size", "lr", "number_of_epochs", "max_steps", "eval_every_steps", "freeze_encoder",
+                   "finetune_top_layers", "freeze_cnn", "encoder_lr", "encoder_warmup_steps", "layer", "specaugment",
+                   "encoder_spec_augment", "encoder_layerdrop", "feature_cache", "feature_cache_dtype", "subset_seed")
 
 
 @register_checkpoint_hooks
@@ -58,6 +78,13 @@ class RunState:
             self.__dict__.update(json.load(f))
 
 
+def is_better(a: float, b: Optional[float], higher_is_better: bool) -> bool:
+    """True if a is strictly better than b (None/NaN b: always)."""
+    if b is None or (isinstance(b, float) and math.isnan(b)):
+        return not math.isnan(a)
+    return a > b if higher_is_better else a < b
+
+
 def pad_features(feats: list[torch.Tensor]):
     """[L+1, T_i, D] tensors -> ([L+1, B, T, D] zero-padded, frame mask [B, T])."""
     lengths = torch.tensor([f.shape[1] for f in feats])
@@ -69,36 +96,85 @@ def pad_features(feats: list[torch.Tensor]):
     return out, mask
 
 
-class DownstreamBrain(NonFiniteGuard, ShardedBatchesDDP, sb.Brain):
-    """modules: `featurizer`, `head` and, when it is trained, `encoder`."""
+def configure_encoder_training(encoder: torch.nn.Module, freeze_encoder: bool, finetune_top_layers=None,
+                               freeze_cnn: bool = True) -> bool:
+    """Set which encoder parameters learn; returns whether any does. Frozen (SUPERB): none. Fine-tuned:
+    every Transformer layer (`finetune_top_layers` null) or the top N, the CNN only if `freeze_cnn` is false."""
+    encoder.requires_grad_(False)
+    if freeze_encoder:
+        return False
+    layers = encoder.model.encoder.layers
+    if finetune_top_layers is None:
+        encoder.requires_grad_(True)
+        if freeze_cnn:
+            encoder.model.feature_extractor.requires_grad_(False)
+        return True
+    top = int(finetune_top_layers)
+    if not 1 <= top <= len(layers):
+        raise HparamsError(f"finetune_top_layers={top}: the encoder has {len(layers)} Transformer layers")
+    for layer in layers[-top:]:
+        layer.requires_grad_(True)
+    return True
 
-    def __init__(self, *args, task: Task, encoder, cache: Optional[FeatureCache], curve: Optional[CSVLog],
-                 run_state: RunState, dev_loader=None, eval_every_steps: int = 50, encoder_trainable: bool = False,
-                 **kwargs):
-        super().__init__(*args, **kwargs)
-        self.task = task
-        self.encoder = encoder.to(self.device)
-        self.cache = cache
-        self.curve = curve
-        self.state = run_state
-        self.dev_loader = dev_loader
-        self.eval_every_steps = max(1, int(eval_every_steps))
-        self.encoder_trainable = encoder_trainable
-        self.warmup_steps = int(getattr(self.hparams, "encoder_warmup_steps", 0) or 0)
-        self.specaugment = None
-        if getattr(self.hparams, "specaugment", False):
-            from speechbrain.augment.freq_domain import SpectrogramDrop
-            self.specaugment = torch.nn.Sequential(
-                SpectrogramDrop(drop_length_low=2, drop_length_high=8, drop_count_low=1, drop_count_high=2, dim=1),
-                SpectrogramDrop(drop_length_low=4, drop_length_high=16, drop_count_low=1, drop_count_high=2, dim=2))
-        self.last_dev = {}
-        self.epoch_times = []  # seconds per epoch run in this process (dev evaluations included)
-        self.test_metrics = {}
+
+class DownstreamBrain(NonFiniteGuard, ShardedBatchesDDP, sb.Brain):
+    """modules: `encoder`, `featurizer`, `head` (and optionally `feature_augment`). A subclass sets
+    `metric` (the dev metric that picks the best checkpoint), `higher_is_better` and `curve_metrics`
+    (the dev_<name> columns of curve.csv), and reports each evaluation's numbers with `report_stage`."""
+
+    metric = "accuracy"
+    higher_is_better = True
+    curve_metrics: tuple = ("accuracy",)
+
+    def __init__(self, modules, hparams, run_opts=None, checkpointer=None, feature_cache: Optional[FeatureCache] = None):
+        self.encoder_trainable = configure_encoder_training(
+            modules["encoder"], hparams["freeze_encoder"], hparams["finetune_top_layers"], hparams["freeze_cnn"])
+        super().__init__(modules=modules, hparams=hparams, run_opts=run_opts, checkpointer=checkpointer)
+        self.encoder_module = modules["encoder"]  # unwrapped (for eval()/attributes; forward goes through DDP)
+        self.output_folder = Path(hparams["output_folder"])
+        self.fingerprint = hparams.get("encoder_fingerprint") or encoder_fingerprint(self.encoder_module)
+        self.cache = feature_cache if feature_cache is not None else self._make_cache()
+        self.state = RunState()
+        self.stage_metrics: dict = {}
+        self.epoch_times: list = []  # seconds per epoch run in this process (dev evaluations included)
+        self.last_dev: dict = {}
         self._epoch = 0
         self._epoch_limit = None
-        if not encoder_trainable:
-            self.encoder.eval()
-            self.encoder.requires_grad_(False)
+        self.optimizer_step_limit = hparams["max_steps"]
+        self.eval_every_steps = max(1, int(hparams["eval_every_steps"]))
+        self.warmup_steps = int(hparams["encoder_warmup_steps"] or 0)
+        self.curve = CSVLog(self.output_folder / "curve.csv",
+                            ["step", "epoch", "train_loss", "dev_loss"] + [f"dev_{m}" for m in self.curve_metrics]
+                            + ["wall_time_s", "eval_time_s"]) if if_main_process() else None
+        if self.checkpointer is not None:  # everything that learns, plus the curve's state
+            self.checkpointer.add_recoverable("run_state", self.state)
+            for name in ("featurizer", "head") + (("encoder",) if self.encoder_trainable else ()):
+                self.checkpointer.add_recoverable(name, modules[name])
+        if not self.encoder_trainable:
+            self.encoder_module.eval()
+
+    def _make_cache(self) -> Optional[FeatureCache]:
+        hp = self.hparams
+        if self.encoder_trainable or hp.feature_cache in (None, "none", "off"):
+            return None
+        if hp.feature_cache_dtype not in CACHE_DTYPES:
+            raise HparamsError(f"feature_cache_dtype must be one of {sorted(CACHE_DTYPES)}, got {hp.feature_cache_dtype!r}")
+        settings = dict(mode=hp.feature_cache, cache_dir=hp.feature_cache_dir or cache_dir() / "features",
+                        dtype=CACHE_DTYPES[hp.feature_cache_dtype], settings={"sample_rate": 16000})
+        key = (self.fingerprint, str(settings))
+        if SHARED_CACHES is not None and key in SHARED_CACHES:
+            return SHARED_CACHES[key]
+        cache = FeatureCache(self.fingerprint, **settings)
+        if SHARED_CACHES is not None:
+            SHARED_CACHES[key] = cache
+        return cache
+
+    def _audio_keys_for_cache(self, dataset) -> None:
+        """With the feature cache, batches carry `wav` paths instead of `sig` waveforms: on a cache hit
+        the audio is never read."""
+        if self.cache is not None and dataset is not None:
+            keys = list(dataset.pipeline.output_mapping)
+            dataset.set_output_keys(["wav" if k == "sig" else k for k in keys])
 
     # ------------------------------------------------------------------ upstream features
     def _encoder_frozen_now(self) -> bool:
@@ -106,12 +182,14 @@ class DownstreamBrain(NonFiniteGuard, ShardedBatchesDDP, sb.Brain):
 
     def _run_encoder(self, wavs: torch.Tensor, wav_lens: torch.Tensor, grad: bool):
         with torch.set_grad_enabled(grad):
-            out = self.encoder(wavs.to(self.device), wav_lens.to(self.device))
+            out = self.modules.encoder(wavs.to(self.device), wav_lens.to(self.device))
         hidden = out.hidden_states * out.frame_mask[None, :, :, None].to(out.hidden_states.dtype)
         return hidden, out.frame_mask
 
-    def features(self, batch, stage):
-        """[L+1, B, T, D] hidden states (zero on padded frames) and the frame mask [B, T]."""
+    def encoder_states(self, batch, stage):
+        """All hidden states [L+1, B, T, D] (zero on padded frames) and the frame mask [B, T]."""
+        if not self.encoder_trainable and self.encoder_module.training:
+            self.encoder_module.eval()  # frozen: no dropout (SpeechBrain's fit sets modules to train mode each epoch)
         frozen = self._encoder_frozen_now()
         if self.cache is not None and frozen:
             keys = [self.cache.key(p) for p in batch.wav]
@@ -127,47 +205,56 @@ class DownstreamBrain(NonFiniteGuard, ShardedBatchesDDP, sb.Brain):
             hidden, mask = pad_features(feats)
             return hidden.to(self.device), mask.to(self.device)
         wavs, wav_lens = batch.sig
-        grad = stage == sb.Stage.TRAIN and not frozen
-        return self._run_encoder(wavs, wav_lens, grad=grad)
+        return self._run_encoder(wavs, wav_lens, grad=stage == sb.Stage.TRAIN and not frozen)
 
-    # ------------------------------------------------------------------ forward / loss
-    def compute_forward(self, batch, stage):
-        hidden, mask = self.features(batch, stage)
+    def layer_features(self, batch, stage):
+        """The weighted layer sum [B, T, D] (feature SpecAugment while training when `specaugment` is on;
+        padded frames zero) and the frame mask [B, T]: what every head reads."""
+        hidden, mask = self.encoder_states(batch, stage)
         x = self.modules.featurizer(hidden)
-        if self.specaugment is not None and stage == sb.Stage.TRAIN:
-            x = self.specaugment(x)
-        x = x * mask[..., None].to(x.dtype)
-        return self.modules.head(x, mask), mask
-
-    def compute_objectives(self, predictions, batch, stage):
-        out, mask = predictions
-        loss = self.task.loss(out, batch, mask)
-        if stage != sb.Stage.TRAIN:
-            self.task.accumulate(self.stats, out, batch, mask, beam=stage == sb.Stage.TEST)
-        return loss
+        if stage == sb.Stage.TRAIN and self.hparams.specaugment:
+            x = self.modules.feature_augment(x)
+        return x * mask[..., None].to(x.dtype), mask
 
     # ------------------------------------------------------------------ optimisers
     def init_optimizers(self):
-        hp = self.hparams
         head_params = [p for n in ("featurizer", "head") for p in self.modules[n].parameters() if p.requires_grad]
-        self.optimizer = torch.optim.Adam(head_params, lr=hp.lr)
+        self.optimizer = self.hparams.opt_class(head_params)
         self.optimizers_dict = {"head": self.optimizer}
-        self.checkpointer.add_recoverable("optimizer", self.optimizer)
+        if self.checkpointer is not None:
+            self.checkpointer.add_recoverable("optimizer", self.optimizer)
         if self.encoder_trainable:
-            enc_params = [p for p in self.modules["encoder"].parameters() if p.requires_grad]
-            self.encoder_optimizer = torch.optim.Adam(enc_params, lr=hp.encoder_lr)
+            params = [p for p in self.modules.encoder.parameters() if p.requires_grad]
+            self.encoder_optimizer = self.hparams.encoder_opt_class(params)
             self.optimizers_dict["encoder"] = self.encoder_optimizer
-            self.checkpointer.add_recoverable("encoder_optimizer", self.encoder_optimizer)
+            if self.checkpointer is not None:
+                self.checkpointer.add_recoverable("encoder_optimizer", self.encoder_optimizer)
 
     def freeze_optimizers(self, optimizers):
         if self.encoder_trainable and self.optimizer_step < self.warmup_steps:
             return {k: v for k, v in optimizers.items() if k != "encoder"}
         return optimizers
 
-    # ------------------------------------------------------------------ training hooks
+    # ------------------------------------------------------------------ loaders
+    def train_loader_kwargs(self, dataset) -> dict:
+        """Length-bucketed batches, reproducible per (seed, epoch); under DDP each rank its slice."""
+        sampler = BucketBatchSampler(durations(dataset), int(self.hparams.batch_size), seed=int(self.hparams.seed),
+                                     drop_last=False, ddp_shard=True)
+        return {"batch_sampler": sampler}
+
+    def eval_loader_kwargs(self, dataset) -> dict:
+        batch_size = int(self.hparams.eval_batch_size or self.hparams.batch_size)
+        return {"batch_sampler": BucketBatchSampler(durations(dataset), batch_size, shuffle=False, drop_last=False)}
+
+    @property
+    def best_dev_key(self) -> dict:
+        """`evaluate(..., **brain.best_dev_key)` loads the checkpoint with the best dev metric."""
+        return {"max_key": "dev_key"} if self.higher_is_better else {"min_key": "dev_key"}
+
+    # ------------------------------------------------------------------ stage hooks (subclasses extend)
     def on_fit_start(self):
         super().on_fit_start()  # optimisers, then the latest checkpoint (mid-epoch position included)
-        if self.curve is not None and if_main_process():
+        if self.curve is not None:
             self.curve.truncate_after("step", self.optimizer_step)
         if self.optimizer_step:
             logger.info("Resumed at optimiser step %d", self.optimizer_step)
@@ -181,10 +268,22 @@ class DownstreamBrain(NonFiniteGuard, ShardedBatchesDDP, sb.Brain):
         if stage == sb.Stage.TRAIN:
             self._epoch = epoch
             self._epoch_t0 = time.time()
-            if not self.encoder_trainable:
-                self.encoder.eval()
-        else:
-            self.stats = self.task.new_stats()
+
+    def report_stage(self, stage, stage_loss, **metrics) -> None:
+        """A subclass's on_stage_end hands its numbers here: dev ones go to curve.csv and pick the
+        best checkpoint, test ones to result.json."""
+        self.stage_metrics[stage] = {"loss": float(stage_loss), **{k: float(v) for k, v in metrics.items()}}
+
+    def on_stage_end(self, stage, stage_loss, epoch=None):
+        if stage != sb.Stage.TRAIN:
+            return
+        last_epoch = self._epoch_limit is not None and epoch >= self._epoch_limit
+        if (last_epoch or self._optimizer_step_limit_exceeded) and self.state.last_eval_step != self.optimizer_step:
+            self.evaluate_dev_and_checkpoint()
+        seconds = time.time() - self._epoch_t0
+        self.epoch_times.append(round(seconds, 3))
+        logger.info("epoch %d took %.2f s (dev evaluations included)%s", epoch, seconds,
+                    f"; feature cache {self.cache.stats()}" if self.cache is not None else "")
 
     def on_fit_batch_end(self, batch, outputs, loss, should_step):
         self.state.loss_sum += float(loss.detach())
@@ -192,70 +291,116 @@ class DownstreamBrain(NonFiniteGuard, ShardedBatchesDDP, sb.Brain):
         if self.optimizer_step % self.eval_every_steps == 0 or self._optimizer_step_limit_exceeded:
             self.evaluate_dev_and_checkpoint()
 
-    def on_stage_end(self, stage, stage_loss, epoch=None):
-        if stage == sb.Stage.TRAIN:
-            last_epoch = self._epoch_limit is not None and epoch >= self._epoch_limit
-            if (last_epoch or self._optimizer_step_limit_exceeded) and self.state.last_eval_step != self.optimizer_step:
-                self.evaluate_dev_and_checkpoint()
-            seconds = time.time() - self._epoch_t0
-            self.epoch_times.append(round(seconds, 3))
-            logger.info("epoch %d took %.2f s (dev evaluations included)%s", epoch, seconds,
-                        f"; feature cache {self.cache.stats()}" if self.cache is not None else "")
-        elif stage == sb.Stage.TEST:
-            self.test_metrics = self.task.summarize(self.stats)
-            self.test_metrics["loss"] = float(stage_loss)
-
-    def fit(self, epoch_counter, *args, **kwargs):
+    def fit(self, epoch_counter, train_set, valid_set=None, **kwargs):
+        """SpeechBrain's fit; `valid_set` is evaluated every `eval_every_steps` steps, not per epoch."""
         self._epoch_limit = getattr(epoch_counter, "limit", None)
-        return super().fit(epoch_counter, *args, **kwargs)
+        self.dev_set = valid_set
+        for dataset in (train_set, valid_set):
+            self._audio_keys_for_cache(dataset)
+        kwargs.setdefault("train_loader_kwargs", self.train_loader_kwargs(train_set))
+        return super().fit(epoch_counter, train_set, **kwargs)
+
+    def evaluate(self, test_set, max_key=None, min_key=None, **kwargs):
+        """SpeechBrain's evaluate on the best-dev checkpoint (by default); returns the test metrics."""
+        if max_key is None and min_key is None:
+            max_key, min_key = self.best_dev_key.get("max_key"), self.best_dev_key.get("min_key")
+        self._audio_keys_for_cache(test_set)
+        kwargs.setdefault("test_loader_kwargs", self.eval_loader_kwargs(test_set))
+        self.train_summary = {"steps": int(self.optimizer_step), "best_score": self.state.best_score,
+                              "best_step": self.state.best_step, "train_time_s": float(self.state.train_time_s),
+                              "last_dev": dict(self.last_dev)}
+        super().evaluate(test_set, max_key=max_key, min_key=min_key, **kwargs)
+        return self.stage_metrics.get(sb.Stage.TEST, {})
 
     # ------------------------------------------------------------------ dev evaluation
     @torch.no_grad()
-    def run_eval(self, loader, stage=sb.Stage.VALID) -> dict:
+    def run_dev(self) -> dict:
+        """The dev set through the subclass's stage hooks, in the middle of training."""
+        if self.dev_set is None:
+            return {self.metric: math.nan, "loss": math.nan}
+        if not hasattr(self, "_dev_loader"):
+            self._dev_loader = sb.dataio.dataloader.make_dataloader(self.dev_set, **self.eval_loader_kwargs(self.dev_set))
         was_training = self.modules.training
         self.modules.eval()
-        self.stats = self.task.new_stats()
+        self.on_stage_start(sb.Stage.VALID, self._epoch)
         total, n = 0.0, 0
-        for batch in loader:
-            loss = self.evaluate_batch(batch, stage)
+        for batch in self._dev_loader:
+            loss = self.evaluate_batch(batch, sb.Stage.VALID)
             total += float(loss) * len(batch.id)
             n += len(batch.id)
-        result = self.task.summarize(self.stats)
-        result["loss"] = total / n if n else math.nan
+        self.on_stage_end(sb.Stage.VALID, total / n if n else math.nan, self._epoch)
         if was_training:
             self.modules.train()
-            if not self.encoder_trainable:
-                self.encoder.eval()
-        return result
+        return self.stage_metrics[sb.Stage.VALID]
 
     def evaluate_dev_and_checkpoint(self):
         now = time.time()
         self.state.train_time_s += now - self._t_last
-        dev = self.run_eval(self.dev_loader) if self.dev_loader is not None else {self.task.metric: math.nan}
+        dev = self.run_dev()
         eval_time = time.time() - now
-        step, metric = self.optimizer_step, self.task.metric
-        score = dev[metric]
+        step, score = self.optimizer_step, dev[self.metric]
         train_loss = self.state.loss_sum / self.state.loss_count if self.state.loss_count else math.nan
-        if is_better(score, self.state.best_score, self.task.higher_is_better):
+        if is_better(score, self.state.best_score, self.higher_is_better):
             self.state.best_score, self.state.best_step = score, step
         self.state.last_eval_step = step
         self.state.loss_sum, self.state.loss_count = 0.0, 0
         self.last_dev = dev
-        if self.curve is not None and if_main_process():
+        if self.curve is not None:
             row = dict(step=step, epoch=self._epoch, train_loss=f"{train_loss:.6f}",
                        wall_time_s=f"{self.state.train_time_s:.3f}", eval_time_s=f"{eval_time:.3f}")
             row.update({f"dev_{k}": f"{v:.6f}" for k, v in dev.items() if f"dev_{k}" in self.curve.fields})
             self.curve.append(**row)
         logger.info("step %d epoch %d: train_loss %.4f dev %s %.3f (best %.3f at %s)", step, self._epoch, train_loss,
-                    metric, score, self.state.best_score if self.state.best_score is not None else math.nan,
+                    self.metric, score, self.state.best_score if self.state.best_score is not None else math.nan,
                     self.state.best_step)
         if self.checkpointer is not None:
-            worst = -math.inf if self.task.higher_is_better else math.inf
+            worst = -math.inf if self.higher_is_better else math.inf
             value = float(score) if not math.isnan(score) else worst
             # ties go to the earlier step, as in state.best_step (a 1e-9 nudge per step)
-            nudge = -1e-9 * step if self.task.higher_is_better else 1e-9 * step
+            nudge = -1e-9 * step if self.higher_is_better else 1e-9 * step
             meta = {"dev_score": value, "dev_key": value + nudge, "step": step, "epoch": self._epoch}
-            keys = {"max_keys": ["dev_key"]} if self.task.higher_is_better else {"min_keys": ["dev_key"]}
+            keys = {"max_keys": ["dev_key"]} if self.higher_is_better else {"min_keys": ["dev_key"]}
             self.checkpointer.save_and_keep_only(meta=meta, end_of_epoch=False, num_to_keep=1, **keys,
                                                  verbosity=logging.DEBUG)
         self._t_last = time.time()
+
+    # ------------------------------------------------------------------ outputs
+    def write_result(self, task: str, datasets: dict, extra: Optional[dict] = None) -> dict:
+        """result.json (test metric of the best-dev checkpoint, best dev metric and step, learned layer
+        weights, settings), curve.png and layer_weights.png; returns what result.json holds."""
+        from rewire_lib.downstream.run import encoder_tag
+
+        hp, metric, summary = self.hparams, self.metric, self.train_summary
+        test = dict(self.stage_metrics.get(sb.Stage.TEST, {}))
+        weights = self.modules_unwrapped("featurizer").weights().detach().cpu().tolist()
+        result = {
+            "task": task, "metric": metric, "higher_is_better": self.higher_is_better, "metric_unit": "%",
+            "encoder": hp.encoder, "encoder_fingerprint": self.fingerprint, "train_fraction": float(hp.train_fraction),
+            "seed": int(hp.seed), "train_csv_used": str(datasets["train"].csv_path),
+            "num_train": len(datasets["train"]), "num_dev": len(datasets["valid"]), "num_test": len(datasets["test"]),
+            "steps": summary["steps"], "epochs": int(hp.epoch_counter.current),
+            f"test_{metric}": test.get(metric), **{f"test_{k}": v for k, v in test.items() if k != metric},
+            f"best_dev_{metric}": summary["best_score"], "best_dev_step": summary["best_step"],
+            "last_dev": summary["last_dev"], "test_checkpoint": "best dev", "test_checkpoint_step": int(self.optimizer_step),
+            "layer_weights": weights, "wall_time_s": summary["train_time_s"], "epoch_times_s": self.epoch_times,
+            "nonfinite_skipped": self.nonfinite_skipped,
+            "feature_cache": self.cache.stats() if self.cache is not None else None,
+            "precision": self.precision,
+            "settings": {k: getattr(hp, k) for k in RESULT_SETTINGS if hasattr(hp, k)},
+            **(extra or {}),
+        }
+        if if_main_process():
+            atomic_write_json(self.output_folder / "result.json", result, default=float)
+            tag = encoder_tag(hp.encoder)
+            plot_columns(self.output_folder / "curve.csv", self.output_folder / "curve.png", x="step",
+                         ys=["train_loss", f"dev_{metric}"], title=f"{task.upper()} - {tag}")
+            plot_layer_weights(weights, self.output_folder / "layer_weights.png",
+                               title=f"{task.upper()} learned layer weights ({tag})")
+        logger.info("%s: test %s = %.3f (best dev %s at step %s), %d steps, %.1f s training", task, metric,
+                    test.get(metric, math.nan), summary["best_score"], summary["best_step"], summary["steps"],
+                    summary["train_time_s"])
+        return result
+
+    def modules_unwrapped(self, name: str) -> torch.nn.Module:
+        module = self.modules[name]
+        return getattr(module, "module", module)  # DDP wraps trainable modules

@@ -1,53 +1,41 @@
-"""`run_task(task)`: what every downstream recipe's train.py does, from the YAML to result.json.
+"""Around a downstream recipe's run: output-folder names, the checks made before anything is trained
+(encoder present, run folder matches), ER's folds, and one-line errors for the command line.
 
-Outputs in `output_folder`: curve.csv (step, epoch, train_loss, dev_loss, dev_<metric>..., wall_time_s,
-eval_time_s), curve.png, result.json (test metric of the best-dev checkpoint, best dev metric and
-step, learned layer weights, settings), layer_weights.png, the label encoders, save/ (checkpoints).
-With `folds_dir` (ER on IEMOCAP), one sub-folder per fold and an average over folds at the top.
+Outputs in `output_folder` (written by `DownstreamBrain`): curve.csv (step, epoch, train_loss, dev_loss,
+dev_<metric>..., wall_time_s, eval_time_s), curve.png, result.json (test metric of the best-dev
+checkpoint, best dev metric and step, learned layer weights, settings), layer_weights.png, the label
+encoder / tokenizer, save/ (checkpoints). With `folds_dir` (ER on IEMOCAP), one sub-folder per fold
+and an average over folds at the top.
 """
 from __future__ import annotations
 
-import json
+import contextlib
 import logging
-import math
-import os
-import random
 import re
-import time
+import sys
 from pathlib import Path
-from typing import Dict, List, Optional
+from typing import Callable, List, Optional
 
 import numpy as np
-import speechbrain as sb
-import torch
-from speechbrain.utils.distributed import if_main_process, run_on_main
+from speechbrain.utils.distributed import if_main_process
 
-from rewire_lib.dataio import BucketBatchSampler, audio_dataset, durations, filter_by_duration
-from rewire_lib.downstream.brain import DownstreamBrain, RunState
-from rewire_lib.downstream.feature_cache import FeatureCache, encoder_fingerprint
-from rewire_lib.downstream.tasks import make_task, read_rows
-from rewire_lib.encoder import SpeechEncoder
-from rewire_lib.featurizer import WeightedLayerSum
-from rewire_lib.logs import CSVLog, atomic_write_csv, plot_columns, plot_layer_weights, read_csv
-from rewire_lib.paths import REPO_ROOT, cache_dir
-from rewire_lib.recipe import HparamsError, load_recipe
-from rewire_lib.subsets import nested_subset, subset_name
+from rewire_lib import run_stamp
+from rewire_lib.atomic import atomic_write_json
+from rewire_lib.logs import atomic_write_csv, plot_columns, plot_layer_weights, read_csv
+from rewire_lib.paths import REPO_ROOT
+from rewire_lib.recipe import HparamsError
 
 logger = logging.getLogger(__name__)
 
+# Keys every downstream YAML must have, with their types (checked by rewire_lib.recipe.load_recipe).
 SCHEMA = {
     "encoder": str, "train_csv": str, "valid_csv": str, "test_csv": str, "output_folder": str,
     "number_of_epochs": int, "max_steps": (int, type(None)), "train_fraction": float, "seed": int,
-    "freeze_encoder": bool, "batch_size": int, "lr": float, "eval_every_steps": int,
-    "feature_cache": (str, type(None)),
+    "freeze_encoder": bool, "freeze_cnn": bool, "batch_size": int, "lr": float, "eval_every_steps": int,
+    "feature_cache": (str, type(None)), "feature_cache_dtype": str, "specaugment": bool,
+    "encoder_spec_augment": bool, "encoder_layerdrop": float, "on_changed_run": str,
 }
-DEFAULTS = {
-    "data_root": None, "eval_batch_size": None, "subset_seed": 0, "layer": None,
-    "finetune_top_layers": None, "freeze_cnn": True, "encoder_lr": 5e-5, "encoder_warmup_steps": 0,
-    "feature_cache": "memory", "feature_cache_dir": None, "feature_cache_dtype": "float32",
-    "specaugment": False, "beam_size": 0, "folds_dir": None, "folds": None, "max_grad_norm": 5.0,
-    "max_nonfinite_in_a_row": 5, "max_duration": None,
-}
+REWIRE_COMMAND = "python recipes/rewire/train.py recipes/rewire/hparams/{view}.yaml"
 
 
 # ---------------------------------------------------------------------- helpers used by the YAML
@@ -70,203 +58,78 @@ def default_output_folder(results_dir: str, encoder: str, train_fraction: float,
     return str(Path(results_dir) / encoder_tag(encoder) / f"frac{float(train_fraction):g}" / f"seed{int(seed)}")
 
 
-# ---------------------------------------------------------------------- data
-def select_train_csv(hp: dict, task, output_folder: Path) -> Path:
-    """train_csv for train_fraction 1; else train_frac{F}.csv beside it; else the same nested subset
-    made on the fly (rewire_lib.subsets.nested_subset, seed `subset_seed`) and written to the output folder."""
-    fraction = float(hp["train_fraction"])
-    train_csv = Path(hp["train_csv"])
-    if not 0 < fraction <= 1:
-        raise HparamsError(f"train_fraction must be in (0, 1], got {fraction}")
-    if fraction >= 1.0:
-        return train_csv
-    beside = train_csv.with_name(subset_name(fraction=fraction))
-    if beside.is_file():
-        logger.info("train_fraction %g: using %s", fraction, beside)
-        return beside
-    target = output_folder / subset_name(fraction=fraction)
-
-    def make():
-        rows = read_rows(train_csv)
-        keyed = [dict(r, _stratum=task.stratify_key(r)) for r in rows]
-        stratify = "_stratum" if keyed and keyed[0]["_stratum"] is not None else None
-        subset = nested_subset(keyed, fraction=fraction, seed=int(hp["subset_seed"]), stratify=stratify)
-        atomic_write_csv(target, list(rows[0].keys()), subset)
-        logger.info("train_fraction %g: %d of %d rows of %s -> %s", fraction, len(subset), len(rows), train_csv, target)
-
-    run_on_main(make)
-    return target
+def require_encoder(encoder: str, rewire_results: str) -> str:
+    """`encoder` unchanged if it can be loaded from; a rewired encoder that is not there yet is a one-line
+    error naming the rewiring command that writes it (the YAML calls this before loading the encoder)."""
+    path = Path(str(encoder)).expanduser()
+    results = Path(str(rewire_results)).expanduser()
+    if path.exists():
+        return encoder
+    try:
+        view = path.resolve().relative_to(results.resolve()).parts[0]
+    except (ValueError, IndexError):
+        return encoder  # a hub id or another folder: SpeechEncoder.from_pretrained says what is wrong
+    raise HparamsError(f"rewired encoder {path} does not exist yet: make it with `{REWIRE_COMMAND.format(view=view)}` "
+                       f"(or the study, run_all.sh), or point --rewire_results at a folder holding {view}/encoder")
 
 
-def make_dataset(csv_path, hp, task, use_cache: bool):
-    ds = audio_dataset(csv_path, data_root=hp["data_root"])
-    # too short for the encoder, or longer than max_duration: skipped, counted, listed in skipped_<split>.csv
-    ds = filter_by_duration(ds, Path(hp["output_folder"]) / f"skipped_{Path(csv_path).stem}.csv",
-                            max_duration=hp.get("max_duration"), what=str(csv_path))
-    keys = task.add_pipelines(ds)
-    ds.set_output_keys(["id", "wav" if use_cache else "sig"] + keys)
-    return ds
+# ---------------------------------------------------------------------- before training
+# settings that change what a run computes: a folder trained with other values is not resumed
+STAMP_KEYS = ("task", "seed", "train_fraction", "subset_seed", "lr", "batch_size", "max_duration", "freeze_encoder",
+              "finetune_top_layers", "freeze_cnn", "encoder_lr", "encoder_warmup_steps", "encoder_spec_augment",
+              "encoder_layerdrop", "layer", "specaugment", "feature_cache_dtype", "label_column", "slots")
 
 
-def eval_loader(ds, batch_size: int):
-    sampler = BucketBatchSampler(durations(ds), batch_size, shuffle=False, drop_last=False)
-    return sb.dataio.dataloader.make_dataloader(ds, batch_sampler=sampler)
+def prepare_run(hparams: dict) -> None:
+    """What a recipe does before reading its data: the per-dataset preparer (on the main process) and
+    the manifests' existence (`data.prepare_data`), then the run-folder check, which may move
+    `output_folder` (and the checkpointer) to a fresh folder. Sets hparams["encoder_fingerprint"]."""
+    from rewire_lib.downstream.data import prepare_data
+    from rewire_lib.downstream.feature_cache import encoder_fingerprint
+
+    prepare_data(hparams)
+    if hparams.get("folds_dir"):  # ER
+        return  # each fold is its own run, checked when it starts
+    hparams["encoder_fingerprint"] = encoder_fingerprint(hparams["encoder_model"])
+    settings = {k: hparams[k] for k in STAMP_KEYS if k in hparams}
+    settings["head"] = repr(hparams["head"])  # its class and sizes (a functools.partial)
+    folder = check_run_folder(hparams, hparams["encoder_fingerprint"], settings)
+    if folder != Path(hparams["output_folder"]):
+        logger.info("output_folder %s holds another run: this one goes to %s", hparams["output_folder"], folder)
+        hparams["output_folder"] = str(folder)
+        hparams["checkpointer"].checkpoints_dir = folder / "save"
 
 
-# ---------------------------------------------------------------------- encoder
-def load_encoder(hp: dict):
-    encoder = SpeechEncoder.from_pretrained(hp["encoder"], apply_spec_augment=False, layerdrop=0.0)
-    trainable = not hp["freeze_encoder"]
-    encoder.requires_grad_(False)
-    if trainable:
-        top = hp["finetune_top_layers"]
-        layers = encoder.model.encoder.layers
-        if top is None:
-            encoder.requires_grad_(True)
-            if hp["freeze_cnn"]:
-                encoder.model.feature_extractor.requires_grad_(False)
-        else:
-            if not 1 <= int(top) <= len(layers):
-                raise HparamsError(f"finetune_top_layers={top}: the encoder has {len(layers)} Transformer layers")
-            for layer in layers[-int(top):]:
-                layer.requires_grad_(True)
-    return encoder, trainable
-
-
-def check_encoder_identity(output_folder: Path, hp: dict, fingerprint: str) -> None:
-    """Refuse to resume a folder whose checkpoints came from a different encoder."""
-    path = output_folder / "encoder.json"
-    if path.is_file() and (output_folder / "save").is_dir() and any((output_folder / "save").iterdir()):
-        old = json.loads(path.read_text())
-        if old.get("fingerprint") != fingerprint:
-            raise HparamsError(
-                f"{output_folder} holds a run with encoder {old.get('encoder')!r} (fingerprint "
-                f"{old.get('fingerprint', '')[:12]}), not {hp['encoder']!r} ({fingerprint[:12]}): "
-                "give another output_folder or delete that one.")
-
-    def write():
-        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-        tmp.write_text(json.dumps({"encoder": hp["encoder"], "fingerprint": fingerprint}, indent=1) + "\n")
-        os.replace(tmp, path)
-
-    run_on_main(write)
-
-
-# ---------------------------------------------------------------------- one run
-def seed_everything(seed: int) -> None:
-    random.seed(seed)
-    np.random.seed(seed)
-    torch.manual_seed(seed)
-
-
-def train_one(task_name: str, hp: dict, run_opts: dict) -> dict:
-    t_start = time.time()
-    output = Path(hp["output_folder"])
-    output.mkdir(parents=True, exist_ok=True)
-    seed_everything(int(hp["seed"]))
-    task = make_task(task_name, hp)
-    train_csv = select_train_csv(hp, task, output)
-    task.setup_labels(hp["train_csv"], {"valid": hp["valid_csv"], "test": hp["test_csv"]}, output)
-
-    encoder, trainable = load_encoder(hp)
-    fingerprint = encoder_fingerprint(encoder)
-    check_encoder_identity(output, hp, fingerprint)
-    cache = None
-    if not trainable and hp["feature_cache"] not in (None, "none", "off"):
-        dtype = {"float32": torch.float32, "float16": torch.float16}[hp["feature_cache_dtype"]]
-        folder = hp["feature_cache_dir"] or cache_dir() / "features"
-        cache = FeatureCache(fingerprint, mode=hp["feature_cache"], cache_dir=folder, dtype=dtype,
-                             settings={"sample_rate": 16000})
-
-    use_cache = cache is not None
-    train_set = make_dataset(train_csv, hp, task, use_cache)
-    dev_set = make_dataset(hp["valid_csv"], hp, task, use_cache)
-    test_set = make_dataset(hp["test_csv"], hp, task, use_cache)
-    eval_bs = int(hp["eval_batch_size"] or hp["batch_size"])
-
-    seed_everything(int(hp["seed"]))
-    featurizer = WeightedLayerSum(encoder.num_layers, layer=hp["layer"])
-    head = task.build_head(encoder.hidden_size)
-    modules = {"featurizer": featurizer, "head": head}
-    if trainable:
-        modules["encoder"] = encoder
-    counter = sb.utils.epoch_loop.EpochCounter(limit=int(hp["number_of_epochs"]))
-    state = RunState()
-    recoverables = {"featurizer": featurizer, "head": head, "counter": counter, "run_state": state}
-    if trainable:
-        recoverables["encoder"] = encoder
-    checkpointer = sb.utils.checkpoints.Checkpointer(output / "save", recoverables=recoverables)
-
-    metric = task.metric
-    extra = {"wer": ["cer"], "accuracy": list(getattr(task, "slots", [])) and
-             [f"{s}_accuracy" for s in task.slots]}.get(metric, [])
-    fields = ["step", "epoch", "train_loss", "dev_loss", f"dev_{metric}"] + [f"dev_{e}" for e in extra] + \
-             ["wall_time_s", "eval_time_s"]
-    curve = CSVLog(output / "curve.csv", fields) if if_main_process() else None
-
-    brain_hp = dict(hp, max_grad_norm=hp["max_grad_norm"])
-    brain = DownstreamBrain(modules=modules, hparams=brain_hp, run_opts=run_opts, checkpointer=checkpointer,
-                            task=task, encoder=encoder, cache=cache, curve=curve, run_state=state,
-                            dev_loader=eval_loader(dev_set, eval_bs), eval_every_steps=int(hp["eval_every_steps"]),
-                            encoder_trainable=trainable)
-    brain.optimizer_step_limit = hp["max_steps"]
-    sampler = BucketBatchSampler(durations(train_set), int(hp["batch_size"]), seed=int(hp["seed"]), drop_last=False,
-                                 ddp_shard=True)  # DDP: each rank its slice of the same global batches
-    brain.train_sampler = sampler
-    brain.fit(counter, train_set, train_loader_kwargs={"batch_sampler": sampler})
-
-    steps = int(brain.optimizer_step)
-    train_time = float(state.train_time_s)
-    best_score, best_step = state.best_score, state.best_step
-    last_dev = dict(brain.last_dev)
-    epochs = int(counter.current)
-    key = {"max_key": "dev_key"} if task.higher_is_better else {"min_key": "dev_key"}
-    brain.evaluate(test_set, test_loader_kwargs={"batch_sampler": BucketBatchSampler(
-        durations(test_set), eval_bs, shuffle=False, drop_last=False)}, **key)
-    test = brain.test_metrics
-    test_step = int(brain.optimizer_step)  # the step of the best-dev checkpoint just loaded
-    weights = featurizer.weights().detach().cpu().tolist()
-
-    result = {
-        "task": task_name, "metric": metric, "higher_is_better": task.higher_is_better, "metric_unit": "%",
-        "encoder": hp["encoder"], "encoder_fingerprint": fingerprint, "train_fraction": float(hp["train_fraction"]),
-        "seed": int(hp["seed"]), "train_csv_used": str(train_csv), "num_train": len(train_set),
-        "num_dev": len(dev_set), "num_test": len(test_set), "steps": steps,
-        "epochs": epochs, f"test_{metric}": test.get(metric),
-        **{f"test_{k}": v for k, v in test.items() if k != metric},
-        f"best_dev_{metric}": best_score, "best_dev_step": best_step,
-        "last_dev": last_dev, "test_checkpoint": "best dev", "test_checkpoint_step": test_step,
-        "layer_weights": weights, "wall_time_s": train_time, "epoch_times_s": brain.epoch_times, "total_time_s": time.time() - t_start,
-        "feature_cache": cache.stats() if cache else None,
-        "settings": {k: hp.get(k) for k in ("batch_size", "lr", "number_of_epochs", "max_steps",
-                                            "eval_every_steps", "freeze_encoder", "finetune_top_layers",
-                                            "encoder_lr", "encoder_warmup_steps", "layer", "specaugment",
-                                            "beam_size", "feature_cache", "feature_cache_dtype", "subset_seed",
-                                            "proj_dim", "lstm_hidden", "lstm_layers")},
-    }
-    if if_main_process():
-        write_json(output / "result.json", result)
-        plot_columns(output / "curve.csv", output / "curve.png", x="step",
-                     ys=["train_loss", f"dev_{metric}"], title=f"{task_name.upper()} - {encoder_tag(hp['encoder'])}")
-        plot_layer_weights(weights, output / "layer_weights.png",
-                           title=f"{task_name.upper()} learned layer weights ({encoder_tag(hp['encoder'])})")
-    logger.info("%s: test %s = %.3f (best dev %.3f at step %s), %d steps, %.1f s training",
-                task_name, metric, test.get(metric, math.nan), best_score if best_score is not None else math.nan,
-                best_step, steps, train_time)
-    return result
-
-
-def write_json(path: Path, obj) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(obj, indent=1, default=float) + "\n")
-    os.replace(tmp, path)
+def check_run_folder(hparams: dict, fingerprint: str, stamp_settings: dict) -> Path:
+    """The folder this run may use (rewire_lib.run_stamp): a folder whose checkpoints came from another
+    encoder, other manifests or other settings is refused (`on_changed_run: error`) or left for a fresh
+    sibling (`new`)."""
+    stamp = {"encoder_fingerprint": fingerprint,
+             "manifests": run_stamp.manifest_fingerprint(hparams["train_csv"], hparams["valid_csv"], hparams["test_csv"]),
+             **stamp_settings}
+    return Path(run_stamp.check_run_folder(hparams["output_folder"], stamp, hparams["on_changed_run"]))
 
 
 # ---------------------------------------------------------------------- folds
-def fold_names(hp: dict) -> List[str]:
-    folder = Path(hp["folds_dir"])
-    if hp["folds"]:
-        names = [str(f) for f in hp["folds"]]
+@contextlib.contextmanager
+def shared_feature_caches():
+    """Within this block, runs with the same encoder and cache settings share one FeatureCache
+    (the folds of one ER study see each utterance 5 times); outside, every run has its own."""
+    from rewire_lib.downstream import brain
+
+    brain.SHARED_CACHES = {}
+    try:
+        yield
+    finally:
+        brain.SHARED_CACHES = None
+
+
+def fold_names(folds_dir: str, folds: Optional[list]) -> List[str]:
+    folder = Path(folds_dir)
+    if not folder.is_dir():
+        raise HparamsError(f"folds_dir {folder} does not exist (IEMOCAP folds: python data_prep/iemocap.py ...)")
+    if folds:
+        names = [str(f) for f in folds]
     else:
         names = sorted((p.name for p in folder.iterdir() if p.is_dir() and p.name.startswith("fold")),
                        key=lambda n: (len(n), n))
@@ -279,13 +142,17 @@ def fold_names(hp: dict) -> List[str]:
     return names
 
 
-def run_folds(task_name: str, hp: dict, run_opts: dict) -> dict:
-    folder, output = Path(hp["folds_dir"]), Path(hp["output_folder"])
+def run_folds(hparams: dict, argv: List[str], train_one: Callable[[List[str]], dict]) -> dict:
+    """One run per fold (`train_one(argv + the fold's manifests and output folder)`), then result.json,
+    curve.csv/png and layer_weights.png at the top with the mean over folds."""
+    folder, output = Path(hparams["folds_dir"]), Path(hparams["output_folder"])
     results = {}
-    for name in fold_names(hp):
-        fold_hp = dict(hp, train_csv=str(folder / name / "train.csv"), valid_csv=str(folder / name / "dev.csv"),
-                       test_csv=str(folder / name / "test.csv"), output_folder=str(output / name))
-        results[name] = train_one(task_name, fold_hp, run_opts)
+    with shared_feature_caches():
+        for name in fold_names(hparams["folds_dir"], hparams["folds"]):
+            fold = folder / name
+            results[name] = train_one(with_overrides(argv, {
+                "folds_dir": "null", "train_csv": fold / "train.csv", "valid_csv": fold / "dev.csv",
+                "test_csv": fold / "test.csv", "output_folder": output / name}))
     first = next(iter(results.values()))
     metric = first["metric"]
     mean = lambda key: float(np.mean([r[key] for r in results.values()]))  # noqa: E731
@@ -295,21 +162,36 @@ def run_folds(task_name: str, hp: dict, run_opts: dict) -> dict:
     summary.update({
         "folds": list(results), "fold_results": {n: {k: r[k] for k in test_keys + [f"best_dev_{metric}", "steps"]}
                                                  for n, r in results.items()},
-        f"best_dev_{metric}": mean(f"best_dev_{metric}"), "steps": int(mean("steps")),
+        f"best_dev_{metric}": mean(f"best_dev_{metric}"), "best_dev_step": None, "steps": int(mean("steps")),
         "layer_weights": np.mean([r["layer_weights"] for r in results.values()], axis=0).tolist(),
         "wall_time_s": sum(r["wall_time_s"] for r in results.values()),
         "train_csv_used": [r["train_csv_used"] for r in results.values()],
         "averaged_over": "folds (test metric of each fold's best-dev checkpoint)",
     })
     if if_main_process():
+        task = first["task"].upper()
         average_curves([output / n / "curve.csv" for n in results], output / "curve.csv")
-        summary["best_dev_step"] = None
-        write_json(output / "result.json", summary)
+        atomic_write_json(output / "result.json", summary, default=float)
         plot_columns(output / "curve.csv", output / "curve.png", x="step", ys=["train_loss", f"dev_{metric}"],
-                     title=f"{task_name.upper()} mean of {len(results)} folds")
+                     title=f"{task} mean of {len(results)} folds")
         plot_layer_weights(summary["layer_weights"], output / "layer_weights.png",
-                           title=f"{task_name.upper()} layer weights, mean of {len(results)} folds")
+                           title=f"{task} layer weights, mean of {len(results)} folds")
     return summary
+
+
+def with_overrides(argv: List[str], updates: dict) -> List[str]:
+    """argv with `--key value` (or `--key=value`) pairs for the keys in `updates` replaced by theirs."""
+    out, i = [], 0
+    while i < len(argv):
+        key = argv[i][2:].split("=", 1)[0] if argv[i].startswith("--") else None
+        if key in updates:
+            i += 1 if "=" in argv[i] else 2
+            continue
+        out.append(argv[i])
+        i += 1
+    for key, value in updates.items():
+        out += [f"--{key}", str(value)]
+    return out
 
 
 def average_curves(paths: List[Path], out: Path) -> None:
@@ -329,11 +211,15 @@ def average_curves(paths: List[Path], out: Path) -> None:
     atomic_write_csv(out, fields, rows)
 
 
-# ---------------------------------------------------------------------- entry point
-def run_task(task_name: str, argv: Optional[List[str]] = None) -> dict:
-    """Parse `train.py HPARAMS.yaml [--key value ...]`, train, test, write the outputs; returns result.json's dict."""
-    hp, run_opts, _, _ = load_recipe(argv, SCHEMA)
-    hp = {**DEFAULTS, **hp}
-    if hp["folds_dir"]:
-        return run_folds(task_name, hp, run_opts)
-    return train_one(task_name, hp, run_opts)
+# ---------------------------------------------------------------------- command line
+def run_as_script(main: Callable[[], dict]) -> None:
+    """`main()`, with the errors a user can fix (missing manifest or encoder, bad key or label, bad
+    manifest) printed as one line instead of a traceback."""
+    from rewire_lib.dataio import ManifestFormatError
+    from rewire_lib.downstream.labels import LabelError
+    from rewire_lib.encoder import EncoderLoadError
+
+    try:
+        main()
+    except (HparamsError, LabelError, ManifestFormatError, EncoderLoadError, run_stamp.RunFolderMismatch) as err:
+        sys.exit(f"error: {err}")
