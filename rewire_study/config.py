@@ -147,6 +147,17 @@ def check_names(names, valid, what: str, kind: str) -> None:
                                          f"valid: {', '.join(valid)}")
 
 
+def check_prepared_folder(task: str, folder: Path) -> None:
+    """A --data-folder holds the three split manifests (checked before any stage does work)."""
+    from rewire_lib.manifest import SPLIT_FILES
+
+    for split in ("train", "dev", "test"):
+        if not any((folder / name).is_file() for name in SPLIT_FILES[split]):
+            raise argparse.ArgumentTypeError(
+                f"--data-folder {task}: {folder / SPLIT_FILES[split][0]} does not exist (a prepared folder holds "
+                "train.csv, dev.csv or valid.csv, and test.csv; data_prep/ makes them)")
+
+
 class OneLineParser(argparse.ArgumentParser):
     """Errors in one line (the option, what is wrong, the valid values), not the whole usage block."""
 
@@ -337,6 +348,8 @@ def parse_args(argv=None) -> StudyConfig:
         check_names(stages, STAGES, "--stages", "stage")
         data_folders = _pairs(",".join(a.data_folder), "--data-folder") if a.data_folder else {}
         check_names(data_folders, TASKS, "--data-folder", "task")
+        for task, folder in data_folders.items():
+            check_prepared_folder(task, Path(folder))
         fed = user_data_tasks(corpora_given(a), data_folders)
         if a.rewire_csv:
             fed["rewire"] = "--rewire-csv"

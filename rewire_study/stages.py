@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Dict, List, Optional
 
 from rewire_lib.atomic import atomic_write_json, atomic_write_text
+from rewire_lib.manifest import split_csv
 from rewire_lib.paths import shared_data_dir
 from rewire_lib.subsets import nested_subset, subset_name
 from rewire_study.config import BASE, REAL_CORPORA, TASK_DATA, StudyConfig
@@ -154,8 +155,8 @@ def make_study_manifests(cfg: StudyConfig) -> dict:
         train = cap_rows(train, cfg.train_cap[task], cfg.seed, strat)
         write_manifest_if_changed(dst / "train.csv", fields, train)
         info["train"] = len(train)
-        for split in ("dev", "test"):
-            f2, rows = read_manifest(folder / f"{split}.csv")
+        for split in ("dev", "test"):  # a source's dev split may be named valid.csv; the study's copy is dev.csv
+            f2, rows = read_manifest(split_csv(folder, split, must_exist=False))
             info[f"{split}_available"] = len(rows)
             rows = cap_rows(rows, cfg.eval_cap[task], cfg.seed, strat)
             write_manifest_if_changed(dst / f"{split}.csv", f2, rows)

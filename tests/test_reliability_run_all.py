@@ -7,8 +7,8 @@ import pytest
 from rewire_lib.paths import REPO_ROOT
 
 CASES = {
-    "unknown_task": (["--tasks", "ks,foo"], "--tasks: unknown ['foo']"),
-    "unknown_stage": (["--stages", "foo"], "--stages: unknown ['foo']"),
+    "unknown_task": (["--tasks", "ks,foo"], "--tasks: unknown task 'foo'; valid: pr, asr, ks, ic, sid, er"),
+    "unknown_stage": (["--stages", "foo"], "--stages: unknown stage 'foo'; valid: data, tts, rewire, isotropy, downstream, report"),
     "missing_encoder": (["--encoders", "base=/nonexistent/enc"], "/nonexistent/enc: no model there"),
     "missing_data_folder": (["--data-folder", "ks=/nonexistent/ks", "--stages", "data"],
                             "/nonexistent/ks/train.csv does not exist"),
@@ -17,6 +17,9 @@ CASES = {
     "steps_not_an_integer": (["--max-steps", "ks=many"], "--max-steps: 'many' is not a valid int"),
     "missing_corpus_folder": (["--librispeech", "/nonexistent/ls", "--stages", "data"],
                               "--librispeech: /nonexistent/ls is not a folder"),
+    "misspelt_task_key": (["--data-folder", "ks2=/x"], "--data-folder: unknown task 'ks2'; valid: pr, asr, ks, ic, sid, er"),
+    "slurm_without_sbatch": (["--launcher", "slurm", "--stages", "rewire", "--views", "twin"],
+                             "--launcher slurm: sbatch is not on this machine's PATH"),
 }
 
 

@@ -30,7 +30,9 @@ def task_folder(root: Path, train=400, dev=120, test=120) -> Path:
 
 
 def base_argv(tmp: Path, *extra):
-    iso = write_manifest(tmp / "iso" / "dev.csv", 20)
+    iso = tmp / "iso" / "dev.csv"
+    if not iso.is_file():
+        write_manifest(iso, 20)
     return ["--out", str(tmp / "results"), "--data-dir", str(tmp / "data"), "--tasks", "ks", "--views", "none",
             "--fractions", "1.0,0.1", "--seeds", "0", "--iso-manifest", str(iso), *extra]
 
@@ -146,3 +148,15 @@ def test_report_files_hold_no_absolute_paths(tmp_path):
     assert (REPO_ROOT / line.split("--rewire_results ")[1]).resolve() == (res / "study" / "rewire").resolve()
     stages = json.loads((res / "stages.json").read_text())
     assert stages["settings"]["out"] == "." and stages["settings"]["encoders"]["base"] == "../enc"
+
+
+def test_user_folder_with_valid_csv_and_a_missing_split(tmp_path, capsys):
+    mine = task_folder(tmp_path / "mine")
+    (mine / "dev.csv").rename(mine / "valid.csv")
+    cfg = parse_args(base_argv(tmp_path, "--data-folder", f"ks={mine}"))
+    assert st.make_study_manifests(cfg)["sizes"]["ks"]["dev"] == 120  # read from valid.csv, copied as dev.csv
+    assert (cfg.work / "data" / "ks" / "dev.csv").is_file()
+    (mine / "test.csv").unlink()
+    with pytest.raises(SystemExit):
+        parse_args(base_argv(tmp_path, "--data-folder", f"ks={mine}"))
+    assert f"--data-folder ks: {mine / 'test.csv'} does not exist" in capsys.readouterr().err
