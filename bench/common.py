@@ -18,13 +18,13 @@ import time
 from pathlib import Path
 from typing import Callable, Dict, Iterable, List, Optional, Sequence
 
-REPO = Path(__file__).resolve().parents[1]
-if str(REPO) not in sys.path:
-    sys.path.insert(0, str(REPO))
+from rewire_lib.atomic import atomic_path, atomic_write_json
+from rewire_lib.paths import REPO_ROOT as REPO
+from rewire_lib.paths import cache_dir
 
 BENCH_DIR = REPO / "bench"
 RESULTS_DIR = BENCH_DIR / "results"
-WORK_DIR = Path(os.environ.get("REWIRE_BENCH_WORK", REPO / "cache" / "bench"))  # git-ignored (/cache/)
+WORK_DIR = Path(os.environ.get("REWIRE_BENCH_WORK", cache_dir() / "bench"))  # git-ignored (<repo>/cache or $REWIRE_CACHE)
 
 DIGITS = ["zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine"]
 SC_WORDS = ["yes", "no", "up", "down", "left", "right", "on", "off", "stop", "go"]
@@ -58,7 +58,27 @@ PRESETS = {
     "tiny-hubert-random": ("hubert", TINY_HUBERT_SHAPE),
     "base-random": ("wav2vec2", BASE_SHAPE),
     "large-random": ("wav2vec2", LARGE_SHAPE),
+    # the library's stock configs (rewire_lib.tiny.make_stock_encoder, LayerDrop and masking as shipped):
+    # full-size wav2vec2-base (group-norm CNN, no attention mask) and wav2vec2-large-lv60 (the paper's shape)
+    "base-stock": ("stock:wav2vec2-base", {"size": "base"}),
+    "large-stock": ("stock:wav2vec2-large-lv60", {"size": "large"}),
+    # the same two shrunk to a few hundred thousand parameters (CPU smoke runs, bench/gpu.py --tiny)
+    "tiny-base-stock": ("stock:wav2vec2-base", {}),
+    "tiny-large-stock": ("stock:wav2vec2-large-lv60", {}),
 }
+
+
+def load_recipe_module(task: str):
+    """recipes/<task>/train.py as a module (recipes are scripts, not a package); loaded once per process."""
+    import importlib.util
+
+    name = f"bench_recipe_{task}_train"
+    if name not in sys.modules:
+        spec = importlib.util.spec_from_file_location(name, REPO / "recipes" / task / "train.py")
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+        sys.modules[name] = module
+    return sys.modules[name]
 
 
 def default_encoder_spec() -> str:
@@ -75,10 +95,13 @@ def resolve_encoder(spec: Optional[str]) -> tuple[str, str]:
         family, settings = PRESETS[spec]
         folder = WORK_DIR / "encoders" / spec
         if not (folder / "config.json").is_file():
-            from rewire_lib.tiny import make_tiny_encoder
+            from rewire_lib.tiny import make_stock_encoder, make_tiny_encoder
 
-            tmp = folder.with_name(f".{spec}.{os.getpid()}.tmp")
-            make_tiny_encoder(tmp, family, seed=0, **settings)
+            tmp = folder.with_name(f".{spec}.{os.getpid()}.tmp")  # a folder: swapped in whole below
+            if family.startswith("stock:"):
+                make_stock_encoder(tmp, family.split(":", 1)[1], seed=0, layerdrop=None, **settings)
+            else:
+                make_tiny_encoder(tmp, family, seed=0, **settings)
             folder.parent.mkdir(parents=True, exist_ok=True)
             try:
                 os.replace(tmp, folder)
@@ -107,13 +130,10 @@ def describe_encoder(folder: str) -> dict:
 
 # --------------------------------------------------------------------------------------- data
 def _write_manifest(path: Path, rows: List[dict]) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with open(tmp, "w", newline="") as f:
+    with atomic_path(path) as tmp, open(tmp, "w", newline="") as f:
         w = csv.DictWriter(f, fieldnames=["ID", "duration", "wav", "wrd"])
         w.writeheader()
         w.writerows(rows)
-    os.replace(tmp, path)
     return path
 
 
@@ -322,13 +342,7 @@ def table(title: str, headers: Sequence[str], rows: Sequence[Sequence]) -> str:
 
 
 def save_json(name: str, obj: dict, folder: Optional[Path] = None) -> Path:
-    folder = Path(folder or RESULTS_DIR)
-    folder.mkdir(parents=True, exist_ok=True)
-    path = folder / f"{name}.json"
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(obj, indent=1, default=str) + "\n")
-    os.replace(tmp, path)
-    return path
+    return atomic_write_json(Path(folder or RESULTS_DIR) / f"{name}.json", obj, indent=1)
 
 
 def quiet_logs() -> None:

@@ -5,7 +5,7 @@
     python bench/downstream_cache.py --quick
     python bench/downstream_cache.py --tasks ks --train-size 512
 
-Each task runs the real recipe (`rewire_lib.downstream.run_task`, the recipes' hparams/baseline.yaml) twice on
+Each task runs the real recipe (`recipes/<task>/train.py`'s main with its hparams/baseline.yaml) twice on
 the same seeded subset of its training manifest: `--feature_cache none` (every epoch reads the audio and runs
 the encoder) and `--feature_cache memory` (the recipe's default: the first epoch fills the cache, later
 epochs read features only). An epoch is timed from the start of the training stage to the end of its last
@@ -21,13 +21,11 @@ from __future__ import annotations
 import argparse
 import logging
 import random
-import sys
 import tempfile
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench import common  # noqa: E402
+from bench import common
 
 SCRIPT = "downstream_cache"
 TASK_DATA = {"ks": "speech_commands", "ic": "synth/ic", "sid": "fsdd/speakers", "er": "synth/er",
@@ -43,30 +41,32 @@ def patch_brain() -> None:
         return
     import speechbrain as sb
 
-    from rewire_lib.downstream import run as run_module
+    from rewire_lib.downstream.brain import DownstreamBrain
 
-    base = run_module.DownstreamBrain
+    # The recipes' Brains subclass DownstreamBrain and call its hooks through super(): wrap those.
+    stage_start, batch_end, stage_end = (DownstreamBrain.on_stage_start, DownstreamBrain.on_fit_batch_end,
+                                         DownstreamBrain.on_stage_end)
 
-    class TimedDownstreamBrain(base):
-        def on_stage_start(self, stage, epoch=None):
-            super().on_stage_start(stage, epoch)
-            if stage == sb.Stage.TRAIN:
-                self._bench_batches, self._bench_clock = 0, None
-                self._bench_start = common.Clock(str(self.device)).__enter__()
+    def on_stage_start(self, stage, epoch=None):
+        stage_start(self, stage, epoch)
+        if stage == sb.Stage.TRAIN:
+            self._bench_batches, self._bench_clock = 0, None
+            self._bench_start = common.Clock(str(self.device)).__enter__()
 
-        def on_fit_batch_end(self, batch, outputs, loss, should_step):
-            super().on_fit_batch_end(batch, outputs, loss, should_step)
-            self._bench_batches += 1
-            self._bench_clock = self._bench_start.stop()  # the clock as of the last batch's end
+    def on_fit_batch_end(self, batch, outputs, loss, should_step):
+        batch_end(self, batch, outputs, loss, should_step)
+        self._bench_batches += 1
+        self._bench_clock = self._bench_start.stop()  # the clock as of the last batch's end
 
-        def on_stage_end(self, stage, stage_loss, epoch=None):
-            if stage == sb.Stage.TRAIN and self._bench_clock is not None:
-                EPOCHS.append({"epoch": epoch, "batches": self._bench_batches,
-                               "seconds": self._bench_clock.seconds, "cpu_seconds": self._bench_clock.cpu_seconds,
-                               "cache": self.cache.stats() if self.cache is not None else None})
-            super().on_stage_end(stage, stage_loss, epoch)
+    def on_stage_end(self, stage, stage_loss, epoch=None):
+        if stage == sb.Stage.TRAIN and getattr(self, "_bench_clock", None) is not None:
+            EPOCHS.append({"epoch": epoch, "batches": self._bench_batches,
+                           "seconds": self._bench_clock.seconds, "cpu_seconds": self._bench_clock.cpu_seconds,
+                           "cache": self.cache.stats() if self.cache is not None else None})
+        stage_end(self, stage, stage_loss, epoch)
 
-    run_module.DownstreamBrain = TimedDownstreamBrain
+    DownstreamBrain.on_stage_start, DownstreamBrain.on_fit_batch_end, DownstreamBrain.on_stage_end = (
+        on_stage_start, on_fit_batch_end, on_stage_end)
     _PATCHED = True
 
 
@@ -94,8 +94,6 @@ def subset_manifests(task: str, n: int, n_eval: int, seed: int, folder: Path, da
 
 
 def run_recipe(task: str, encoder_dir: str, csvs, cache: str, epochs: int, args, out: Path) -> list[dict]:
-    from rewire_lib.downstream import run_task
-
     patch_brain()
     EPOCHS.clear()
     train, dev, test = csvs
@@ -103,7 +101,7 @@ def run_recipe(task: str, encoder_dir: str, csvs, cache: str, epochs: int, args,
             "--train_csv", str(train), "--valid_csv", str(dev), "--test_csv", str(test),
             "--output_folder", str(out / f"{task}_{cache}"), "--number_of_epochs", str(epochs),
             "--eval_every_steps", "1000000", "--feature_cache", cache, "--device", args.device, "--noprogressbar"]
-    run_task(task, argv)
+    common.load_recipe_module(task).main(argv)
     logging.disable(logging.WARNING)
     return list(EPOCHS)
 

@@ -23,13 +23,11 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import sys
 import tempfile
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench import common  # noqa: E402
+from bench import common
 
 SCRIPT = "growth"
 WHAT = ("rewire", "isotropy", "downstream")

@@ -25,16 +25,13 @@ in CPU time (this process and its children, e.g. text2wave):
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import logging
-import sys
 import tempfile
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench import common  # noqa: E402
+from bench import common
 
 SCRIPT = "rewire_throughput"
 
@@ -111,9 +108,7 @@ def _recipe():
 
         from rewire_lib.rewiring import RewireBrain
 
-        spec = importlib.util.spec_from_file_location("rewire_recipe_train", common.REPO / "recipes/rewire/train.py")
-        module = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(module)
+        module = common.load_recipe_module("rewire")
 
         class TimedRewireBrain(RewireBrain):
             def on_stage_start(self, stage, epoch=None):
@@ -144,6 +139,8 @@ def recipe_argv(encoder_dir, manifest, view, out_folder, args, epochs: int = 1) 
             "--lr", "0.000001", "--device", args.device, "--noprogressbar"]
     if view != "twin":
         argv += ["--tts_backend", args.tts, "--tts_cache_dir", str(args.tts_cache_dir)]
+    if getattr(args, "precision", "fp32") != "fp32":
+        argv += ["--precision", args.precision]  # SpeechBrain's mixed-precision run option
     return argv
 
 
@@ -174,22 +171,32 @@ def padded_batches(manifest, view, args, out_folder) -> list:
     return [pad_views(b.view_a, b.view_b) for b in torch.utils.data.DataLoader(dataset, **kwargs)]
 
 
-def bound_loop(encoder_dir, batches, device) -> dict:
+def autocast(device, precision: str = "fp32"):
+    """torch.autocast for "bf16"/"fp16" (as SpeechBrain's --precision does), a no-op for "fp32"."""
+    import torch
+
+    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision)
+    return torch.autocast(device_type=str(device).split(":")[0], dtype=dtype, enabled=dtype is not None)
+
+
+def bound_loop(encoder_dir, batches, device, precision: str = "fp32") -> dict:
+    """Forward + backward alone, with the recipe's default LayerDrop (off) so it bounds what `ours` runs."""
     import torch
 
     from rewire_lib.encoder import SpeechEncoder
     from rewire_lib.featurizer import WeightedLayerSum, masked_mean
 
-    encoder = SpeechEncoder.from_pretrained(encoder_dir).to(device).train()
+    encoder = SpeechEncoder.from_pretrained(encoder_dir, layerdrop=0.0).to(device).train()
     featurizer = WeightedLayerSum(encoder.num_layers).to(device)
     params = list(encoder.parameters()) + list(featurizer.parameters())
     batches = [(w.to(device), l.to(device)) for w, l in batches]
     pairs = 0
     with common.Clock(device) as clock:
         for wavs, lens in batches:
-            out = encoder(wavs, lens)
-            pooled = masked_mean(featurizer(out.hidden_states), out.frame_mask)
-            pooled.square().mean().backward()
+            with autocast(device, precision):
+                out = encoder(wavs, lens)
+                pooled = masked_mean(featurizer(out.hidden_states), out.frame_mask)
+            pooled.float().square().mean().backward()
             for p in params:
                 p.grad = None
             pairs += wavs.shape[0] // 2

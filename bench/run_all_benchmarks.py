@@ -17,9 +17,8 @@ import sys
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench import common  # noqa: E402
+from bench import common
 
 SCRIPTS = {"rewire": "rewire_throughput", "downstream": "downstream_cache", "growth": "growth"}
 

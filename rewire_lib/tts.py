@@ -28,7 +28,7 @@ Cache (`TTSCache(root, backend)`), each transcript is synthesised once, ever::
 
 The text key is the exact text after `str.strip()` (case, punctuation and inner spacing are kept:
 they can change the rendering). Every file is written to a temporary file in the same folder and
-renamed (`os.replace`), so two processes filling one cache never expose a partial file; if both
+renamed (`rewire_lib.atomic`), so two processes filling one cache never expose a partial file; if both
 render the same text, the last rename wins and both renderings are identical anyway.
 
 Command (pre-synthesise every `wrd` of one or more manifests, in parallel processes)::
@@ -56,6 +56,8 @@ from pathlib import Path
 from typing import Dict, Iterable, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
+
+from rewire_lib.atomic import atomic_write_text
 
 log = logging.getLogger(__name__)
 
@@ -253,18 +255,6 @@ def text_key(text: str) -> str:
     return hashlib.sha1(text.strip().encode("utf-8")).hexdigest()
 
 
-def _atomic_write_text(path: Path, content: str) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=str(path.parent))
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8", newline="") as fh:
-            fh.write(content)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-
-
 @dataclass
 class TTSStats:
     """done: synthesised now; cached: already on disk; skipped: no audio (reasons counted)."""
@@ -318,7 +308,7 @@ class TTSCache:
         self.folder.mkdir(parents=True, exist_ok=True)
         info = self.folder / "settings.json"
         if not info.exists():
-            _atomic_write_text(info, json.dumps({"backend": backend.name, "settings": settings,
+            atomic_write_text(info, json.dumps({"backend": backend.name, "settings": settings,
                                                  "sample_rate": SAMPLE_RATE}, indent=2, sort_keys=True) + "\n")
         self.stats = TTSStats()
 
@@ -376,7 +366,7 @@ class TTSCache:
                 reason = "non-finite audio"
         if reason is not None:
             log.warning("TTS %s: skipping %r: %s", self.backend.name, text[:80], reason)
-            _atomic_write_text(self.skip_path(text), json.dumps({"text": text, "reason": reason}) + "\n")
+            atomic_write_text(self.skip_path(text), json.dumps({"text": text, "reason": reason}) + "\n")
             return "skipped", reason
         from rewire_lib.audio import write_audio
 
@@ -414,7 +404,7 @@ class TTSCache:
         writer.writeheader()
         writer.writerows(self.skipped())
         out = self.folder / "skipped.csv"
-        _atomic_write_text(out, buf.getvalue())
+        atomic_write_text(out, buf.getvalue())
         return out
 
     def synthesize_missing(self, texts: Iterable[Optional[str]], num_workers: int = 1, progress: bool = True,

@@ -16,22 +16,19 @@ from __future__ import annotations
 
 import argparse
 import csv
-import json
 import os
-import sys
 from pathlib import Path
 
 import torch
 from tqdm import tqdm
 
-REPO = Path(__file__).resolve().parents[2]
-if str(REPO) not in sys.path:
-    sys.path.insert(0, str(REPO))
 
-from rewire_lib.audio import load_audio  # noqa: E402
-from rewire_lib.encoder import SpeechEncoder  # noqa: E402
-from rewire_lib.featurizer import WeightedLayerSum, masked_mean  # noqa: E402
-from rewire_lib.paths import data_dir, default_encoder_dir  # noqa: E402
+from rewire_lib.atomic import atomic_write_json
+from rewire_lib.audio import load_audio
+from rewire_lib.encoder import SpeechEncoder
+from rewire_lib.featurizer import WeightedLayerSum, masked_mean
+from rewire_lib.paths import REPO_ROOT as REPO
+from rewire_lib.paths import data_dir, default_encoder_dir
 
 TASKS = {"digits": "fsdd/digits", "speakers": "fsdd/speakers"}
 
@@ -132,9 +129,7 @@ def main(argv=None):
     out.mkdir(parents=True, exist_ok=True)
     report = {"encoder": a.encoder, "steps": a.steps, "lr": a.lr, "seed": a.seed, "batch_size": 64,
               "results": results}
-    tmp = out / f".probe.json.{os.getpid()}.tmp"
-    tmp.write_text(json.dumps(report, indent=2) + "\n")
-    os.replace(tmp, out / "probe.json")
+    atomic_write_json(out / "probe.json", report, indent=2)
     print("\n| task | classes | train / test | pre-trained | random init |\n|---|---|---|---|---|")
     for task, r in results.items():
         print(f"| FSDD {task} | {r['pretrained']['classes']} | {r['pretrained']['train']} / {r['pretrained']['test']} "

@@ -18,7 +18,6 @@ import json
 import logging
 import math
 import os
-import shutil
 import sys
 import tempfile
 import time
@@ -26,19 +25,17 @@ from pathlib import Path
 
 import torch
 
-REPO = Path(__file__).resolve().parents[2]
-if str(REPO) not in sys.path:
-    sys.path.insert(0, str(REPO))
 
-import speechbrain as sb  # noqa: E402
-from speechbrain.utils.checkpoints import Checkpointer  # noqa: E402
+import speechbrain as sb
+from speechbrain.utils.checkpoints import Checkpointer
 
-from rewire_lib.logs import CSVLog, plot_columns  # noqa: E402
-from rewire_lib.pretrain.corpus import (PretrainDataset, StepsBatchSampler, build_pretrain_manifest,  # noqa: E402
+from rewire_lib.atomic import atomic_path
+from rewire_lib.logs import CSVLog, plot_columns
+from rewire_lib.pretrain.corpus import (PretrainDataset, StepsBatchSampler, build_pretrain_manifest,
                                         collate, load_packed, pack_corpus)
-from rewire_lib.pretrain.model import HubertPretrainer, tiny_hubert_config  # noqa: E402
-from rewire_lib.pretrain.targets import EncoderLayerFrames, MFCCFrames, cluster_targets  # noqa: E402
-from rewire_lib.recipe import load_recipe  # noqa: E402
+from rewire_lib.pretrain.model import HubertPretrainer, tiny_hubert_config
+from rewire_lib.pretrain.targets import EncoderLayerFrames, MFCCFrames, cluster_targets
+from rewire_lib.recipe import load_recipe
 
 logger = logging.getLogger("pretrain")
 
@@ -159,9 +156,8 @@ def prepare_targets(hp, ids, waves, device):
                              max_frames=hp["kmeans_max_frames"])
     targets = {"ids": list(ids), "labels": [lab.to(torch.int16) for lab in result["labels"]], "centroids": result["centroids"],
                "mean": result["mean"], "std": result["std"], "features": kind, "inertia": result["inertia"]}
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    torch.save(targets, tmp)
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        torch.save(targets, tmp)
     return targets
 
 

@@ -19,6 +19,7 @@ from typing import Iterable, Iterator, List, Sequence
 import torch
 from torch.utils.data import Dataset, Sampler
 
+from rewire_lib.atomic import atomic_path
 from rewire_lib.dataio import length_bucketed_batches
 from rewire_lib.logs import atomic_write_csv
 
@@ -184,9 +185,8 @@ def pack_corpus(manifest_csv: os.PathLike, out_path: os.PathLike, min_seconds: f
               "audio": torch.cat(chunks), "format": fmt, "manifest": str(manifest_csv), "skipped": len(skipped)}
     out_path = Path(out_path)
     out_path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out_path.with_name(f".{out_path.name}.{os.getpid()}.tmp")
-    torch.save(packed, tmp)
-    os.replace(tmp, out_path)
+    with atomic_path(out_path) as tmp:
+        torch.save(packed, tmp)
     seconds = float((lengths.double() / torch.tensor(rates).double()).sum())
     summary = {"utterances": len(ids), "skipped": len(skipped), "hours": seconds / 3600,
                "bytes": out_path.stat().st_size}
