@@ -18,14 +18,13 @@ from rewire_lib.encoder import SpeechEncoder
 from rewire_lib.paths import REPO_ROOT
 from rewire_lib.tiny import make_tiny_encoder
 from tests.rewire_helpers import load_train_module
-from tests.test_finetune import latest_checkpoint
-from tests.test_reliability_ddp import _downstream_argv
+from tests.test_finetune import ks_argv, latest_checkpoint
 
 TORCHRUN = shutil.which("torchrun") or str(REPO_ROOT / ".venv" / "bin" / "torchrun")
 NO_DROPOUT = dict(hidden_dropout=0.0, attention_dropout=0.0, activation_dropout=0.0, feat_proj_dropout=0.0,
                   layerdrop=0.0, mask_time_prob=0.0)
-FINETUNE = ["--freeze_encoder", "false", "--freeze_cnn", "true", "--encoder_lr", "0.002", "--lr", "0.01",
-            "--encoder_warmup_steps", "0"]
+FINETUNE = dict(freeze_encoder=False, freeze_cnn=True, encoder_lr=0.002, lr=0.01, encoder_warmup_steps=0,
+                max_steps=4, eval_every_steps=2, eval_batch_size=4)
 # Gets no gradient at all (softmax ignores a bias added to every key), so Adam turns rounding noise of
 # order 1e-9 into updates of any size up to the learning rate: not comparable between the two runs.
 NO_GRADIENT = ("attention.k_proj.bias",)
@@ -34,7 +33,7 @@ DRIVER = """
 import sys, torch
 torch.set_num_threads(1)
 from tests.rewire_helpers import load_train_module
-load_train_module("ks").main(sys.argv[1:] + ["--distributed_backend", "gloo", "--device", "cpu"])
+load_train_module("ks").main(sys.argv[1:] + ["--distributed_backend", "gloo"])
 """
 
 
@@ -51,11 +50,11 @@ def test_two_process_finetuning_equals_one_process_with_the_global_batch(tmp_pat
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=os.pathsep.join(
         [str(REPO_ROOT), str(REPO_ROOT / "tests"), os.environ.get("PYTHONPATH", "")]))
     proc = subprocess.run([TORCHRUN, "--standalone", "--nproc_per_node=2", str(tmp_path / "driver.py"),
-                           *_downstream_argv("ks", encoder, corpus, ddp, 2), *FINETUNE],
+                           *ks_argv(encoder, corpus, ddp, batch_size=2, **FINETUNE)],
                           cwd=REPO_ROOT, capture_output=True, text=True, timeout=600, env=env)
     assert proc.returncode == 0, proc.stderr[-4000:]
 
-    single = load_train_module("ks").main(_downstream_argv("ks", encoder, corpus, one, 4) + FINETUNE)
+    single = load_train_module("ks").main(ks_argv(encoder, corpus, one, batch_size=4, **FINETUNE))
     assert single["steps"] == 4
 
     for name in ("encoder", "head", "featurizer"):

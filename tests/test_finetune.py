@@ -35,15 +35,20 @@ def ks():
     return load_train_module("ks")
 
 
-def run_ks(ks, encoder, corpus, out, **overrides):
-    """recipes/ks/train.py hparams/baseline.yaml with `--key value` overrides; returns main's result."""
+def ks_argv(encoder, corpus, out, **overrides):
+    """The command line `recipes/ks/train.py hparams/baseline.yaml --key value ...` for the tiny corpus."""
     opts = {"encoder": encoder, "data_folder": corpus, "output_folder": out, "batch_size": 8,
             "eval_batch_size": 12, "eval_every_steps": 2, "seed": 0}
     opts.update(overrides)
     argv = [str(REPO_ROOT / "recipes" / "ks" / "hparams" / "baseline.yaml"), "--noprogressbar", "--device", "cpu"]
     for key, value in opts.items():
         argv += [f"--{key}", str(value).lower() if isinstance(value, bool) else str(value)]
-    return ks.main(argv)
+    return argv
+
+
+def run_ks(ks, encoder, corpus, out, **overrides):
+    """recipes/ks/train.py's main with `ks_argv`; returns what result.json holds."""
+    return ks.main(ks_argv(encoder, corpus, out, **overrides))
 
 
 def latest_checkpoint(out):
