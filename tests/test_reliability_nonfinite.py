@@ -8,8 +8,6 @@ import pytest
 import torch
 
 from downstream_helpers import make_tiny_corpus
-from rewire_lib.downstream import run_task
-from rewire_lib.downstream.brain import DownstreamBrain
 from rewire_lib.logs import read_csv
 from rewire_lib.nonfinite import TrainingDiverged
 from rewire_lib.paths import REPO_ROOT
@@ -110,18 +108,19 @@ def test_downstream_skips_nonfinite_steps_and_stops_when_diverged(tmp_path, tiny
     base = [str(REPO_ROOT / "recipes" / "ks" / "hparams" / "baseline.yaml"), "--noprogressbar",
             "--encoder", str(tiny_encoder_dir), "--data_folder", str(corpus), "--batch_size", "4",
             "--eval_every_steps", "2", "--max_nonfinite_in_a_row", "2"]
-    seen = _poison(DownstreamBrain, monkeypatch, lambda n: n == 2)
-    result = run_task("ks", base + ["--output_folder", str(tmp_path / "ok"), "--max_steps", "4"])
+    ks = load_train_module("ks")
+    seen = _poison(ks.KeywordSpottingBrain, monkeypatch, lambda n: n == 2)
+    result = ks.main(base + ["--output_folder", str(tmp_path / "ok"), "--max_steps", "4"])
     assert result["steps"] == 4 and len(seen) == 5  # one batch skipped, one more drawn
     assert math.isfinite(result["test_accuracy"])
     for row in read_csv(tmp_path / "ok" / "curve.csv"):
         assert math.isfinite(float(row["train_loss"])), row
 
     monkeypatch.undo()
-    _poison(DownstreamBrain, monkeypatch, lambda n: n >= 4)
+    _poison(ks.KeywordSpottingBrain, monkeypatch, lambda n: n >= 4)
     out = tmp_path / "diverged"
     with pytest.raises(TrainingDiverged, match=r"2 steps in a row.*optimiser step 3"):
-        run_task("ks", base + ["--output_folder", str(out), "--max_steps", "10"])
+        ks.main(base + ["--output_folder", str(out), "--max_steps", "10"])
     ckpts = list((out / "save").glob("CKPT+*"))
     assert ckpts and all(_state_finite(torch.load(c / "head.ckpt")) for c in ckpts)
     assert not (out / "result.json").exists()
