@@ -14,7 +14,7 @@ import pytest
 import soundfile as sf
 import torch
 
-from downstream_helpers import make_tiny_corpus
+from downstream_helpers import make_tiny_corpus, run_task
 from rewire_lib.audio import AudioError, load_audio
 from rewire_lib.dataio import MIN_SAMPLES, ManifestFormatError, audio_dataset, filter_by_duration
 from rewire_lib.manifest import validate_entries
@@ -153,8 +153,6 @@ def test_recipe_loading_skips_too_short_and_too_long_and_names_bad_files(files, 
 
 
 def test_downstream_run_skips_listed_and_reports_a_bad_file_by_name(tmp_path, tiny_encoder_dir, files):
-    from rewire_lib.downstream import run_task
-
     corpus = make_tiny_corpus(tmp_path / "corpus")
     rows = list(csv.DictReader(open(corpus / "train.csv")))
     extra = [dict(rows[0], ID="too_short", duration=f"{200 / SR:.4f}", wav=str(files["shorter_than_receptive_field"])),

@@ -165,25 +165,26 @@ YAML = REPO_ROOT / "recipes" / "ks" / "hparams" / "baseline.yaml"
 
 
 def test_yaml_file_errors_name_the_file_and_key(tmp_path, tiny_encoder_dir):
+    from rewire_lib.downstream.hparams import load_hparams
     from rewire_lib.downstream.run import SCHEMA
 
     base = ["--encoder", str(tiny_encoder_dir), "--output_folder", str(tmp_path / "o")]
     with pytest.raises(HparamsError, match="lerning_rate"):  # unknown override key
-        load_recipe([str(YAML), *base, "--lerning_rate", "0.1"], SCHEMA)
+        load_hparams([str(YAML), *base, "--lerning_rate", "0.1"], SCHEMA)
     with pytest.raises(HparamsError, match=r"'lr' must be float, got 'fast' \(str\)"):
-        load_recipe([str(YAML), *base, "--lr", "fast"], SCHEMA)
+        load_hparams([str(YAML), *base, "--lr", "fast"], SCHEMA)
     with pytest.raises(HparamsError, match=r"'freeze_encoder' must be bool"):
-        load_recipe([str(YAML), *base, "--freeze_encoder", "3"], SCHEMA)
-    # mistyped value in the file itself
+        load_hparams([str(YAML), *base, "--freeze_encoder", "3"], SCHEMA)
+    # mistyped value in a file of the user's that extends a recipe's
     bad = tmp_path / "bad.yaml"
-    bad.write_text(YAML.read_text().replace("batch_size: 32", "batch_size: thirty-two"))
+    bad.write_text(f"extends: {YAML}\nbatch_size: thirty-two\n")
     with pytest.raises(HparamsError, match=r"bad\.yaml: 'batch_size' must be int, got 'thirty-two'"):
-        load_recipe([str(bad), *base], SCHEMA)
+        load_hparams([str(bad), *base], SCHEMA)
     # required key missing from the file
     missing = tmp_path / "missing.yaml"
-    missing.write_text(YAML.read_text().replace("eval_every_steps:", "eval_steps:"))
+    missing.write_text(f"output_folder: {tmp_path / 'o2'}\nlr: 0.1\n")
     with pytest.raises(HparamsError, match=r"missing\.yaml: required key 'eval_every_steps' is missing"):
-        load_recipe([str(missing), *base], SCHEMA)
+        load_recipe([str(missing)], {"lr": float, "eval_every_steps": int})
     # extends: a base file that does not exist; a YAML file that does not exist
     child = tmp_path / "child.yaml"
     child.write_text("extends: nowhere.yaml\nview: twin\n")

@@ -106,7 +106,7 @@ def test_isotropy_command_checks_its_output_folder_first_and_reports_a_full_disk
     def full(path, data):
         raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
 
-    monkeypatch.setattr(cli, "_atomic_write", full)
+    monkeypatch.setattr(cli, "atomic_write_bytes", full)  # every file the command writes goes through it
     assert isotropy_main(args + ["--out", str(tmp_path / "iso")]) == 2
     err = capsys.readouterr().err
     assert f"cannot write {tmp_path / 'iso'}" in err and "disk is full" in err
