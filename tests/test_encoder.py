@@ -94,3 +94,28 @@ def test_short_batches_train_with_the_models_own_time_masking(tmp_path):
     assert out.frame_mask.sum(1).tolist() == [7, 4]
     assert out.hidden_states.shape[2] >= 10 and torch.isfinite(out.hidden_states).all()
     assert SpeechEncoder.from_pretrained(folder).eval().masking_min_samples() == 0
+
+
+def test_layer_hooks_live_only_during_a_forward_and_copies_record_their_own_layers(tiny_encoder_dir):
+    """The per-layer outputs (LayerDrop-safe hidden states) come from hooks registered for one forward:
+    none stays behind (gradient-checkpointing recomputation records nothing), and a deep copy works alone."""
+    import copy
+
+    enc = SpeechEncoder.from_pretrained(tiny_encoder_dir).eval()
+    wavs = torch.randn(1, 8000)
+    with torch.no_grad():
+        reference = enc(wavs).hidden_states
+    assert all(not layer._forward_hooks for layer in enc.model.encoder.layers)
+    twin = copy.deepcopy(enc)
+    for p in twin.parameters():
+        torch.nn.init.normal_(p)
+    with torch.no_grad():
+        assert not torch.allclose(twin(wavs).hidden_states[1:], reference[1:])
+        assert torch.equal(enc(wavs).hidden_states, reference)
+
+
+def test_freeze_cnn_and_encoder_overrides(tiny_encoder_dir):
+    enc = SpeechEncoder.from_pretrained(tiny_encoder_dir, freeze_cnn=True, layerdrop=0.3, apply_spec_augment=False)
+    assert not any(p.requires_grad for p in enc.model.feature_extractor.parameters())
+    assert all(p.requires_grad for p in enc.model.encoder.parameters())
+    assert enc.model.config.layerdrop == 0.3 and enc.model.config.apply_spec_augment is False

@@ -183,3 +183,10 @@ def test_csv_fallback_without_shared_reader(tmp_path, monkeypatch, manifest):
         _read_rows(tmp_path / "m.csv")
     (tmp_path / "r.csv").write_text("ID,duration,wav\nx,1.0,$data_root/a.wav\n")
     assert _read_rows(tmp_path / "r.csv", data_root="/d")[0]["wav"] == "/d/a.wav"
+
+
+def test_measures_and_command_line_do_not_import_each_other():
+    code = ("import sys, rewire_lib.isotropy; assert 'rewire_lib.isotropy_cli' not in sys.modules; "
+            "import rewire_lib.isotropy_cli")
+    done = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-1500:]

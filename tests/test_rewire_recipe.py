@@ -202,3 +202,14 @@ def test_gradient_checkpointing_key_enables_it_and_gives_the_same_gradients(tiny
         enc(wavs, lens).hidden_states.pow(2).mean().backward()
         grads.append(enc.model.encoder.layers[0].feed_forward.intermediate_dense.weight.grad.clone())
     torch.testing.assert_close(grads[0], grads[1])
+
+
+def test_tts_cache_follows_rewire_cache(tmp_path, tiny_encoder_dir, monkeypatch):
+    """REWIRE_CACHE moves the TTS cache too (the YAML no longer hard-codes <repo>/cache/tts)."""
+    from rewire_lib.recipe import load_recipe
+    from rewire_lib.rewiring import tts_cache_of
+
+    monkeypatch.setenv("REWIRE_CACHE", str(tmp_path / "elsewhere"))
+    hparams, *_ = load_recipe([str(HPARAMS / "neutral.yaml"), "--encoder", str(tiny_encoder_dir),
+                               "--output_folder", str(tmp_path / "out")])
+    assert tts_cache_of(hparams["pair_builder"]).folder.is_relative_to(tmp_path / "elsewhere" / "tts")
