@@ -225,7 +225,7 @@ class SpeechEncoder(torch.nn.Module):
         """Shortest padded batch the model's own SpecAugment time masking accepts in train mode (HF
         refuses a batch with fewer frames than `mask_time_length`); 0 when no masking will happen."""
         config = self.model.config
-        if not (self.training and getattr(config, "apply_spec_augment", False)
+        if not (self.training and getattr(config, "apply_spec_augment", True)  # data2vec-audio has no such key: masks
                 and getattr(config, "mask_time_prob", 0) > 0):
             return 0
         return self.min_samples(int(getattr(config, "mask_time_length", 1)))

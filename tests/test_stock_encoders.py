@@ -93,6 +93,17 @@ def test_hidden_states_stay_aligned_with_layer_indices_when_layerdrop_skips_laye
     assert torch.allclose(encoder(wavs).hidden_states, encoder.eval()(wavs).hidden_states, atol=1e-5)
 
 
+@pytest.mark.parametrize("family", STOCK_FAMILIES)
+def test_time_masking_on_batches_shorter_than_its_span(stock_dirs, family):
+    """HF's SpecAugment refuses a padded batch with fewer frames than mask_time_length (10); the wrapper pads
+    such a batch (every family, data2vec-audio's config included, which has no apply_spec_augment key)."""
+    encoder = SpeechEncoder.from_pretrained(stock_dirs[family]).train()
+    encoder.model.config.mask_time_prob = 0.5
+    for _ in range(3):
+        out = encoder(torch.randn(2, 1200), torch.tensor([1.0, 0.5]))  # 3 frames and 1 frame
+        assert out.frame_mask.sum(1).tolist() == [3, 1] and torch.isfinite(out.hidden_states).all()
+
+
 def _clips(n=3):
     root = REPO_ROOT.parent / "shared" / "data" / "fsdd" / "recordings"
     return [torch.from_numpy(sf.read(str(root / f"{d}_theo_0.wav"), dtype="float32")[0]) for d in range(n)]
