@@ -13,6 +13,11 @@ back-propagates the bad loss (the optimiser then writes NaN into the weights unl
   non-finite value, so every checkpoint on disk holds finite weights and the latest one is the
   last good state: lower the learning rate (or fix the data) and rerun the same command.
 
+With fp16 on a GPU (`--precision fp16`), SpeechBrain's GradScaler skips a step whose scaled gradients
+overflow and halves its scale: normal while the scale settles, so those skips are not counted. But
+when the scale has fallen below 1, gradients are non-finite without any scaling to blame: from there each
+skip counts like one here, so a run whose gradients stay NaN stops instead of silently never stepping.
+
 Under DDP the "is it finite" decision is all-reduced, so every rank skips the same steps (a rank
 that skipped `backward` alone would leave the others waiting for its gradients).
 
@@ -28,6 +33,7 @@ import torch
 logger = logging.getLogger(__name__)
 
 DEFAULT_MAX_IN_A_ROW = 5
+SCALER_FLOOR = 1.0  # below this GradScaler scale, an fp16 overflow skip counts as a non-finite step
 
 
 class TrainingDiverged(RuntimeError):
@@ -79,10 +85,15 @@ class NonFiniteGuard:
             scaled_loss = self.scaler.scale(loss / self.grad_accumulation_factor)
             scaled_loss.backward()
         if should_step:
-            # with an enabled GradScaler (fp16), inf gradients are the scaler's business
+            # with an enabled GradScaler (fp16), inf gradients are the scaler's business (see the module doc)
             if not self.scaler.is_enabled() and not _all_ranks_agree(self._trainable_grads_finite(), loss.device):
                 return self._skip_nonfinite(loss, "gradient")
+            scale = self.scaler.get_scale() if self.scaler.is_enabled() else None
             self.optimizers_step()
+            if scale is not None and self.scaler.get_scale() < scale and self.scaler.get_scale() < SCALER_FLOOR:
+                self.optimizer_step -= 1  # SpeechBrain counted it, but the scaler did not step
+                return self._skip_nonfinite(loss, f"gradient (fp16 GradScaler skipped the step at scale "
+                                                  f"{self.scaler.get_scale():g})")
         self.nonfinite_in_a_row = 0
         self.on_fit_batch_end(batch, outputs, loss, should_step)
         return loss.detach().cpu()

@@ -103,6 +103,27 @@ def test_rewiring_stops_after_too_many_in_a_row_and_keeps_last_good_checkpoint(t
     assert [int(r["step"]) for r in rows] == [1, 2]
 
 
+def test_fp16_grad_scaler_skips_count_once_the_scale_is_below_one(tmp_path, tiny_encoder_dir, monkeypatch):
+    """fp16 (a GradScaler, here on the CPU with init_scale 4): overflow skips while the scale settles are the
+    scaler's (not counted); once the scale is below 1 each skip counts, and NaN gradients stop the run."""
+    manifest = fsdd_manifest(tmp_path / "train.csv", takes=range(2))  # 5 steps of 4 pairs
+    brains = []
+
+    class ScaledBrain(RewireBrain):
+        def on_fit_start(self):
+            super().on_fit_start()
+            self.scaler = torch.GradScaler("cpu", init_scale=4.0)
+            brains.append(self)
+
+    _poison(ScaledBrain, monkeypatch, lambda n: n >= 1, kind="gradient")
+    with pytest.raises(TrainingDiverged, match=r"2 steps in a row.*GradScaler skipped the step at scale 0.25"):
+        load_train_module("rewire").main(_rewire_args(tiny_encoder_dir, manifest, tmp_path / "run",
+                                                      "--max_nonfinite_in_a_row", "2"), ScaledBrain)
+    brain = brains[0]  # scale 4 -> 2 -> 1 (not counted) -> 0.5 -> 0.25 (counted): 4 batches, no update applied
+    assert brain.scaler.get_scale() == 0.25 and brain.nonfinite_skipped == 2 and brain.optimizer_step == 2
+    assert _state_finite(brain.modules.encoder.state_dict())
+
+
 def test_downstream_skips_nonfinite_steps_and_stops_when_diverged(tmp_path, tiny_encoder_dir, monkeypatch):
     corpus = make_tiny_corpus(tmp_path / "corpus")  # 24 training utterances: 6 batches of 4
     base = [str(REPO_ROOT / "recipes" / "ks" / "hparams" / "baseline.yaml"), "--noprogressbar",
