@@ -60,3 +60,49 @@ def recipe_module(task: str):
 def run_task(task: str, argv: list) -> dict:
     """What the study and a user's command do: `recipes/<task>/train.py`'s main(argv); result.json's dict."""
     return recipe_module(task).main(list(argv))
+
+
+# ---------------------------------------------------------------------- a set a head can learn in seconds
+TONES = {"a": 300.0, "b": 900.0, "c": 2200.0}  # one pure tone per class / per "phoneme"
+SR = 16000
+
+
+def _tone(freq: float, seconds: float, rng) -> "np.ndarray":
+    import numpy as np
+
+    t = np.arange(int(SR * seconds)) / SR
+    return (0.3 * np.sin(2 * np.pi * freq * t + rng.uniform(0, 2 * np.pi)) + 0.01 * rng.standard_normal(t.size)
+            ).astype(np.float32)
+
+
+def make_tone_corpus(folder: Path, per_split: dict = None, seed: int = 0) -> Path:
+    """Audio a head can learn in seconds, in two views with train/dev/test.csv each:
+    folder/cls/: one 0.4 s tone per clip; `label` is the tone, `action`/`object`/`location` derive from it;
+    folder/seq/: 2-3 tones of 0.2 s with 0.1 s silences; `phn` names them in order, `wrd` spells them as
+    one word (a letter per tone)."""
+    import numpy as np
+
+    per_split = per_split or {"train": 30, "dev": 6, "test": 12}
+    rng = np.random.default_rng(seed)
+    names = list(TONES)
+    gap = np.zeros(int(0.1 * SR), dtype=np.float32)
+    for split, n in per_split.items():
+        cls_rows, seq_rows = [], []
+        for i in range(n):
+            label = names[i % len(names)]
+            seq = [names[int(k)] for k in rng.integers(0, len(names), size=2 + i % 2)]
+            clips = {"cls": _tone(TONES[label], 0.4, rng),
+                     "seq": np.concatenate([x for p in seq for x in (_tone(TONES[p], 0.2, rng), gap)])}
+            for view, audio in clips.items():
+                path = folder / view / "wav" / f"{split}_{i}.wav"
+                path.parent.mkdir(parents=True, exist_ok=True)
+                sf.write(str(path), audio, SR)
+                row = dict(ID=f"{split}_{i}", duration=f"{audio.size / SR:.4f}", wav=str(path))
+                if view == "cls":
+                    cls_rows.append(dict(row, label=label, action=f"act_{label}", object=f"obj_{label}",
+                                         location=f"loc_{label}"))
+                else:
+                    seq_rows.append(dict(row, phn=" ".join(seq), wrd="".join(p.upper() for p in seq)))
+        write_csv(folder / "cls" / f"{split}.csv", cls_rows)
+        write_csv(folder / "seq" / f"{split}.csv", seq_rows)
+    return folder

@@ -22,7 +22,6 @@ lr, batch_size, max_steps, eval_every_steps, freeze_encoder, feature_cache.
 """
 import sys
 
-import speechbrain as sb
 
 from rewire_lib.downstream.classification import UtteranceClassifierBrain, add_label_pipeline
 from rewire_lib.downstream.data import split_datasets
@@ -39,8 +38,7 @@ def dataio_prep(hparams):
     """train/valid/test datasets giving `sig` (16 kHz audio, length policy applied) and `label_encoded`
     (the emotion); the training subset (train_fraction) keeps every emotion."""
     datasets = split_datasets(hparams, stratify_key=lambda row: row[hparams["label_column"]])
-    emotions = add_label_pipeline(datasets, hparams)
-    sb.dataio.dataset.set_output_keys(list(datasets.values()), ["id", "sig", "label_encoded"])
+    emotions = add_label_pipeline(datasets, hparams)  # `label_encoded`; the splits give id, sig, label_encoded
     return datasets, emotions
 
 
@@ -52,8 +50,8 @@ def main(argv=None) -> dict:
     if hparams["folds_dir"]:  # each fold is this same recipe on fold<k>/{train,dev,test}.csv
         return run_folds(hparams, argv, main)
     datasets, emotions = dataio_prep(hparams)
-    er_brain = EmotionRecognitionBrain(modules=dict(hparams["modules"], head=hparams["head"](num_classes=len(emotions))),
-                                       hparams=hparams, run_opts=run_opts, checkpointer=hparams["checkpointer"])
+    modules = dict(hparams["modules"], head=hparams["head"](num_classes=len(emotions)))  # one output per emotion
+    er_brain = EmotionRecognitionBrain(modules, hparams=hparams, run_opts=run_opts, checkpointer=hparams["checkpointer"])
     er_brain.fit(hparams["epoch_counter"], datasets["train"], datasets["valid"])
     er_brain.evaluate(datasets["test"])  # the best-dev checkpoint
     return er_brain.write_result("er", datasets)

@@ -21,7 +21,6 @@ Keys people change (`--key value`): encoder, data_folder, train_fraction, seed, 
 max_steps, eval_every_steps, freeze_encoder (false fine-tunes it), feature_cache; recipes/README.md
 lists them all. Outputs in output_folder: result.json, curve.csv/png, layer_weights.png, save/.
 """
-import speechbrain as sb
 
 from rewire_lib.downstream.classification import UtteranceClassifierBrain, add_label_pipeline
 from rewire_lib.downstream.data import split_datasets
@@ -40,8 +39,7 @@ def dataio_prep(hparams):
     """train/valid/test datasets giving `sig` (16 kHz audio, length policy applied) and `label_encoded`;
     the training subset (train_fraction) keeps every keyword."""
     datasets = split_datasets(hparams, stratify_key=lambda row: row[hparams["label_column"]])
-    label_encoder = add_label_pipeline(datasets, hparams)
-    sb.dataio.dataset.set_output_keys(list(datasets.values()), ["id", "sig", "label_encoded"])
+    label_encoder = add_label_pipeline(datasets, hparams)  # `label_encoded`; the splits give id, sig, label_encoded
     return datasets, label_encoder
 
 

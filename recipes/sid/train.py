@@ -44,8 +44,7 @@ def dataio_prep(hparams):
     """train/valid/test datasets giving `sig` (16 kHz audio, length policy applied) and `label_encoded`
     (the speaker); the training subset (train_fraction) keeps every speaker."""
     datasets = split_datasets(hparams, stratify_key=lambda row: row[hparams["label_column"]])
-    speakers = add_label_pipeline(datasets, hparams)
-    sb.dataio.dataset.set_output_keys(list(datasets.values()), ["id", "sig", "label_encoded"])
+    speakers = add_label_pipeline(datasets, hparams)  # `label_encoded`; the splits give id, sig, label_encoded
     return datasets, speakers
 
 

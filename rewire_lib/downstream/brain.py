@@ -288,6 +288,8 @@ class DownstreamBrain(NonFiniteGuard, ShardedBatchesDDP, sb.Brain):
     def on_fit_batch_end(self, batch, outputs, loss, should_step):
         self.state.loss_sum += float(loss.detach())
         self.state.loss_count += 1
+        if not should_step:  # gradient accumulation (grad_accumulation_factor): no optimiser step yet
+            return
         if self.optimizer_step % self.eval_every_steps == 0 or self._optimizer_step_limit_exceeded:
             self.evaluate_dev_and_checkpoint()
 

@@ -42,7 +42,8 @@ class UtteranceClassifierBrain(DownstreamBrain):
 
 def add_label_pipeline(datasets: dict, hparams: dict):
     """`label_encoded` ([1] class index of the `label_column` value) on every split, from a
-    CategoricalEncoder fitted on the training manifest (label_encoder.txt in the output folder)."""
+    CategoricalEncoder fitted on the training manifest (label_encoder.txt in the output folder);
+    the splits give `id`, `sig` and `label_encoded`."""
     column = hparams["label_column"]
     label_encoder = fit_label_encoder(hparams["train_csv"], column, [hparams["valid_csv"], hparams["test_csv"]],
                                       Path(hparams["output_folder"]) / "label_encoder.txt")
@@ -53,6 +54,7 @@ def add_label_pipeline(datasets: dict, hparams: dict):
         return torch.LongTensor([label_encoder.encode_label(label, allow_unk=False)])
 
     sb.dataio.dataset.add_dynamic_item(list(datasets.values()), label_pipeline)
+    sb.dataio.dataset.set_output_keys(list(datasets.values()), ["id", "sig", "label_encoded"])
     return label_encoder
 
 
