@@ -1,0 +1,102 @@
+"""The per-dataset hparams (recipes/<task>/hparams/<corpus>.yaml) on tiny trees laid out as each corpus
+is published: the YAML loads, its preparer writes the manifests from --corpus_folder, and two
+optimiser steps of the recipe run with a tiny random encoder. The SUPERB settings each file carries
+(learning rate, steps, batch) are checked against ../shared/docs/tasks.md's table."""
+import json
+
+import pytest
+import ruamel.yaml
+
+from downstream_helpers import run_task
+from rewire_lib.paths import REPO_ROOT
+from test_data_corpora import _audio
+
+
+def librispeech_tree(src):
+    for split, spk in (("train-clean-100", "19"), ("dev-clean", "84"), ("test-clean", "121")):
+        chapter = src / split / spk / "198"
+        lines = []
+        for u in range(4):
+            uid = f"{spk}-198-{u:04d}"
+            _audio(chapter / f"{uid}.flac", fmt="FLAC", seed=u)
+            lines.append(f"{uid} {('HELLO WORLD', 'GOOD DAY', 'HELLO DAY', 'GOOD WORLD')[u]}")
+        (chapter / f"{spk}-198.trans.txt").write_text("\n".join(lines) + "\n")
+
+
+def speech_commands_v1_tree(src):
+    dev, test = [], []
+    for w in ("yes", "no", "bed", "marvin"):
+        for i, spk in enumerate(("0a7c2a8d", "1b4c9b89", "2c5d0c90", "3d6e1d91")):
+            _audio(src / w / f"{spk}_nohash_0.wav", 1.0, seed=i)
+            (dev if i == 2 else test if i == 3 else []).append(f"{w}/{spk}_nohash_0.wav")
+    _audio(src / "_background_noise_" / "white_noise.wav", 10.0)
+    (src / "validation_list.txt").write_text("\n".join(dev) + "\n")
+    (src / "testing_list.txt").write_text("\n".join(test) + "\n")
+
+
+def fluent_speech_commands_tree(src):
+    header = ",path,speakerId,transcription,action,object,location\n"
+    for split, n in (("train", 6), ("valid", 2), ("test", 2)):
+        lines = [header]
+        for i in range(n):
+            rel = f"wavs/speakers/2BqVo8kVB2Skwgyb/{split}-{i}.wav"
+            _audio(src / rel, seed=i)
+            act = "activate" if i % 2 else "deactivate"
+            lines.append(f"{i},{rel},2BqVo8kVB2Skwgyb,Turn on the lights,{act},lights,kitchen\n")
+        (src / "data").mkdir(parents=True, exist_ok=True)
+        (src / "data" / f"{split}_data.csv").write_text("".join(lines))
+
+
+def voxceleb1_tree(src):
+    lines = []
+    for spk in ("id10001", "id10002"):
+        for k, split in enumerate((1, 1, 1, 2, 3)):
+            rel = f"{spk}/1zcIwhmdeo4/{k:05d}.wav"
+            _audio(src / "wav" / rel, seed=k)
+            lines.append(f"{split} {rel}")
+    (src / "iden_split.txt").write_text("\n".join(lines) + "\n")
+
+
+def iemocap_tree(src):
+    for k in range(1, 6):
+        dialog = f"Ses0{k}F_impro01"
+        lines = ["% header", ""]
+        for i, emo in enumerate(["neu", "hap", "exc", "sad", "ang", "neu", "sad", "ang"]):
+            utt = f"{dialog}_{'FM'[i % 2]}{i:03d}"
+            _audio(src / f"Session{k}" / "sentences" / "wav" / dialog / f"{utt}.wav", seed=i)
+            lines.append(f"[1.0 - 2.0]\t{utt}\t{emo}\t[2.5, 2.5, 2.5]")
+        folder = src / f"Session{k}" / "dialog" / "EmoEvaluation"
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / f"{dialog}.txt").write_text("\n".join(lines) + "\n")
+
+
+# task, hparams file, tree, metric, SUPERB lr, max_steps, extra options
+CASES = [
+    ("asr", "librispeech", librispeech_tree, "wer", 1e-4, 200000, ["--head", "{proj_dim: 16, hidden_size: 16}"]),
+    ("pr", "librispeech", librispeech_tree, "per", 1e-2, 100000, []),
+    ("ks", "speech_commands_v1", speech_commands_v1_tree, "accuracy", 1e-4, 200000, []),
+    ("ic", "fluent_speech_commands", fluent_speech_commands_tree, "accuracy", 1e-4, 200000, []),
+    ("sid", "voxceleb1", voxceleb1_tree, "accuracy", 1e-4, 200000, []),
+    ("er", "iemocap", iemocap_tree, "accuracy", 1e-4, 30000, ["--folds", "[fold1]"]),
+]
+
+
+@pytest.mark.parametrize("task, name, tree, metric, lr, steps, extra", CASES, ids=[f"{c[0]}-{c[1]}" for c in CASES])
+def test_per_dataset_hparams_prepare_and_train(task, name, tree, metric, lr, steps, extra, tmp_path, tiny_encoder_dir):
+    hparams_file = REPO_ROOT / "recipes" / task / "hparams" / f"{name}.yaml"
+    own = ruamel.yaml.YAML().load(hparams_file.read_text())
+    assert own["extends"] == "baseline.yaml" and own["max_steps"] == steps and own["prepare"].tag.value.startswith("!name:data_prep.")
+    corpus, prepared, out = tmp_path / "corpus", tmp_path / "prepared", tmp_path / "out"
+    tree(corpus)
+    argv = [str(hparams_file), "--noprogressbar", "--corpus_folder", str(corpus), "--data_folder", str(prepared),
+            "--encoder", str(tiny_encoder_dir), "--output_folder", str(out), "--max_steps", "2", "--batch_size", "2",
+            "--eval_every_steps", "2", "--feature_cache", "memory", "--grad_accumulation_factor", "1",
+            "--eval_batch_size", "4", *extra]
+    result = run_task(task, argv)
+    assert (prepared / "prepared.json").is_file()  # the preparer ran (and marks its work done)
+    assert result["steps"] == 2 and result["metric"] == metric and result["settings"]["lr"] == pytest.approx(lr)
+    assert json.loads((out / "result.json").read_text())["task"] == task
+    if task == "er":
+        assert result["folds"] == ["fold1"] and (out / "fold1" / "result.json").is_file()
+    else:
+        assert result["num_train"] > 0 and result["num_test"] > 0
