@@ -6,7 +6,7 @@ import torch
 
 from downstream_helpers import make_tiny_corpus
 from rewire_lib.downstream import heads
-from tests.test_finetune import run_ks
+from tests.test_finetune import fast_env_log, run_ks  # noqa: F401 (autouse fixture)
 
 
 @pytest.fixture(scope="module")

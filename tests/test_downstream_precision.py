@@ -9,7 +9,8 @@ import pytest
 
 from downstream_helpers import make_tiny_corpus
 from rewire_lib.logs import read_csv
-from tests.test_finetune import TOP, changed_tensors, initial_state, latest_checkpoint, run_ks
+from tests.test_finetune import (TOP, changed_tensors, fast_env_log, initial_state,  # noqa: F401 (fixture)
+                                 latest_checkpoint, run_ks)
 
 BF16 = dict(precision="bf16", eval_precision="bf16")
 

@@ -7,6 +7,7 @@ The final weights are read from the run's latest checkpoint (save/), i.e. what a
 import math
 
 import pytest
+import speechbrain.utils.logger
 import torch
 import yaml
 
@@ -23,6 +24,13 @@ LAYERS = "model.encoder.layers."
 # The key bias of attention gets no gradient (softmax is invariant to adding q.b to every key), so
 # whether Adam moves it depends on rounding noise: it is left out of "must change".
 NO_GRADIENT = ("attention.k_proj.bias",)
+
+
+@pytest.fixture(autouse=True)
+def fast_env_log(monkeypatch):
+    """SpeechBrain's env.log runs `pip freeze` and git in shells (about half of a tiny run's time); these
+    tests check training, not env.log. Modules that import this fixture get it too."""
+    monkeypatch.setattr(speechbrain.utils.logger, "get_environment_description", lambda: "(not recorded in tests)\n")
 
 
 @pytest.fixture(scope="module")
@@ -127,8 +135,8 @@ def test_stock_config_encoder_runs_downstream_frozen_and_finetuned(ks, corpus, t
     encoder = make_stock_encoder(tmp_path / "enc", family, seed=0, layerdrop=0.5)
     for mode, extra in {"frozen": {}, "finetuned": dict(freeze_encoder=False, encoder_lr=0.001)}.items():
         out = tmp_path / mode
-        result = run_ks(ks, encoder, corpus, out, max_steps=3, **extra)
-        assert result["steps"] == 3, (family, mode)
+        result = run_ks(ks, encoder, corpus, out, max_steps=2, **extra)
+        assert result["steps"] == 2, (family, mode)
         assert math.isfinite(result["test_accuracy"]), (family, mode, result)
         losses = train_losses(out)
         assert losses and all(math.isfinite(x) for x in losses), (family, mode, losses)
