@@ -160,7 +160,9 @@ class DownstreamBrain(NonFiniteGuard, ShardedBatchesDDP, sb.Brain):
         if hp.feature_cache_dtype not in CACHE_DTYPES:
             raise HparamsError(f"feature_cache_dtype must be one of {sorted(CACHE_DTYPES)}, got {hp.feature_cache_dtype!r}")
         settings = dict(mode=hp.feature_cache, cache_dir=hp.feature_cache_dir or cache_dir() / "features",
-                        dtype=CACHE_DTYPES[hp.feature_cache_dtype], settings={"sample_rate": 16000})
+                        dtype=CACHE_DTYPES[hp.feature_cache_dtype],
+                        # misses are computed under the stage's autocast: its precision changes the features
+                        settings={"sample_rate": 16000, "precision": f"{self.precision}/{self.eval_precision}"})
         key = (self.fingerprint, str(settings))
         if SHARED_CACHES is not None and key in SHARED_CACHES:
             return SHARED_CACHES[key]
