@@ -4,20 +4,10 @@ Observed through the recipe's command line, at the head's input."""
 import pytest
 import torch
 
-from downstream_helpers import make_tiny_corpus
 from rewire_lib.downstream import heads
-from tests.test_finetune import fast_env_log, run_ks  # noqa: F401 (autouse fixture)
-
-
-@pytest.fixture(scope="module")
-def corpus(tmp_path_factory):
-    return make_tiny_corpus(tmp_path_factory.mktemp("specaug_corpus"))
-
-
-@pytest.fixture(scope="module")
-def ks():
-    from tests.rewire_helpers import load_train_module
-    return load_train_module("ks")
+from rewire_lib.paths import REPO_ROOT
+from tests.rewire_helpers import load_train_module
+from tests.test_finetune import fast_env_log, ks, run_ks, small_corpus  # noqa: F401 (fixtures)
 
 
 def head_inputs(monkeypatch, ks, encoder, corpus, out, specaugment: bool):
@@ -46,8 +36,8 @@ def zeroed_frames(x, mask):
     return [int((x[b, mask[b]].abs().sum(dim=1) == 0).sum()) for b in range(x.shape[0])]
 
 
-def test_specaugment_masks_training_features_only(monkeypatch, ks, tiny_encoder_dir, corpus, tmp_path):
-    seen = head_inputs(monkeypatch, ks, tiny_encoder_dir, corpus, tmp_path / "on", specaugment=True)
+def test_specaugment_masks_training_features_only(monkeypatch, ks, tiny_encoder_dir, small_corpus, tmp_path):
+    seen = head_inputs(monkeypatch, ks, tiny_encoder_dir, small_corpus, tmp_path / "on", specaugment=True)
     for x, mask in seen["train"]:
         # 1-2 feature masks of 4-16 channels on every example (the YAML's feature_drop; one at the edge may be cut)
         assert all(n >= 1 for n in zeroed_channels(x, mask)), zeroed_channels(x, mask)
@@ -57,8 +47,8 @@ def test_specaugment_masks_training_features_only(monkeypatch, ks, tiny_encoder_
         assert zeroed_channels(x, mask) == [0] * x.shape[0] and zeroed_frames(x, mask) == [0] * x.shape[0]
 
 
-def test_without_specaugment_training_features_are_untouched(monkeypatch, ks, tiny_encoder_dir, corpus, tmp_path):
-    seen = head_inputs(monkeypatch, ks, tiny_encoder_dir, corpus, tmp_path / "off", specaugment=False)
+def test_without_specaugment_training_features_are_untouched(monkeypatch, ks, tiny_encoder_dir, small_corpus, tmp_path):
+    seen = head_inputs(monkeypatch, ks, tiny_encoder_dir, small_corpus, tmp_path / "off", specaugment=False)
     for x, mask in seen["train"]:
         assert zeroed_channels(x, mask) == [0] * x.shape[0] and zeroed_frames(x, mask) == [0] * x.shape[0]
     # and padded frames reach the head as zeros either way
@@ -69,9 +59,6 @@ def test_without_specaugment_training_features_are_untouched(monkeypatch, ks, ti
 def test_beam_search_was_removed_and_asking_for_it_is_an_error(tmp_path, tiny_encoder_dir):
     """Issue 12: beam search is tested or removed. It was removed (ASR decodes greedily, no language
     model); `--beam_size` must then be refused by name, not silently ignored."""
-    from rewire_lib.paths import REPO_ROOT
-    from tests.rewire_helpers import load_train_module
-
     argv = [str(REPO_ROOT / "recipes" / "asr" / "hparams" / "baseline.yaml"), "--encoder", str(tiny_encoder_dir),
             "--output_folder", str(tmp_path / "asr"), "--beam_size", "4"]
     with pytest.raises(ValueError, match="beam_size"):

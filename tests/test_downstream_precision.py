@@ -7,23 +7,11 @@ import math
 
 import pytest
 
-from downstream_helpers import make_tiny_corpus
 from rewire_lib.logs import read_csv
-from tests.test_finetune import (TOP, changed_tensors, fast_env_log, initial_state,  # noqa: F401 (fixture)
-                                 latest_checkpoint, run_ks)
+from tests.test_finetune import (TOP, changed_tensors, fast_env_log, initial_state,  # noqa: F401 (fixtures)
+                                 ks, latest_checkpoint, run_ks, small_corpus)
 
 BF16 = dict(precision="bf16", eval_precision="bf16")
-
-
-@pytest.fixture(scope="module")
-def corpus(tmp_path_factory):
-    return make_tiny_corpus(tmp_path_factory.mktemp("prec_corpus"))
-
-
-@pytest.fixture(scope="module")
-def ks():
-    from tests.rewire_helpers import load_train_module
-    return load_train_module("ks")
 
 
 def _finite_curve(out):
@@ -35,10 +23,10 @@ def _finite_curve(out):
     return rows
 
 
-def test_bf16_frozen_encoder_runs_and_differs_from_fp32_only_by_rounding(ks, tiny_encoder_dir, corpus, tmp_path):
+def test_bf16_frozen_encoder_runs_and_differs_from_fp32_only_by_rounding(ks, tiny_encoder_dir, small_corpus, tmp_path):
     common = dict(max_steps=4, feature_cache="memory", feature_cache_dtype="float32")
-    bf16 = run_ks(ks, tiny_encoder_dir, corpus, tmp_path / "bf16", **common, **BF16)
-    fp32 = run_ks(ks, tiny_encoder_dir, corpus, tmp_path / "fp32", **common)
+    bf16 = run_ks(ks, tiny_encoder_dir, small_corpus, tmp_path / "bf16", **common, **BF16)
+    fp32 = run_ks(ks, tiny_encoder_dir, small_corpus, tmp_path / "fp32", **common)
     assert bf16["steps"] == fp32["steps"] == 4
     assert bf16.get("precision") == "bf16" and fp32.get("precision") == "fp32"
     assert math.isfinite(bf16["test_accuracy"]) and bf16["feature_cache"]["misses"] > 0
@@ -48,21 +36,21 @@ def test_bf16_frozen_encoder_runs_and_differs_from_fp32_only_by_rounding(ks, tin
     assert dev_a != dev_b, "--precision bf16 changed nothing: autocast did not run"
 
 
-def test_features_cached_under_bf16_are_not_served_to_an_fp32_run(ks, tiny_encoder_dir, corpus, tmp_path):
+def test_features_cached_under_bf16_are_not_served_to_an_fp32_run(ks, tiny_encoder_dir, small_corpus, tmp_path):
     """The cache key holds every setting that changes the features; autocast does (~1e-2 relative)."""
     common = dict(max_steps=2, feature_cache="disk", feature_cache_dtype="float32")
-    run_ks(ks, tiny_encoder_dir, corpus, tmp_path / "bf16", feature_cache_dir=tmp_path / "cache", **common, **BF16)
-    after_bf16 = run_ks(ks, tiny_encoder_dir, corpus, tmp_path / "fp32", feature_cache_dir=tmp_path / "cache", **common)
-    fresh = run_ks(ks, tiny_encoder_dir, corpus, tmp_path / "fresh", feature_cache_dir=tmp_path / "cache2", **common)
+    run_ks(ks, tiny_encoder_dir, small_corpus, tmp_path / "bf16", feature_cache_dir=tmp_path / "cache", **common, **BF16)
+    after_bf16 = run_ks(ks, tiny_encoder_dir, small_corpus, tmp_path / "fp32", feature_cache_dir=tmp_path / "cache", **common)
+    fresh = run_ks(ks, tiny_encoder_dir, small_corpus, tmp_path / "fresh", feature_cache_dir=tmp_path / "cache2", **common)
     assert fresh["feature_cache"]["misses"] > 0
     assert after_bf16["feature_cache"]["misses"] == fresh["feature_cache"]["misses"], \
         "an fp32 run was served features that a bf16 run had cached"
 
 
-def test_bf16_finetuning_trains_the_encoder_with_finite_losses(ks, tiny_encoder_dir, corpus, tmp_path):
+def test_bf16_finetuning_trains_the_encoder_with_finite_losses(ks, tiny_encoder_dir, small_corpus, tmp_path):
     out = tmp_path / "ft"
     before = initial_state(tiny_encoder_dir)
-    result = run_ks(ks, tiny_encoder_dir, corpus, out, freeze_encoder=False, finetune_top_layers=1,
+    result = run_ks(ks, tiny_encoder_dir, small_corpus, out, freeze_encoder=False, finetune_top_layers=1,
                     encoder_lr=0.005, max_steps=4, **BF16)
     assert result["steps"] == 4 and math.isfinite(result["test_accuracy"])
     assert result.get("nonfinite_skipped", 0) == 0
@@ -71,6 +59,6 @@ def test_bf16_finetuning_trains_the_encoder_with_finite_losses(ks, tiny_encoder_
     assert changed and all(k.startswith(TOP) for k in changed), sorted(changed)
 
 
-def test_fp16_on_cpu_is_refused_naming_the_option(ks, tiny_encoder_dir, corpus, tmp_path):
+def test_fp16_on_cpu_is_refused_naming_the_option(ks, tiny_encoder_dir, small_corpus, tmp_path):
     with pytest.raises(ValueError, match=r"fp16.*not yet supported on CPU.*bf16"):
-        run_ks(ks, tiny_encoder_dir, corpus, tmp_path / "fp16", max_steps=1, precision="fp16")
+        run_ks(ks, tiny_encoder_dir, small_corpus, tmp_path / "fp16", max_steps=1, precision="fp16")

@@ -4,6 +4,7 @@ loss falls through the encoder alone, and every stock-config family runs downstr
 
 The final weights are read from the run's latest checkpoint (save/), i.e. what a resumed run continues from.
 """
+import csv
 import math
 
 import pytest
@@ -11,7 +12,7 @@ import speechbrain.utils.logger
 import torch
 import yaml
 
-from downstream_helpers import make_tiny_corpus
+from downstream_helpers import make_tiny_corpus, write_csv
 from rewire_lib.encoder import SpeechEncoder
 from rewire_lib.logs import read_csv
 from rewire_lib.paths import REPO_ROOT
@@ -36,6 +37,16 @@ def fast_env_log(monkeypatch):
 @pytest.fixture(scope="module")
 def corpus(tmp_path_factory):
     return make_tiny_corpus(tmp_path_factory.mktemp("ft_corpus"))
+
+
+@pytest.fixture(scope="module")
+def small_corpus(tmp_path_factory):
+    """Every other row of the tiny corpus: 12 / 6 / 6 utterances, still every digit from both speakers."""
+    full, small = make_tiny_corpus(tmp_path_factory.mktemp("ft_full")), tmp_path_factory.mktemp("ft_small")
+    for split in ("train", "dev", "test"):
+        with open(full / f"{split}.csv", newline="") as f:
+            write_csv(small / f"{split}.csv", list(csv.DictReader(f))[::2])
+    return small
 
 
 @pytest.fixture(scope="module")
@@ -97,25 +108,25 @@ def test_top_layer_finetuning_learns_there_only_and_lowers_the_loss(ks, tiny_enc
     assert losses[-1] < losses[0] - 0.05, f"training loss did not fall: {losses}"  # measured 1.133 -> 1.000
 
 
-def test_warmup_steps_keep_the_encoder_frozen_then_release_it(ks, tiny_encoder_dir, corpus, tmp_path):
+def test_warmup_steps_keep_the_encoder_frozen_then_release_it(ks, tiny_encoder_dir, small_corpus, tmp_path):
     before = initial_state(tiny_encoder_dir)
-    common = dict(freeze_encoder=False, freeze_cnn=True, encoder_lr=0.005, encoder_warmup_steps=4)
-    warm = run_ks(ks, tiny_encoder_dir, corpus, tmp_path / "warm", max_steps=4, **common)
+    common = dict(freeze_encoder=False, freeze_cnn=True, encoder_lr=0.005, encoder_warmup_steps=4, batch_size=4)
+    warm = run_ks(ks, tiny_encoder_dir, small_corpus, tmp_path / "warm", max_steps=4, **common)
     assert warm["steps"] == 4
     assert changed_tensors(before, latest_checkpoint(tmp_path / "warm"), "encoder") == set(), \
         "the encoder moved during its warm-up steps"
-    released = run_ks(ks, tiny_encoder_dir, corpus, tmp_path / "released", max_steps=6, **common)
+    released = run_ks(ks, tiny_encoder_dir, small_corpus, tmp_path / "released", max_steps=6, **common)
     assert released["steps"] == 6
     changed = changed_tensors(before, latest_checkpoint(tmp_path / "released"), "encoder")
     assert any(k.startswith(LAYERS) for k in changed), "the encoder did not train after its warm-up"
 
 
 @pytest.mark.parametrize("freeze_cnn", [True, False])
-def test_freeze_cnn_decides_whether_the_convolutions_learn(ks, tiny_encoder_dir, corpus, tmp_path, freeze_cnn):
+def test_freeze_cnn_decides_whether_the_convolutions_learn(ks, tiny_encoder_dir, small_corpus, tmp_path, freeze_cnn):
     out = tmp_path / f"cnn_{freeze_cnn}"
     before = initial_state(tiny_encoder_dir)
-    run_ks(ks, tiny_encoder_dir, corpus, out, freeze_encoder=False, freeze_cnn=freeze_cnn, encoder_lr=0.005,
-           max_steps=3)
+    run_ks(ks, tiny_encoder_dir, small_corpus, out, freeze_encoder=False, freeze_cnn=freeze_cnn, encoder_lr=0.005,
+           max_steps=3, batch_size=4)
     changed = changed_tensors(before, latest_checkpoint(out), "encoder")
     layers = {k for k in before if k.startswith(LAYERS) and not k.endswith(NO_GRADIENT)}
     assert layers <= changed, f"Transformer tensors not trained: {sorted(layers - changed)}"
@@ -129,13 +140,13 @@ def test_freeze_cnn_decides_whether_the_convolutions_learn(ks, tiny_encoder_dir,
 
 # ---------------------------------------------------------------------- stock configs (issue 12, section 1)
 @pytest.mark.parametrize("family", STOCK_FAMILIES)
-def test_stock_config_encoder_runs_downstream_frozen_and_finetuned(ks, corpus, tmp_path, family):
+def test_stock_config_encoder_runs_downstream_frozen_and_finetuned(ks, small_corpus, tmp_path, family):
     """Each family's library-default config (LayerDrop 0.5, SpecAugment masking, its CNN and position
     encoding) through the recipe: frozen (feature cache) and fine-tuned, finite losses, a test metric."""
     encoder = make_stock_encoder(tmp_path / "enc", family, seed=0, layerdrop=0.5)
     for mode, extra in {"frozen": {}, "finetuned": dict(freeze_encoder=False, encoder_lr=0.001)}.items():
         out = tmp_path / mode
-        result = run_ks(ks, encoder, corpus, out, max_steps=2, **extra)
+        result = run_ks(ks, encoder, small_corpus, out, max_steps=2, batch_size=4, **extra)
         assert result["steps"] == 2, (family, mode)
         assert math.isfinite(result["test_accuracy"]), (family, mode, result)
         losses = train_losses(out)

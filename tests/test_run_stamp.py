@@ -3,13 +3,14 @@ over checkpoints/results stops with a message naming the difference or moves to 
 import json
 import logging
 import os
+import shutil
 
 import pytest
 import yaml
 
 from rewire_lib.run_stamp import (RunFolderMismatch, check_run_folder, manifest_fingerprint,
                                   settings_fingerprint)
-from tests.test_finetune import fast_env_log  # noqa: F401 (autouse fixture: no pip freeze per recipe run)
+from tests.test_finetune import fast_env_log, ks, run_ks, small_corpus  # noqa: F401 (fixtures)
 
 STAMP = {"encoder_fingerprint": "a" * 40, "manifests": "b" * 64, "lr": 0.002, "batch_size": 32}
 
@@ -153,20 +154,7 @@ def test_unknown_on_mismatch_value_is_refused(tmp_path):
 
 
 # ---------------------------------------------------------------------- end to end: the KS recipe
-@pytest.fixture(scope="module")
-def recipe_corpus(tmp_path_factory):
-    from downstream_helpers import make_tiny_corpus
-    return make_tiny_corpus(tmp_path_factory.mktemp("stamp_corpus"))
-
-
-@pytest.fixture(scope="module")
-def ks():
-    from tests.rewire_helpers import load_train_module
-    return load_train_module("ks")
-
-
 def _ks(ks, encoder, corpus, out, **overrides):
-    from tests.test_finetune import run_ks
     return run_ks(ks, encoder, corpus, out, **{"max_steps": 2, **overrides})
 
 
@@ -174,24 +162,24 @@ def _checkpoints(out):
     return sorted((p.name, (p / "CKPT.yaml").stat().st_mtime_ns) for p in (out / "save").iterdir())
 
 
-def test_recipe_same_command_twice_resumes_without_retraining(ks, tiny_encoder_dir, recipe_corpus, tmp_path):
+def test_recipe_same_command_twice_resumes_without_retraining(ks, tiny_encoder_dir, small_corpus, tmp_path):
     out = tmp_path / "run"
-    first = _ks(ks, tiny_encoder_dir, recipe_corpus, out)
+    first = _ks(ks, tiny_encoder_dir, small_corpus, out)
     ckpts, curve = _checkpoints(out), (out / "curve.csv").read_text()
-    second = _ks(ks, tiny_encoder_dir, recipe_corpus, out)
+    second = _ks(ks, tiny_encoder_dir, small_corpus, out)
     assert _checkpoints(out) == ckpts, "the second run trained again"
     assert (out / "curve.csv").read_text() == curve
     assert second["test_accuracy"] == first["test_accuracy"] and second["layer_weights"] == first["layer_weights"]
     assert json.loads((out / "run_stamp.json").read_text())["stamp"]["lr"] == first["settings"]["lr"]
 
 
-def test_recipe_changed_lr_stops_naming_it_and_leaves_the_old_run_alone(ks, tiny_encoder_dir, recipe_corpus,
+def test_recipe_changed_lr_stops_naming_it_and_leaves_the_old_run_alone(ks, tiny_encoder_dir, small_corpus,
                                                                        tmp_path):
     out = tmp_path / "run"
-    _ks(ks, tiny_encoder_dir, recipe_corpus, out)
+    _ks(ks, tiny_encoder_dir, small_corpus, out)
     result = (out / "result.json").read_text()
     with pytest.raises(RunFolderMismatch) as err:
-        _ks(ks, tiny_encoder_dir, recipe_corpus, out, lr=0.5)
+        _ks(ks, tiny_encoder_dir, small_corpus, out, lr=0.5)
     assert str(out) in str(err.value) and "lr 0.002 -> 0.5" in str(err.value)
     assert (out / "result.json").read_text() == result
     # hyperparams.yaml records the run the folder holds, not the refused command
@@ -200,11 +188,11 @@ def test_recipe_changed_lr_stops_naming_it_and_leaves_the_old_run_alone(ks, tiny
     assert record == {"lr": 0.002}, f"{out / 'hyperparams.yaml'} now records the refused command: {record}"
 
 
-def test_recipe_changed_run_with_new_goes_to_a_fresh_folder(ks, tiny_encoder_dir, recipe_corpus, tmp_path):
+def test_recipe_changed_run_with_new_goes_to_a_fresh_folder(ks, tiny_encoder_dir, small_corpus, tmp_path):
     out = tmp_path / "run"
-    old = _ks(ks, tiny_encoder_dir, recipe_corpus, out)
+    old = _ks(ks, tiny_encoder_dir, small_corpus, out)
     old_text = (out / "result.json").read_text()
-    new = _ks(ks, tiny_encoder_dir, recipe_corpus, out, lr=0.5, on_changed_run="new")
+    new = _ks(ks, tiny_encoder_dir, small_corpus, out, lr=0.5, on_changed_run="new")
     siblings = [p for p in tmp_path.iterdir() if p.name.startswith("run-")]
     assert len(siblings) == 1 and len(siblings[0].name) == len("run-") + 8, siblings
     fresh = siblings[0]
@@ -215,11 +203,9 @@ def test_recipe_changed_run_with_new_goes_to_a_fresh_folder(ks, tiny_encoder_dir
     assert (out / "result.json").read_text() == old_text  # the old run is untouched
 
 
-def test_recipe_changed_manifest_content_stops_naming_the_manifests(ks, tiny_encoder_dir, recipe_corpus, tmp_path):
-    import shutil
-
+def test_recipe_changed_manifest_content_stops_naming_the_manifests(ks, tiny_encoder_dir, small_corpus, tmp_path):
     corpus = tmp_path / "corpus"
-    shutil.copytree(recipe_corpus, corpus)
+    shutil.copytree(small_corpus, corpus)
     out = tmp_path / "run"
     _ks(ks, tiny_encoder_dir, corpus, out)
     train = corpus / "train.csv"
