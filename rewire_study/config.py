@@ -12,11 +12,19 @@ from rewire_lib.paths import REPO_ROOT, cache_dir, data_dir, default_encoder_dir
 TASKS = ["pr", "asr", "ks", "ic", "sid", "er"]
 VIEWS = ["twin", "neutral", "mixed"]
 BASE = "base"
+# Control encoder rows (issue 14 point 5): the base encoder's frozen features centred / whitened at the head's
+# input (the downstream key `feature_transform`, fit on the training split), and a randomly initialised
+# encoder of the base's architecture (the floor).
+CONTROLS = {"centre": "base+centre", "whiten": "base+whiten", "random": "random"}
+# Tasks whose low-resource settings are k labelled utterances per class; the others (CTC) take fractions.
+CLASS_TASKS = {"ks", "ic", "sid", "er"}
+# Hparams file of each task's default data when it is not the recipe's baseline.yaml.
+TASK_HPARAMS = {"asr": "fsdd_connected", "pr": "fsdd_connected"}
 
 # Default data folder of each task (relative to the data dir) and the column that stratifies
 # capped subsets (None: not stratified).
 TASK_DATA = {
-    "pr": ("synth/asr", None), "asr": ("synth/asr", None), "ks": ("speech_commands", "label"),
+    "pr": ("fsdd/connected", None), "asr": ("fsdd/connected", None), "ks": ("speech_commands", "label"),
     "ic": ("synth/ic", "action"), "sid": ("fsdd/speakers", "label"), "er": ("synth/er", "label"),
 }
 
@@ -25,19 +33,26 @@ TASK_DATA = {
 # The size caps (train_cap, eval_cap, rewire_utts: 0 = all) and step limits of "default" and "quick"
 # exist for the embedded data on 2 CPU cores only; a task fed by a real corpus or by the user's own
 # manifests gets the "real-corpus" values (all its data, the recipe's own epochs) unless an option sets them.
+# Evaluation sets are whole (eval_cap 0); caps apply to training data only. Low-resource settings: k labelled
+# utterances per class (classification tasks) and fractions (CTC tasks), each a distinct nested subset.
+# Rewiring: short real clips (rewire_source, relative to the data dir), rewire_epochs x rewire_utts / rewire_batch
+# optimiser steps at rewire_lr.
 PRESETS = {
     "default": dict(
-        tasks=TASKS, fractions=[1.0, 0.1, 0.01], seeds=[0, 1, 2], views=VIEWS,
-        train_cap=200, eval_cap=60, min_train=16,
-        max_steps={**{t: 60 for t in TASKS}, "asr": 30}, task_overrides={"asr": ["batch_size=8"]},
-        eval_every=10, rewire_utts=96, rewire_epochs={"twin": 1, "neutral": 1, "mixed": 1}, rewire_batch=8,
+        tasks=TASKS, fractions=[1.0], per_class=[20, 5], seeds=[0, 1, 2, 3, 4],
+        task_seeds={"ic": 3, "er": 3, "asr": 3, "pr": 3}, views=VIEWS, controls=list(CONTROLS),
+        train_cap={"ks": 1500, "er": 300, "asr": 600, "pr": 600}, eval_cap=0, min_train=16,
+        max_steps={**{t: 150 for t in TASKS}, "asr": 300, "pr": 300}, task_overrides={},
+        eval_every=15, rewire_utts=0, rewire_epochs={"twin": 1, "neutral": 1, "mixed": 1}, rewire_batch=16,
+        rewire_lr=0.0002, rewire_source="fsdd/speakers/train.csv",
         iso_utts=200, iso_max_vectors=4000,
     ),
     "quick": dict(
-        tasks=["ks", "sid"], fractions=[1.0, 0.1], seeds=[0], views=["twin"],
-        train_cap=160, eval_cap=50, min_train=16,
-        max_steps={**{t: 30 for t in TASKS}, "asr": 20}, task_overrides={"asr": ["batch_size=8"]},
-        eval_every=10, rewire_utts=32, rewire_epochs={"twin": 1, "neutral": 1, "mixed": 1}, rewire_batch=8,
+        tasks=["ks", "sid"], fractions=[1.0], per_class=[5], seeds=[0, 1], task_seeds={}, views=["twin"],
+        controls=["whiten"], train_cap={"ks": 600, "sid": 600}, eval_cap=0, min_train=16,
+        max_steps={t: 100 for t in TASKS}, task_overrides={},
+        eval_every=20, rewire_utts=480, rewire_epochs={"twin": 1, "neutral": 1, "mixed": 1}, rewire_batch=16,
+        rewire_lr=0.0002, rewire_source="fsdd/speakers/train.csv",
         iso_utts=100, iso_max_vectors=2000,
     ),
 }
@@ -61,7 +76,7 @@ class StudyConfig:
     mode: str  # "default" or "quick": the preset of the embedded data
     encoders: Dict[str, str]  # name -> hub id or folder; "base" is the baseline and the one rewired
     tasks: List[str]
-    fractions: List[float]
+    fractions: List[float]  # CTC tasks' settings (and every task's when per_class is empty)
     seeds: List[int]
     views: List[str]
     train_cap: Dict[str, int]  # task -> at most N training utterances (0: all)
@@ -89,10 +104,21 @@ class StudyConfig:
     seed: int = 0
     device: str = "cpu"
     feature_dtype: str = "float32"
+    task_seeds: Dict[str, int] = field(default_factory=dict)  # task -> only the first N seeds (budget)
+    per_class: List[int] = field(default_factory=list)  # classification tasks: k labelled utterances per class
+    controls: List[str] = field(default_factory=list)  # from CONTROLS
+    rewire_lr: Optional[float] = None  # None: the rewiring recipe's own lr
+    rewire_source: Optional[str] = None  # manifest (relative to data_dir) rewired on by default
+    command: List[str] = field(default_factory=list)  # the command line that made this study (shown in the report)
     jobs: int = 2
     threads: int = 1
     launcher: str = "local"  # local | slurm | submitit-local
     slurm: Dict[str, object] = field(default_factory=dict)  # partition, gpus_per_job, time_min, extra
+
+    def seeds_of(self, task: str) -> List[int]:
+        """The seeds a task runs: all of `seeds`, or its first N where the preset's budget says so."""
+        n = self.task_seeds.get(task)
+        return list(self.seeds) if not n else list(self.seeds[:n])
 
     @property
     def work(self) -> Path:
@@ -177,8 +203,8 @@ def user_data_tasks(corpora: Dict[str, str], data_folders: Dict[str, str]) -> Di
 
 def presets_help(active: str, fed: Dict[str, str]) -> str:
     """Every preset value, and which preset each task takes with the options given so far."""
-    keys = ["tasks", "fractions", "seeds", "views", "train_cap", "eval_cap", "min_train", "max_steps",
-            "eval_every", "rewire_utts", "rewire_epochs", "rewire_batch", "iso_utts", "iso_max_vectors",
+    keys = ["tasks", "fractions", "per_class", "seeds", "task_seeds", "views", "controls", "train_cap", "eval_cap", "min_train", "max_steps",
+            "eval_every", "rewire_utts", "rewire_epochs", "rewire_batch", "rewire_lr", "rewire_source", "iso_utts", "iso_max_vectors",
             "task_overrides"]
     lines = ["Presets (an option given on the command line replaces the preset value; caps: 0 = all):"]
     lines.append(f"  {'key':<16}{'default':<44}{'quick':<44}{REAL}")
@@ -228,7 +254,13 @@ def build_parser(active: str = "default", fed: Optional[Dict[str, str]] = None) 
                         f"(default: {BASE}=pretrained/tiny-hubert); other names are compared as given")
     p.add_argument("--views", default=None, help="rewiring views, e.g. twin,neutral,mixed ('' or none: no rewiring)")
     p.add_argument("--tasks", default=None, help=f"comma list from {','.join(TASKS)}")
-    p.add_argument("--fractions", default=None, help="training fractions, e.g. 1.0,0.1,0.01")
+    p.add_argument("--fractions", default=None, help="training fractions of the CTC tasks (asr, pr), e.g. 1.0,0.1; "
+                   "of every task when --per-class is none")
+    p.add_argument("--per-class", default=None, help="low-resource settings of the classification tasks: k labelled "
+                   "utterances per class, e.g. 20,5,1 (plus all of the data); none: use --fractions")
+    p.add_argument("--controls", default=None, help=f"control encoder rows from {','.join(CONTROLS)} "
+                   "(centre/whiten: base features centred/whitened at the head; random: random init); none: no controls")
+    p.add_argument("--rewire-lr", type=float, default=None, help="learning rate of the rewiring")
     p.add_argument("--seeds", default=None, help="seeds, e.g. 0,1,2")
     p.add_argument("--max-steps", default=None,
                    help="optimiser steps per downstream run: N (every task) or task=N,... (the others keep the preset)")
@@ -250,8 +282,8 @@ def build_parser(active: str = "default", fed: Optional[Dict[str, str]] = None) 
     p.add_argument("--iso-utts", type=int, default=None, help="utterances for the isotropy measurement")
     p.add_argument("--iso-max-vectors", type=int, default=None, help="vectors sampled per layer and level")
     p.add_argument("--iso-manifest", default=None, help="manifest for isotropy (default: FSDD speakers dev)")
-    p.add_argument("--rewire-csv", default=None, help="manifest to rewire on (default: synth rewire train, or "
-                                                        "LibriSpeech train with --librispeech)")
+    p.add_argument("--rewire-csv", default=None, help="manifest to rewire on (default: Speech Commands train clips, "
+                                                        "or LibriSpeech train with --librispeech)")
     p.add_argument("--data-dir", default=str(data_dir()), help="generated corpora and manifests (default: data/)")
     p.add_argument("--shared-dir", default=None, help="shared real speech (default: ../shared/data)")
     p.add_argument("--synth-scale", type=float, default=1.0, help="size of the eSpeak corpus (data_prep/synth.py)")
@@ -331,6 +363,23 @@ def parse_args(argv=None) -> StudyConfig:
         if any(not 0 < f <= 1 for f in fractions):
             raise argparse.ArgumentTypeError(f"--fractions must be in (0, 1], got {fractions}")
         fractions = sorted(set(fractions), reverse=True)
+        if a.per_class is None:
+            per_class = list(pre["per_class"])
+        elif a.per_class in ("", "none"):
+            per_class = []
+        else:
+            per_class = _list(a.per_class, int, "--per-class")
+            if any(k < 1 for k in per_class):
+                raise argparse.ArgumentTypeError(f"--per-class must be >= 1, got {per_class}")
+        per_class = sorted(set(per_class), reverse=True)
+        if a.controls is None:
+            controls = list(pre["controls"])
+        else:
+            controls = [] if a.controls in ("", "none") else _list(a.controls)
+        check_names(controls, list(CONTROLS), "--controls", "control")
+        taken = [CONTROLS[c] for c in controls if CONTROLS[c] in encoders]
+        if taken:
+            raise argparse.ArgumentTypeError(f"--encoders names {taken} are taken by the control rows (--controls)")
         seeds = _list(a.seeds, int, "--seeds") if a.seeds else list(pre["seeds"])
         steps_given: Dict[str, int] = {}
         if a.max_steps:
@@ -378,12 +427,15 @@ def parse_args(argv=None) -> StudyConfig:
         parser.error(str(e))
     pick = lambda v, k: pre[k] if v is None else v  # noqa: E731
     size = lambda t, k: (REAL_CORPUS[k] if presets[t] == REAL else pre[k])  # noqa: E731
-    train_cap = {t: size(t, "train_cap") if a.train_cap is None else a.train_cap for t in tasks}
+    cap = lambda t: (lambda v: v.get(t, 0) if isinstance(v, dict) else v)(size(t, "train_cap"))  # noqa: E731
+    train_cap = {t: cap(t) if a.train_cap is None else a.train_cap for t in tasks}
     eval_cap = {t: size(t, "eval_cap") if a.eval_cap is None else a.eval_cap for t in tasks}
     max_steps = {t: steps_given.get(t, None if presets[t] == REAL else pre["max_steps"][t]) for t in TASKS}
     rewire_utts = size("rewire", "rewire_utts") if a.rewire_utts is None else a.rewire_utts
     return StudyConfig(
         out=Path(a.out).resolve(), mode=mode, encoders=encoders, tasks=tasks, fractions=fractions, seeds=seeds,
+        per_class=per_class, controls=controls, task_seeds={} if a.seeds else dict(pre["task_seeds"]), rewire_lr=a.rewire_lr if a.rewire_lr is not None else pre["rewire_lr"],
+        rewire_source=pre["rewire_source"], command=["./run_all.sh", *argv],
         views=views, train_cap=train_cap, eval_cap=eval_cap,
         min_train=pick(a.min_train, "min_train"), max_steps=max_steps,
         eval_every=pick(a.eval_every, "eval_every"), rewire_utts=rewire_utts,

@@ -1,6 +1,6 @@
 """Stage runner of the study: runs the chosen stages in order, times them, records stages.json.
 
-    python -m rewire_study [--quick] [--encoders base=PATH,...] [--tasks ks,sid] [--fractions 1.0,0.1]
+    python -m rewire_study [--quick] [--encoders base=PATH,...] [--tasks ks,sid] [--per-class 20,5,1] [--fractions 1.0,0.1]
                                [--seeds 0,1,2] [--views twin,neutral,mixed] [--out results] ...
 
 Every stage skips the work it finds finished, so the same command after an interruption (or a
@@ -29,12 +29,13 @@ def _settings(cfg: StudyConfig, name: str) -> dict:
     if name == "data":
         return {"data_dir": str(cfg.data_dir), "synth_scale": cfg.synth_scale, "corpora": cfg.corpora,
                 "data_folders": cfg.data_folders, "train_cap": cfg.train_cap, "eval_cap": cfg.eval_cap,
-                "min_train": cfg.min_train, "fractions": cfg.fractions, "seed": cfg.seed,
+                "min_train": cfg.min_train, "fractions": cfg.fractions, "per_class": cfg.per_class, "seed": cfg.seed,
                 "presets": cfg.presets, "rewire_utterances": cfg.rewire_utts}
     if name == "tts":
         return {"views": st.tts_views(cfg), **st.tts_choice(cfg), "cache": str(cfg.cache_dir / "tts")}
     if name == "rewire":
-        return {"base": cfg.encoders[BASE], "views": cfg.views, "epochs": cfg.rewire_epochs,
+        return {"base": cfg.encoders[BASE], "views": cfg.views, "epochs": cfg.rewire_epochs, "lr": cfg.rewire_lr,
+                "source": str(st.rewire_source_csv(cfg)), "controls": cfg.controls,
                 "utterances": cfg.rewire_utts, "batch_size": cfg.rewire_batch, "overrides": cfg.rewire_overrides,
                 "tts": st.tts_choice(cfg), "encoders_written": str(cfg.work / "rewire")}
     if name == "isotropy":
@@ -42,6 +43,7 @@ def _settings(cfg: StudyConfig, name: str) -> dict:
                 "max_vectors": cfg.iso_max_vectors, "levels": ["frame", "utterance"]}
     if name == "downstream":
         return {"tasks": cfg.tasks, "encoders": list(st.encoder_paths(cfg)), "fractions": cfg.fractions,
+                "per_class": cfg.per_class, "controls": cfg.controls,
                 "seeds": cfg.seeds, "max_steps": {t: cfg.max_steps[t] for t in cfg.tasks},
                 "eval_every_steps": cfg.eval_every, "task_overrides": cfg.task_overrides,
                 "feature_cache": str(cfg.cache_dir / "features"), "feature_dtype": cfg.feature_dtype}

@@ -9,15 +9,18 @@ import json
 import math
 from collections import defaultdict
 from pathlib import Path
-from typing import Dict, List, Optional
+from typing import Dict, List, Optional, Tuple
 
 from rewire_lib.atomic import atomic_write_bytes, atomic_write_text
+from rewire_lib.stats import BETTER, NO_DIFFERENCE as NO_DIFF, WORSE
 from rewire_study.config import BASE, StudyConfig
-from rewire_study.convergence import aggregate, convergence_per_seed, mean_std
-from rewire_study.stages import continue_by_hand, downstream_units, encoder_paths
-from rewire_study.units import shown_path
+from rewire_study.comparison import N_BOOT, NO_FILE, PREDICTIONS, compare_final, convergence, read_predictions
+from rewire_study.convergence import mean_std
+from rewire_study.stages import (continue_by_hand, downstream_units, encoder_paths, model_paths,
+                                 task_settings)
+from rewire_study.units import portable, shown_path
 
-CSV_FIELDS = ["section", "task", "fraction", "encoder", "seed", "level", "layer", "quantity", "value"]
+CSV_FIELDS = ["section", "task", "setting", "encoder", "seed", "level", "layer", "quantity", "value"]
 ISO_MEASURES = [("iw", "I(W)"), ("iw_centred", "I(W) centred"), ("avg_cosine", "avg cosine"), ("isoscore", "IsoScore")]
 NOT_REACHED = "not reached"
 
@@ -35,58 +38,68 @@ def read_curve(path: Path, metric: str) -> List[tuple]:
 
 
 def collect_runs(cfg: StudyConfig) -> Dict[tuple, dict]:
-    """{(task, encoder, fraction, seed): {"result": ..., "curve": [(step, dev)], "folder": ...}} for finished
-    runs: a run counts only when its unit is done with the current spec (same settings, manifests'
+    """{(task, encoder, setting, seed): {"result", "curve": [(step, dev)], "predictions" (or None), "folder"}} for
+    finished runs: a run counts only when its unit is done with the current spec (same settings, manifests'
     content and encoder files), so a stale folder left by other data or another encoder is never reported."""
     runs = {}
-    for task, name, frac, seed, unit in downstream_units(cfg):
+    for task, name, setting, seed, unit in downstream_units(cfg):
         res_path = unit.folder / "result.json"
         if not unit.is_done() or not res_path.is_file():
             continue
         result = json.loads(res_path.read_text())
         curve_path = unit.folder / "curve.csv"
         curve = read_curve(curve_path, result["metric"]) if curve_path.is_file() else []
-        runs[(task, name, frac, seed)] = {"result": result, "curve": curve, "folder": unit.folder}
+        pred_path = unit.folder / PREDICTIONS
+        preds = read_predictions(pred_path) if pred_path.is_file() else None
+        runs[(task, name, setting, seed)] = {"result": result, "curve": curve, "predictions": preds,
+                                             "folder": unit.folder}
     return runs
 
 
 # ---------------------------------------------------------------------- computing
+def cell_settings(cfg: StudyConfig, task: str) -> List[str]:
+    return task_settings(cfg, task)
+
+
 def compute(cfg: StudyConfig, runs: Dict[tuple, dict]) -> dict:
-    """Per task and fraction: metric info, per-encoder test stats and convergence (per seed and aggregated)."""
+    """Per task and setting: metric info, per-encoder test stats, the paired comparison with base and the
+    censored convergence (rewire_study.comparison)."""
     encoders = list(encoder_paths(cfg))
     cells = {}
     for task in cfg.tasks:
-        for frac in cfg.fractions:
-            present = {k: v for k, v in runs.items() if k[0] == task and k[2] == frac}
+        for setting in cell_settings(cfg, task):
+            present = {k: v for k, v in runs.items() if k[0] == task and k[2] == setting}
             if not present:
                 continue
             any_res = next(iter(present.values()))["result"]
             metric, hib = any_res["metric"], bool(any_res["higher_is_better"])
             cell = {"metric": metric, "higher_is_better": hib, "encoders": {}}
+            seeds = cfg.seeds_of(task)
+            base_runs = {s: present[(task, BASE, setting, s)] for s in seeds if (task, BASE, setting, s) in present}
+            base_preds = {s: r["predictions"] for s, r in base_runs.items() if r["predictions"] is not None}
+            base_curves = {s: r["curve"] for s, r in base_runs.items()}
             for enc in encoders:
-                per_seed = {s: present[(task, enc, frac, s)] for s in cfg.seeds if (task, enc, frac, s) in present}
+                per_seed = {s: present[(task, enc, setting, s)] for s in seeds if (task, enc, setting, s) in present}
                 tests = {s: r["result"].get(f"test_{metric}") for s, r in per_seed.items()}
                 m, sd = mean_std(list(tests.values()))
-                conv = {}
-                for s, r in per_seed.items():
-                    base = present.get((task, BASE, frac, s))
-                    if base is None:
-                        continue
-                    conv[s] = convergence_per_seed(base["curve"], {enc: r["curve"]}, hib)[enc]
-                cell["encoders"][enc] = {
-                    "tests": tests, "mean": m, "std": sd, "n": len([v for v in tests.values() if v is not None]),
-                    "num_train": sorted({r["result"].get("num_train") for r in per_seed.values()}, key=str),
-                    "steps_run": sorted({r["result"].get("steps") for r in per_seed.values()}, key=str),
-                    "conv_seeds": conv, "conv": aggregate(conv.values()) if conv else None,
-                }
-            base = cell["encoders"].get(BASE)
-            for enc, e in cell["encoders"].items():
-                e["delta"] = None if (base is None or base["mean"] is None or e["mean"] is None) else e["mean"] - base["mean"]
-                if enc == BASE or e["delta"] is None:
-                    e["beats_base"] = None
+                e = {"tests": tests, "mean": m, "std": sd, "n": len([v for v in tests.values() if v is not None]),
+                     "num_train": sorted({r["result"].get("num_train") for r in per_seed.values()}, key=str),
+                     "steps_run": sorted({r["result"].get("steps") for r in per_seed.values()}, key=str)}
+                if per_seed and base_runs:
+                    e["conv"] = convergence(base_curves, {s: r["curve"] for s, r in per_seed.items()}, hib,
+                                            with_speedup=enc != BASE)
                 else:
-                    e["beats_base"] = e["delta"] > 0 if hib else e["delta"] < 0
-            cells[(task, frac)] = cell
+                    e["conv"] = None
+                if enc == BASE or not per_seed:
+                    e["compare"] = None
+                else:
+                    preds = {s: r["predictions"] for s, r in per_seed.items() if r["predictions"] is not None}
+                    if len(preds) < len(per_seed) or len(base_preds) < len(base_runs):
+                        e["compare"] = {"na": NO_FILE}
+                    else:
+                        e["compare"] = compare_final(base_preds, preds, hib)
+                cell["encoders"][enc] = e
+            cells[(task, setting)] = cell
     return cells
 
 
@@ -124,58 +137,98 @@ def fmt_small(v, digits: int = 3) -> str:
     return fmt(v, digits)
 
 
-def _conv_text(e: dict) -> tuple:
-    c = e.get("conv")
+def fmt_interval(low, high, digits: int = 2) -> str:
+    return f"[{fmt_bound(low, digits)}, {fmt_bound(high, digits)}]"
+
+
+def fmt_bound(v, digits: int = 2) -> str:
+    if isinstance(v, float) and math.isinf(v):
+        return "∞" if v > 0 else "-∞"
+    return fmt(v, digits)
+
+
+def signed(v, digits: int = 2) -> str:
+    return "n/a" if v is None else ("+" if v >= 0 else "") + fmt(v, digits)
+
+
+def conv_text(c: Optional[dict]) -> str:
+    """Median steps to the base's best dev [95 % interval] (reached / censored of runs)."""
+    if not c:
+        return "n/a"
+    med = NOT_REACHED if c["median"] is None else fmt(c["median"], 0)
+    return f"{med} {fmt_interval(c['ci_low'], c['ci_high'], 0)} ({c['n_reached']} reached, {c['n_censored']} censored)"
+
+
+def speedup_text(c: Optional[dict]) -> str:
+    if not c or c.get("speedup") is None:
+        return "n/a" if not c else "n/a (a median not reached)"
+    return f"{fmt_bound(c['speedup'])}x {fmt_interval(c['speedup_low'], c['speedup_high'])}"
+
+
+def compare_text(e: dict, enc: str) -> Tuple[str, str]:
+    """(difference [95 % interval], verdict) of a row against base."""
+    if enc == BASE:
+        return "—", "baseline"
+    c = e.get("compare")
     if not c:
         return "n/a", "n/a"
-    if c["n_reached"] == 0:
-        return f"{NOT_REACHED} (0/{c['n_seeds']})", NOT_REACHED
-    steps = f"{fmt(c['steps_mean'], 1)} ({c['n_reached']}/{c['n_seeds']})"
-    up = f"{fmt(c['speedup_mean'])}x" if c["speedup_mean"] is not None else "n/a"
-    return steps, up
+    if "na" in c:
+        return c["na"], "n/a"
+    return f"{signed(c['diff'])} {fmt_interval(c['ci_low'], c['ci_high'])}", c["verdict"]
 
 
-def _verdict(e: dict, enc: str) -> str:
-    if enc == BASE:
-        return "baseline"
-    if e["beats_base"] is None:
-        return "n/a"
-    return "yes" if e["beats_base"] else ("no (equal)" if e["delta"] == 0 else "no")
+def setting_label(setting: str) -> str:
+    if setting == "all":
+        return "all"
+    if setting.startswith("k"):
+        return f"{setting[1:]} per class"
+    return f"fraction {setting[4:]}"
 
 
 # ---------------------------------------------------------------------- writing
-def write_csv(path: Path, cfg: StudyConfig, cells: dict, iso_rows: List[dict], stages: dict) -> None:
+def write_csv(path: Path, cfg: StudyConfig, cells: dict, iso_rows: List[dict], stages: dict,
+              rewiring: Optional[dict] = None) -> None:
     rows = []
     add = lambda **kw: rows.append({f: kw.get(f, "") for f in CSV_FIELDS})  # noqa: E731
-    for (task, frac), cell in cells.items():
+    for (task, setting), cell in cells.items():
         q = f"test_{cell['metric']}"
         for enc, e in cell["encoders"].items():
+            common = dict(task=task, setting=setting, encoder=enc)
             for s, v in e["tests"].items():
-                add(section="test", task=task, fraction=frac, encoder=enc, seed=s, quantity=q, value=v)
-            add(section="test", task=task, fraction=frac, encoder=enc, seed="mean", quantity=q, value=e["mean"])
-            add(section="test", task=task, fraction=frac, encoder=enc, seed="std", quantity=q, value=e["std"])
-            add(section="test", task=task, fraction=frac, encoder=enc, seed="n", quantity=q, value=e["n"])
-            for s, c in e["conv_seeds"].items():
-                add(section="convergence", task=task, fraction=frac, encoder=enc, seed=s,
-                    quantity="baseline_best_dev", value=c["target"])
-                add(section="convergence", task=task, fraction=frac, encoder=enc, seed=s,
-                    quantity="steps_to_baseline_best", value=NOT_REACHED if c["steps"] is None else c["steps"])
-                add(section="convergence", task=task, fraction=frac, encoder=enc, seed=s,
-                    quantity="speedup", value=NOT_REACHED if c["speedup"] is None else c["speedup"])
-            c = e.get("conv")
-            if c:
-                add(section="convergence", task=task, fraction=frac, encoder=enc, seed="mean",
-                    quantity="steps_to_baseline_best", value=NOT_REACHED if c["steps_mean"] is None else c["steps_mean"])
-                add(section="convergence", task=task, fraction=frac, encoder=enc, seed="mean",
-                    quantity="speedup", value=NOT_REACHED if c["speedup_mean"] is None else c["speedup_mean"])
-                add(section="convergence", task=task, fraction=frac, encoder=enc, seed="n_reached",
-                    quantity="steps_to_baseline_best", value=c["n_reached"])
+                add(section="test", seed=s, quantity=q, value=v, **common)
+            add(section="test", seed="mean", quantity=q, value=e["mean"], **common)
+            add(section="test", seed="std", quantity=q, value=e["std"], **common)
+            add(section="test", seed="n", quantity=q, value=e["n"], **common)
+            add(section="test", seed="all", quantity="num_train", value="/".join(map(str, e["num_train"])), **common)
+            c = e.get("compare")
+            if c and "na" not in c:
+                for k in ("diff", "ci_low", "ci_high", "verdict", "n_seeds", "n_utts"):
+                    add(section="difference_to_base", seed="all", quantity=k, value=c[k], **common)
+            elif c:
+                add(section="difference_to_base", seed="all", quantity="verdict", value=c["na"], **common)
+            v = e.get("conv")
+            if v:
+                for s, t, cens in zip(v["seeds"], v["times"], v["censored_at"]):
+                    add(section="convergence", seed=s, quantity="steps_to_base_best",
+                        value=NOT_REACHED if t is None else t, **common)
+                    if t is None:
+                        add(section="convergence", seed=s, quantity="censored_at", value=cens, **common)
+                for k in ("median", "ci_low", "ci_high", "n_reached", "n_censored", "speedup", "speedup_low",
+                          "speedup_high"):
+                    add(section="convergence", seed="all", quantity=k,
+                        value=NOT_REACHED if (k == "median" and v[k] is None) else v[k], **common)
     for r in iso_rows:
         for m, _ in ISO_MEASURES:
             add(section="isotropy", encoder=r["encoder"], level=r["level"], layer=r["layer"], quantity=m, value=r[m])
     for (enc, level), d in isotropy_summary(iso_rows).items():
         for m, _ in ISO_MEASURES:
             add(section="isotropy", encoder=enc, level=level, layer="mean", quantity=m, value=d[m]["mean"])
+    for view, info in (rewiring or {}).get("loss", {}).items():
+        for k in ("steps", "first", "last"):
+            add(section="rewiring_loss", encoder=view, quantity=k, value=info[k])
+    for enc, info in (rewiring or {}).get("embedding", {}).items():
+        for k in ("alignment", "uniformity", "n_clips"):
+            add(section="embedding", encoder=enc, quantity=k, value=info[k])
     for name, st in stages.get("stages", {}).items():
         for q in ("wall_time_s", "work_time_s"):
             add(section="stage", task=name, quantity=q, value=st.get(q))
@@ -189,18 +242,33 @@ def write_csv(path: Path, cfg: StudyConfig, cells: dict, iso_rows: List[dict], s
     atomic_write_text(path, buf.getvalue())
 
 
-def plot_convergence(path: Path, task: str, frac: float, cell: dict, runs: dict, seeds: List[int]) -> None:
-    """One line per encoder (mean dev metric over seeds at each logged step) with a min-max band."""
+def _save(fig, path: Path) -> None:
+    import matplotlib.pyplot as plt
+
+    fig.tight_layout()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=100)
+    plt.close(fig)
+    atomic_write_bytes(path, buf.getvalue())
+
+
+def _pyplot():
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    return plt
+
+
+def plot_convergence(path: Path, task: str, setting: str, cell: dict, runs: dict, seeds: List[int]) -> None:
+    """One line per encoder (mean dev metric over seeds at each logged step) with a min-max band."""
+    plt = _pyplot()
     fig, ax = plt.subplots(figsize=(7, 4.2))
     for i, enc in enumerate(cell["encoders"]):
         by_step = defaultdict(list)
         for s in seeds:
-            run = runs.get((task, enc, frac, s))
+            run = runs.get((task, enc, setting, s))
             if run:
                 for step, v in run["curve"]:
                     by_step[step].append(v)
@@ -210,182 +278,303 @@ def plot_convergence(path: Path, task: str, frac: float, cell: dict, runs: dict,
         mean = [sum(by_step[s]) / len(by_step[s]) for s in steps]
         ax.plot(steps, mean, color=f"C{i}", lw=1.6, label=f"{enc} (n={max(len(v) for v in by_step.values())})")
         ax.fill_between(steps, [min(by_step[s]) for s in steps], [max(by_step[s]) for s in steps],
-                        color=f"C{i}", alpha=0.18, lw=0)
-    targets = [c["target"] for c in cell["encoders"].get(BASE, {}).get("conv_seeds", {}).values()
-               if c["target"] is not None]
+                        color=f"C{i}", alpha=0.15, lw=0)
+    targets = [t for t in ((cell["encoders"].get(BASE) or {}).get("conv") or {}).get("targets", [])]
     if targets:
-        ax.axhline(sum(targets) / len(targets), color="k", ls=":", lw=1, label="baseline's best dev (mean)")
+        ax.axhline(sum(targets) / len(targets), color="k", ls=":", lw=1, label="base's best dev (mean)")
     ax.set_xlabel("training step")
     ax.set_ylabel(f"dev {cell['metric']} (%)" + (" - higher is better" if cell["higher_is_better"] else
                                                   " - lower is better"))
-    ax.set_title(f"{task.upper()}, training fraction {frac:g}: dev metric vs steps (band: min-max over seeds)")
+    ax.set_title(f"{task.upper()}, {setting_label(setting)}: dev metric vs steps (band: min-max over seeds)")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
+    _save(fig, path)
+
+
+def rewiring_info(cfg: StudyConfig) -> dict:
+    """Each view's loss curve (loss.csv of its rewiring run) and alignment/uniformity of every model on the
+    held-out clips (embedding.json of its isotropy unit)."""
+    loss, emb = {}, {}
+    for view in cfg.views:
+        path = cfg.work / "rewire" / view / "loss.csv"
+        if not path.is_file():
+            continue
+        with open(path, newline="") as f:
+            pts = [(int(float(r["step"])), float(r["loss"])) for r in csv.DictReader(f) if r.get("loss") not in (None, "")]
+        if pts:
+            k = max(1, len(pts) // 10)  # first and last tenth of the steps
+            loss[view] = {"curve": pts, "steps": pts[-1][0], "first": sum(v for _, v in pts[:k]) / k,
+                          "last": sum(v for _, v in pts[-k:]) / k, "window": k}
+    for name in model_paths(cfg):
+        path = cfg.work / "isotropy" / name / "embedding.json"
+        if path.is_file():
+            emb[name] = json.loads(path.read_text())
+    return {"loss": loss, "embedding": emb}
+
+
+def plot_rewiring_loss(path: Path, loss: dict) -> None:
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(7, 4))
+    for i, (view, info) in enumerate(loss.items()):
+        steps, vals = [p[0] for p in info["curve"]], [p[1] for p in info["curve"]]
+        ax.plot(steps, vals, color=f"C{i}", lw=0.7, alpha=0.35)
+        w = max(1, len(vals) // 20)
+        smooth = [sum(vals[max(0, j - w + 1):j + 1]) / len(vals[max(0, j - w + 1):j + 1]) for j in range(len(vals))]
+        ax.plot(steps, smooth, color=f"C{i}", lw=1.8, label=f"{view} (running mean of {w})")
+    ax.set_xlabel("rewiring step")
+    ax.set_ylabel("contrastive loss")
+    ax.set_title("Rewiring loss per view (loss.csv of each rewiring run)")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
-    fig.tight_layout()
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=100)
-    plt.close(fig)
-    atomic_write_bytes(path, buf.getvalue())
+    _save(fig, path)
+
+
+def plot_isotropy(path: Path, rows: List[dict]) -> None:
+    """Per layer: I(W) on a log scale (it spans orders of magnitude), average cosine and IsoScore."""
+    plt = _pyplot()
+    panels = [("iw", "I(W), log scale"), ("avg_cosine", "average cosine"), ("isoscore", "IsoScore")]
+    fig, axes = plt.subplots(1, 3, figsize=(13, 3.9))
+    encoders = list(dict.fromkeys(r["encoder"] for r in rows))
+    styles = {"frame": "-", "utterance": "--"}
+    for ax, (key, title) in zip(axes, panels):
+        for i, enc in enumerate(encoders):
+            for level, ls in styles.items():
+                pts = sorted((r["layer"], float(r[key])) for r in rows if r["encoder"] == enc and r["level"] == level)
+                if key == "iw":
+                    pts = [(x, max(y, 1e-300)) for x, y in pts]
+                if pts:
+                    ax.plot([p[0] for p in pts], [p[1] for p in pts], ls, marker="o", ms=3, color=f"C{i}",
+                            label=f"{enc} ({level})")
+        if key == "iw":
+            ax.set_yscale("log")
+        ax.set_title(title)
+        ax.set_xlabel("layer")
+        ax.grid(alpha=0.3)
+    axes[0].legend(fontsize=7)
+    _save(fig, path)
 
 
 def _steps(n) -> str:
     return "the recipe's epochs" if n is None else str(n)
 
 
+def machine() -> str:
+    """Cores and memory of the machine the report was written on (the one that ran the study's stages)."""
+    import os
+    import platform
+
+    mem = "n/a"
+    try:
+        with open("/proc/meminfo") as f:
+            kb = int(next(line for line in f if line.startswith("MemTotal")).split()[1])
+        mem = f"{kb / 2 ** 20:.1f} GiB"
+    except (OSError, StopIteration, ValueError):
+        pass
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    return f"{cpus} CPU cores available ({os.cpu_count()} in the machine), {mem} memory, {platform.machine()}, " \
+           f"{platform.system()}"
+
+
+def shown_command(cfg: StudyConfig) -> str:
+    import shlex
+
+    argv = portable(list(cfg.command or ["./run_all.sh"]), cfg.out)
+    return " ".join(shlex.quote(x) for x in argv)
+
+
 def what_ran(cfg: StudyConfig) -> List[str]:
-    """The data sizes actually used per task (from the data stage's sizes.json), with their preset and caps."""
+    """The data sizes actually used per task (from the data stage's sizes.json), each setting's training
+    utterances, and which settings are the same subset."""
     path = cfg.work / "data" / "sizes.json"
     sizes = json.loads(path.read_text()) if path.is_file() else {}
     L = ["## What ran\n",
-         "Utterances used per task (of those available) and where the sizes come from: the embedded data's "
-         "preset caps them for 2 CPU cores; a real corpus or the user's own folder is used whole "
-         "(`real-corpus`) unless an option set a cap.\n",
-         "| task | preset | source | train | dev | test | cap train / eval | steps per run |",
+         "Training utterances per task (of those available) and per low-resource setting; dev and test sets are "
+         "used whole unless a cap was set. Each setting is a distinct nested subset (k per class: the first k of "
+         "each class in a seeded hash order; fractions: rewire_lib.subsets).\n",
+         "| task | preset | source | train | dev | test | settings (training utterances) | steps per run |",
          "|---|---|---|---|---|---|---|---|"]
     used = lambda info, k: (f"{info[k]} of {info[k + '_available']}" if f"{k}_available" in info  # noqa: E731
                             else str(info.get(k, "n/a")))
+    same = []
     for task in cfg.tasks:
         info = sizes.get(task, {})
         if "folds_dir" in info:
             L.append(f"| {task} | {info.get('preset', cfg.presets.get(task))} | {info['folds_dir']} | folds | folds | "
                      f"folds | all | {_steps(cfg.max_steps[task])} |")
             continue
-        caps = f"{cfg.train_cap[task] or 'all'} / {cfg.eval_cap[task] or 'all'}"
+        sets = info.get("settings", {})
+        shown = ", ".join(f"{setting_label(k)}: {v['utterances']}" for k, v in sets.items())
+        same += [f"{task} {setting_label(k)} = {setting_label(v['same_as'])}" for k, v in sets.items() if v["same_as"]]
         L.append(f"| {task} | {info.get('preset', cfg.presets.get(task))} | {info.get('source', 'n/a')} | "
-                 f"{used(info, 'train')} | {used(info, 'dev')} | {used(info, 'test')} | {caps} | "
+                 f"{used(info, 'train')} | {used(info, 'dev')} | {used(info, 'test')} | {shown or 'n/a'} | "
                  f"{_steps(cfg.max_steps[task])} |")
     if "rewire" in sizes:
         r = sizes["rewire"]
         L.append(f"| rewiring | {r.get('preset')} | {r.get('source')} | {r.get('train')} of "
-                 f"{r.get('train_available', 'n/a')} | — | — | {r.get('cap') or 'all'} | "
+                 f"{r.get('train_available', 'n/a')} | — | — | {cfg.rewire_batch} pairs a step, lr "
+                 f"{cfg.rewire_lr if cfg.rewire_lr is not None else 'of the recipe'} | "
                  + ", ".join(f"{v} {cfg.rewire_epochs.get(v, 1)} epoch(s)" for v in cfg.views) + " |")
+    L.append("")
+    if same:
+        L.append("Settings that are the same subset as a larger one (no runs of their own; their rows are the "
+                 "larger setting's): " + "; ".join(same) + ".\n")
+    else:
+        L.append("No two settings of a task share a subset.\n")
+    return L
+
+
+def verdict_lines(cfg: StudyConfig, cells: dict) -> List[str]:
+    L = ["## Verdict: difference to the base encoder\n",
+         f"Per task and setting, the test metric of each encoder row minus that of `{BASE}`, with a 95 % interval "
+         "from a paired bootstrap over seeds and test utterances (rewire_lib.stats.paired_bootstrap_diff: each "
+         "replicate draws seeds and, independently, test utterances with replacement, the same draw for both "
+         f"encoders; {N_BOOT} replicates). *better* / *worse* only when the whole interval lies on one side of 0; "
+         "otherwise (ties included) *no detectable difference*.\n"]
+    for enc in encoder_paths(cfg):
+        if enc == BASE:
+            continue
+        groups = defaultdict(list)
+        for (task, setting), cell in cells.items():
+            e = cell["encoders"].get(enc)
+            c = (e or {}).get("compare")
+            key = "n/a" if not c or "na" in c else c["verdict"]
+            groups[key].append(f"{task} @ {setting_label(setting)}")
+        total = sum(len(v) for k, v in groups.items() if k != "n/a")
+        parts = [f"{k} in {len(groups[k])}" + (f" ({', '.join(groups[k])})" if groups[k] and k != NO_DIFF else "")
+                 for k in (BETTER, WORSE, NO_DIFF) if k in groups]
+        line = f"- **{enc}** vs `{BASE}` over {total} cells: " + ("; ".join(parts) if parts else "no comparison") + "."
+        if groups.get("n/a"):
+            line += f" Not compared ({NO_FILE} or no run): {', '.join(groups['n/a'])}."
+        L.append(line)
     L.append("")
     return L
 
 
+def seeds_note(cfg: StudyConfig) -> str:
+    few = {t: len(cfg.seeds_of(t)) for t in cfg.tasks if len(cfg.seeds_of(t)) < 5}
+    if not few:
+        return f"{len(cfg.seeds)} seeds for every task."
+    return ("Fewer than 5 seeds for " + ", ".join(f"{t} ({n})" for t, n in few.items()) + ": the budget of this "
+            "preset did not allow more there; those intervals are wider.")
+
+
 def write_markdown(path: Path, cfg: StudyConfig, cells: dict, iso_rows: List[dict], stages: dict,
-                   figures: Dict[str, str]) -> None:
+                   figures: Dict[str, str], rewiring: Optional[dict] = None) -> None:
+    rewiring = rewiring or {"loss": {}, "embedding": {}}
     encs = encoder_paths(cfg)
-    L = []
-    L.append("# Study: rewired encoders against their base encoder\n")
-    L.append(f"Generated by `run_all.sh` ({cfg.mode} preset, {cfg.launcher} launcher) from the files under "
-             "`study/`; every number below is read from those files. Paths are relative to this report's folder.\n")
-    L.append("**Encoders**: " + ", ".join(f"`{n}` = `{shown_path(p, cfg.out)}`" for n, p in encs.items()) + "  ")
-    L.append(f"**Tasks**: {', '.join(cfg.tasks)}; **training fractions**: {', '.join(f'{f:g}' for f in cfg.fractions)}; "
-             f"**seeds**: {', '.join(map(str, cfg.seeds))}; **steps per run**: "
-             + ", ".join(f"{t} {_steps(cfg.max_steps[t])}" for t in cfg.tasks) + f"; **dev every** {cfg.eval_every} steps.  ")
-    L.append(f"Low-resource subsets keep >= {cfg.min_train} utterances.\n")
+    L = ["# Study: rewired encoders against their base encoder\n"]
+    L.append(f"Made by `{shown_command(cfg)}` ({cfg.mode} preset, {cfg.launcher} launcher, {cfg.jobs} worker(s) x "
+             f"{cfg.threads} thread(s)) on a machine with {machine()}; wall time of that invocation "
+             f"{fmt(stages.get('total_wall_time_s'), 0)} s (work over all invocations "
+             f"{fmt(stages.get('total_work_time_s'), 0)} s), peak memory of all study processes together "
+             f"{fmt(stages.get('peak_tree_pss_mib'), 0)} MiB. Every number below is read from the files under "
+             "`study/`; paths are relative to this report's folder.\n")
+    L.append("**Encoder rows**: " + ", ".join(f"`{n}` = `{shown_path(p, cfg.out)}`" for n, p in encs.items()) + ". ")
+    if cfg.controls:
+        L.append("Controls: `base+centre` / `base+whiten` are the base encoder with its frozen features centred / "
+                 "whitened at the head's input (fit on the training split: downstream `feature_transform`), "
+                 "`random` a randomly initialised encoder of the base's architecture (the floor).  ")
+    L.append(f"**Tasks**: {', '.join(cfg.tasks)}; **seeds**: {', '.join(map(str, cfg.seeds))} ({seeds_note(cfg)}) "
+             "**steps per run**: " + ", ".join(f"{t} {_steps(cfg.max_steps[t])}" for t in cfg.tasks)
+             + f"; **dev every** {cfg.eval_every} steps.\n")
     L += what_ran(cfg)
+    L += verdict_lines(cfg, cells)
 
-    # verdict
-    L.append("## Verdict: does a rewired encoder beat the baseline?\n")
-    L.append("A rewired encoder *beats* the baseline in a cell when its mean test metric over seeds is better "
-             "(no significance test; see the standard deviations below).\n")
-    for enc in encs:
-        if enc == BASE:
-            continue
-        wins, losses, na = [], [], []
-        for (task, frac), cell in cells.items():
-            e = cell["encoders"].get(enc)
-            label = f"{task} @ {frac:g}"
-            if e is None or e["beats_base"] is None:
-                na.append(label)
-            elif e["beats_base"]:
-                wins.append(label)
-            else:
-                losses.append(label)
-        total = len(wins) + len(losses)
-        line = f"- **{enc}** beats `{BASE}` in {len(wins)} of {total} task/fraction cells"
-        line += (f": {', '.join(wins)}" if wins else "") + "."
-        if losses:
-            line += f" It does **not** beat it in: {', '.join(losses)}."
-        if na:
-            line += f" No result for: {', '.join(na)}."
-        L.append(line)
-    L.append("")
-
-    # per task tables
-    L.append("## Downstream results (test metric of the best-dev checkpoint) and convergence\n")
-    L.append("Test metric: mean ± standard deviation over seeds (n = seeds with a result). Convergence: training "
-             f"steps until the encoder's dev metric first reaches the best dev metric the `{BASE}` encoder reaches "
-             "in its whole run (same seed), mean over the seeds that reach it (reached/seeds); speed-up = baseline "
-             f"steps / encoder steps, mean over those seeds; \"{NOT_REACHED}\" when no seed reaches it.\n")
+    L.append("## Downstream results and convergence\n")
+    L.append("Test metric of the best-dev checkpoint: mean ± standard deviation over seeds (n). Difference to base: "
+             "paired bootstrap, 95 % interval. Steps to base's best: training steps until the row's dev metric first "
+             f"reaches the best dev metric `{BASE}` reaches in its run of the same seed; runs that never reach it are "
+             "censored at their last evaluated step and counted; Kaplan-Meier median with its 95 % interval "
+             "(rewire_lib.stats.censored_median; ∞: beyond the observed steps). Speed-up: base median / row median "
+             "with a paired bootstrap interval over seeds (rewire_lib.stats.speedup).\n")
     for task in cfg.tasks:
-        task_cells = [(frac, cells[(task, frac)]) for frac in cfg.fractions if (task, frac) in cells]
+        task_cells = [(st, cells[(task, st)]) for st in cell_settings(cfg, task) if (task, st) in cells]
         if not task_cells:
             L.append(f"### {task.upper()}\n\nNo finished run.\n")
             continue
         c0 = task_cells[0][1]
         arrow = "higher is better" if c0["higher_is_better"] else "lower is better"
         L.append(f"### {task.upper()} — {c0['metric']} (%), {arrow}\n")
-        L.append("| fraction | encoder | train utts | test " + c0["metric"] + " | Δ vs base | beats base? | "
-                 "steps to base's best dev | speed-up |")
+        L.append(f"| setting | encoder | train utts | test {c0['metric']} | Δ vs base [95 % CI] | verdict | "
+                 "steps to base's best: median [95 % CI] | speed-up [95 % CI] |")
         L.append("|---|---|---|---|---|---|---|---|")
-        for frac, cell in task_cells:
+        for setting, cell in task_cells:
             for enc, e in cell["encoders"].items():
-                if e["n"] == 0 and not e["conv_seeds"]:
-                    L.append(f"| {frac:g} | {enc} | n/a | no result | n/a | n/a | n/a | n/a |")
+                if e["n"] == 0 and not e.get("conv"):
+                    L.append(f"| {setting_label(setting)} | {enc} | n/a | no result | n/a | n/a | n/a | n/a |")
                     continue
-                steps, up = _conv_text(e)
-                test = f"{fmt(e['mean'])} ± {fmt(e['std'])} (n={e['n']})"
-                delta = "—" if enc == BASE else (("+" if (e["delta"] or 0) >= 0 else "") + fmt(e["delta"]))
+                diff, verdict = compare_text(e, enc)
                 ntr = "/".join(str(x) for x in e["num_train"])
-                L.append(f"| {frac:g} | {enc} | {ntr} | {test} | {delta} | {_verdict(e, enc)} | {steps} | {up} |")
+                test = f"{fmt(e['mean'])} ± {fmt(e['std'])} (n={e['n']})"
+                up = "—" if enc == BASE else speedup_text(e.get("conv"))
+                L.append(f"| {setting_label(setting)} | {enc} | {ntr} | {test} | {diff} | {verdict} | "
+                         f"{conv_text(e.get('conv'))} | {up} |")
         L.append("")
-        for frac, _ in task_cells:
-            fig = figures.get(f"{task}|{frac:g}")
+        for setting, _ in task_cells:
+            fig = figures.get(f"{task}|{setting}")
             if fig:
-                L.append(f"![{task} fraction {frac:g}]({fig})")
+                L.append(f"![{task} {setting}]({fig})")
         L.append("")
 
-    # isotropy
-    L.append("## Isotropy before and after rewiring\n")
+    L.append("## What rewiring changed\n")
+    loss = rewiring["loss"]
+    if loss:
+        L.append("Contrastive loss of each view's rewiring run (mean of the first and of the last tenth of its steps, "
+                 "from its loss.csv):\n")
+        L.append("| view | steps | loss, first tenth | loss, last tenth |")
+        L.append("|---|---|---|---|")
+        for view, info in loss.items():
+            L.append(f"| {view} | {info['steps']} | {fmt(info['first'], 3)} | {fmt(info['last'], 3)} |")
+        L.append("")
+        if figures.get("rewiring_loss"):
+            L.append(f"![rewiring loss]({figures['rewiring_loss']})\n")
+    elif cfg.views:
+        L.append("No rewiring loss.csv found.\n")
+    emb = rewiring["embedding"]
+    if emb:
+        any_e = next(iter(emb.values()))
+        L.append(f"Alignment and uniformity (Wang and Isola, 2020; lower is better for both) of pooled embeddings "
+                 f"({any_e['pooling']}) of {any_e['n_clips']} held-out clips "
+                 f"(`{shown_path(cfg.work / 'data' / 'isotropy.csv', cfg.out)}`); positive pairs: "
+                 f"{any_e['positive_pairs']}.\n")
+        L.append("| encoder | alignment | uniformity |")
+        L.append("|---|---|---|")
+        for name, info in emb.items():
+            L.append(f"| {name} | {fmt(info['alignment'], 4)} | {fmt(info['uniformity'], 3)} |")
+        L.append("")
+
+    L.append("### Isotropy per layer\n")
     summ = isotropy_summary(iso_rows)
     if not summ:
         L.append("No isotropy measurement.\n")
     else:
         n_vec = {(r["encoder"], r["level"]): r["n_vectors"] for r in iso_rows}
-        L.append(f"On `{shown_path(cfg.work / 'data' / 'isotropy.csv', cfg.out)}`; per layer, every hidden state (0 = CNN/projection output); "
-                 "I(W) of raw rows (uncentred, not normalised) and of centred rows; average cosine of random pairs "
-                 "from different utterances (near 1: anisotropic); IsoScore (1: isotropic). "
-                 "Each cell: mean over layers / last layer.\n")
+        L.append(f"On the same held-out clips; per layer, every hidden state (0 = CNN/projection output); I(W) of raw "
+                 "rows (uncentred, not normalised; drawn on a log scale) and of centred rows; average cosine of "
+                 "random pairs from different utterances (near 1: anisotropic); IsoScore (1: isotropic). Each cell: "
+                 "mean over layers / last layer. The centre/whiten controls act at the head's input, not in the "
+                 "encoder, so they have no row here.\n")
         L.append("| encoder | level | vectors | " + " | ".join(t for _, t in ISO_MEASURES) + " |")
         L.append("|---|---|---|" + "---|" * len(ISO_MEASURES))
         for (enc, level), d in summ.items():
             vals = " | ".join(f"{fmt_small(d[m]['mean'])} / {fmt_small(d[m]['last'])}" for m, _ in ISO_MEASURES)
             L.append(f"| {enc} | {level} | {n_vec[(enc, level)]} | {vals} |")
         L.append("")
-        base = {k[1]: v for k, v in summ.items() if k[0] == BASE}
-        for (enc, level), d in summ.items():
-            if enc == BASE or level not in base:
-                continue
-            b = base[level]
-            more_iso = d["isoscore"]["mean"] > b["isoscore"]["mean"]
-            L.append(f"- {enc}, {level} level: IsoScore {fmt(b['isoscore']['mean'], 3)} -> {fmt(d['isoscore']['mean'], 3)}, "
-                     f"average cosine {fmt(b['avg_cosine']['mean'], 3)} -> {fmt(d['avg_cosine']['mean'], 3)} "
-                     f"(mean over layers): {'more' if more_iso else 'not more'} isotropic than `{BASE}` by IsoScore.")
         if figures.get("isotropy"):
-            L.append("")
             L.append(f"![isotropy per layer]({figures['isotropy']})")
         L.append("")
 
-    # stages
     L.append("## Stages: settings, wall time and memory\n")
     L.append("Wall time of the latest invocation (small when its work was found done and skipped) and the work time "
-             "summed over every invocation; peak resident memory of all the study's processes together during the "
-             "stage (sampled every 0.5 s), and of the main process alone.\n")
-    L.append("| stage | status | wall time (s) | work time, all runs (s) | runs / skipped / failed | peak RSS all processes MiB | main process MiB | settings |")
+             "summed over every invocation; peak memory of all the study's processes together during the "
+             "stage (PSS, sampled every 0.5 s), and of the main process alone.\n")
+    L.append("| stage | status | wall time (s) | work time, all runs (s) | runs / skipped / failed | peak all processes MiB | main process MiB | settings |")
     L.append("|---|---|---|---|---|---|---|---|")
     for name, st in stages.get("stages", {}).items():
         units = f"{st.get('units_run', '—')} / {st.get('units_skipped', '—')} / {st.get('units_failed', '—')}"
         settings = json.dumps(st.get("settings", {}), default=str)
         L.append(f"| {name} | {st['status']} | {fmt(st['wall_time_s'], 1)} | {fmt(st['work_time_s'], 1)} | {units} | "
                  f"{fmt(st.get('peak_tree_pss_mib'), 0)} | {fmt(st['peak_rss_mib']['self'], 0)} | `{settings}` |")
-    if stages.get("stages"):
-        L.append("")
-        L.append(f"Total wall time of the latest invocation: {fmt(stages.get('total_wall_time_s'), 1)} s; "
-                 f"work time over all invocations: {fmt(stages.get('total_work_time_s'), 1)} s; "
-                 f"peak memory (PSS, shared pages counted once) of all study processes together: {fmt(stages.get('peak_tree_pss_mib'), 0)} MiB.")
     if cfg.views:
         L.append("")
         L.append("## Continue by hand\n")
@@ -406,8 +595,6 @@ def write_markdown(path: Path, cfg: StudyConfig, cells: dict, iso_rows: List[dic
 
 def write_report(cfg: StudyConfig, stages: Optional[dict] = None) -> dict:
     """Write summary.md, summary.csv and figures/*.png; returns what was computed."""
-    from rewire_lib import isotropy_cli
-
     out = cfg.out
     if stages is None:
         p = out / "stages.json"
@@ -415,22 +602,26 @@ def write_report(cfg: StudyConfig, stages: Optional[dict] = None) -> dict:
     runs = collect_runs(cfg)
     cells = compute(cfg, runs)
     iso = isotropy_rows(cfg)
+    rewiring = rewiring_info(cfg)
     figures = {}
-    for (task, frac), cell in cells.items():
-        name = f"figures/convergence_{task}_frac{frac:g}.png"
-        plot_convergence(out / name, task, frac, cell, runs, cfg.seeds)
-        figures[f"{task}|{frac:g}"] = name
+    (out / "figures").mkdir(parents=True, exist_ok=True)
+    for (task, setting), cell in cells.items():
+        name = f"figures/convergence_{task}_{setting}.png"
+        plot_convergence(out / name, task, setting, cell, runs, cfg.seeds_of(task))
+        figures[f"{task}|{setting}"] = name
+    if rewiring["loss"]:
+        plot_rewiring_loss(out / "figures" / "rewiring_loss.png", rewiring["loss"])
+        figures["rewiring_loss"] = "figures/rewiring_loss.png"
     if iso:
-        settings = json.loads((cfg.work / "isotropy" / "isotropy.json").read_text())["settings"]
-        (out / "figures").mkdir(parents=True, exist_ok=True)
-        isotropy_cli.plot(out / "figures" / "isotropy_per_layer.png", iso, settings)
+        plot_isotropy(out / "figures" / "isotropy_per_layer.png", iso)
         figures["isotropy"] = "figures/isotropy_per_layer.png"
-    write_csv(out / "summary.csv", cfg, cells, iso, stages)
-    write_markdown(out / "summary.md", cfg, cells, iso, stages, figures)
-    return {"cells": cells, "runs": runs, "figures": figures, "isotropy": iso}
+    write_csv(out / "summary.csv", cfg, cells, iso, stages, rewiring)
+    write_markdown(out / "summary.md", cfg, cells, iso, stages, figures, rewiring)
+    return {"cells": cells, "runs": runs, "figures": figures, "isotropy": iso, "rewiring": rewiring}
 
 
 def rewrite_tables(cfg: StudyConfig, computed: dict, stages: dict) -> None:
     """summary.md and summary.csv again (figures kept), e.g. once the report stage's own time is known."""
-    write_csv(cfg.out / "summary.csv", cfg, computed["cells"], computed["isotropy"], stages)
-    write_markdown(cfg.out / "summary.md", cfg, computed["cells"], computed["isotropy"], stages, computed["figures"])
+    write_csv(cfg.out / "summary.csv", cfg, computed["cells"], computed["isotropy"], stages, computed["rewiring"])
+    write_markdown(cfg.out / "summary.md", cfg, computed["cells"], computed["isotropy"], stages, computed["figures"],
+                   computed["rewiring"])

@@ -17,8 +17,9 @@ from typing import Dict, List, Optional
 from rewire_lib.atomic import atomic_write_json, atomic_write_text
 from rewire_lib.manifest import split_csv
 from rewire_lib.paths import shared_data_dir
-from rewire_lib.subsets import nested_subset, subset_name
-from rewire_study.config import BASE, REAL_CORPORA, TASK_DATA, StudyConfig
+from rewire_lib.subsets import nested_subset
+from rewire_study.config import (BASE, CLASS_TASKS, CONTROLS, REAL_CORPORA, TASK_DATA, TASK_HPARAMS,
+                                 StudyConfig)
 from rewire_study.launch import run_units
 from rewire_study.recipes import recipe_hparams
 from rewire_study.units import StageError, Unit, data_fingerprint, encoder_stamp, quiet, shown_path
@@ -78,14 +79,39 @@ def study_data_folder(cfg: StudyConfig, task: str) -> Path:
     return cfg.work / "data" / task
 
 
-def task_manifests(cfg: StudyConfig, task: str, fraction: float = 1.0) -> List[Path]:
+ALL = "all"
+
+
+def task_settings(cfg: StudyConfig, task: str) -> List[str]:
+    """The low-resource settings of a task, largest first: "all", then "k{K}" (K labelled utterances per class,
+    classification tasks) or "frac{F}" (CTC tasks, and every task when --per-class is none)."""
+    if task in CLASS_TASKS and cfg.per_class:
+        return [ALL] + [f"k{k}" for k in cfg.per_class]
+    return [ALL] + [f"frac{f:g}" for f in cfg.fractions if f < 1]
+
+
+def setting_csv_name(setting: str) -> str:
+    return "train.csv" if setting == ALL else f"train_{setting}.csv"
+
+
+def per_class_subset(rows: List[dict], k: int, seed: int, column: str) -> List[dict]:
+    """The first k rows of each class in the seeded hash order of rewire_lib.subsets (so k=1 within k=5
+    within k=20, and within the fraction subsets of the same seed); rows keep their order."""
+    from rewire_lib.subsets import _ordered_groups
+
+    groups = _ordered_groups(rows, seed, column)
+    keep = {i for idx in groups.values() for i in idx[:k]}
+    return [r for i, r in enumerate(rows) if i in keep]
+
+
+def task_manifests(cfg: StudyConfig, task: str, setting: str = ALL) -> List[Path]:
     """The manifests a downstream run of `task` reads (what its data fingerprint covers)."""
     src = task_source(cfg, task)
     if "folds_dir" in src:
         return sorted(Path(src["folds_dir"]).rglob("*.csv"))
     folder = study_data_folder(cfg, task)
     files = [folder / "train.csv", folder / "dev.csv", folder / "test.csv"]
-    return files + ([folder / subset_name(fraction=fraction)] if fraction < 1 else [])
+    return files + ([folder / setting_csv_name(setting)] if setting != ALL else [])
 
 
 def rewire_source_csv(cfg: StudyConfig) -> Path:
@@ -93,19 +119,74 @@ def rewire_source_csv(cfg: StudyConfig) -> Path:
         return Path(cfg.rewire_csv).resolve()
     if "librispeech" in cfg.corpora:
         return cfg.data_dir / "librispeech" / "train.csv"
-    return cfg.data_dir / "synth" / "rewire" / "train.csv"
+    return cfg.data_dir / (cfg.rewire_source or "synth/rewire/train.csv")
 
 
 def iso_source_csv(cfg: StudyConfig) -> Path:
     return Path(cfg.iso_manifest).resolve() if cfg.iso_manifest else cfg.data_dir / "fsdd" / "speakers" / "dev.csv"
 
 
-def encoder_paths(cfg: StudyConfig) -> Dict[str, str]:
-    """Every encoder compared: the given ones, then the rewired views of `base`."""
-    encs = dict(cfg.encoders)
+def random_encoder_dir(cfg: StudyConfig) -> Path:
+    return cfg.work / "controls" / "random"
+
+
+def feature_transform_supported() -> bool:
+    """Whether the downstream recipes have the `feature_transform` key (the centre/whiten control rows)."""
+    from rewire_study.recipes import RECIPES_DIR
+
+    return "feature_transform" in (RECIPES_DIR / "common" / "downstream.yaml").read_text()
+
+
+def encoder_rows(cfg: StudyConfig) -> Dict[str, dict]:
+    """Every encoder row compared: name -> {"path", "overrides"}: the given encoders, the control rows
+    (base+centre, base+whiten: the base encoder with `feature_transform`; random), then the rewired views."""
+    rows = {n: {"path": p, "overrides": []} for n, p in cfg.encoders.items()}
+    for c in cfg.controls:
+        if c == "random":
+            rows[CONTROLS[c]] = {"path": str(random_encoder_dir(cfg)), "overrides": []}
+        elif feature_transform_supported():
+            rows[CONTROLS[c]] = {"path": cfg.encoders[BASE], "overrides": [f"feature_transform={c}"]}
     for view in cfg.views:
-        encs[view] = str(cfg.work / "rewire" / view / "encoder")
-    return encs
+        rows[view] = {"path": str(cfg.work / "rewire" / view / "encoder"), "overrides": []}
+    return rows
+
+
+def encoder_paths(cfg: StudyConfig) -> Dict[str, str]:
+    """Every encoder row's model folder (the centre/whiten controls share the base's)."""
+    return {n: r["path"] for n, r in encoder_rows(cfg).items()}
+
+
+def model_paths(cfg: StudyConfig) -> Dict[str, str]:
+    """The distinct models (no feature-transform rows): what isotropy and alignment/uniformity measure."""
+    return {n: r["path"] for n, r in encoder_rows(cfg).items() if not r["overrides"]}
+
+
+def make_random_encoder(base: str, folder: Path, seed: int = 0) -> Path:
+    """A randomly initialised encoder of the base's architecture: AutoConfig of the base, AutoModel.from_config
+    under a fixed seed, saved with the base's feature-extractor files. Kept when already there."""
+    import shutil
+
+    import torch
+    from transformers import AutoConfig, AutoFeatureExtractor, AutoModel
+
+    folder = Path(folder)
+    if (folder / "config.json").is_file():
+        return folder
+    config = AutoConfig.from_pretrained(base)
+    torch.manual_seed(seed)
+    model = AutoModel.from_config(config)
+    tmp = folder.with_name(folder.name + ".partial")
+    shutil.rmtree(tmp, ignore_errors=True)
+    model.save_pretrained(tmp)
+    AutoFeatureExtractor.from_pretrained(base).save_pretrained(tmp)
+    shutil.rmtree(folder, ignore_errors=True)
+    tmp.rename(folder)
+    return folder
+
+
+def ensure_controls(cfg: StudyConfig) -> None:
+    if "random" in cfg.controls:
+        make_random_encoder(cfg.encoders[BASE], random_encoder_dir(cfg), seed=cfg.seed)
 
 
 def _overrides(items: List[str]) -> List[str]:
@@ -161,14 +242,7 @@ def make_study_manifests(cfg: StudyConfig) -> dict:
             rows = cap_rows(rows, cfg.eval_cap[task], cfg.seed, strat)
             write_manifest_if_changed(dst / f"{split}.csv", f2, rows)
             info[split] = len(rows)
-        for frac in cfg.fractions:
-            if frac >= 1:
-                continue
-            eff = effective_fraction(frac, len(train), cfg.min_train)
-            strat_col = strat if train and strat in train[0] else None
-            sub = nested_subset(train, fraction=eff, seed=cfg.seed, stratify=strat_col)
-            write_manifest_if_changed(dst / subset_name(fraction=frac), fields, sub)
-            info[f"train_frac{frac:g}"] = len(sub)
+        info["settings"] = write_settings(cfg, task, dst, fields, train)
         sizes[task] = info
         print(f"  {task}: {info}", flush=True)
     if cfg.views:
@@ -186,6 +260,43 @@ def make_study_manifests(cfg: StudyConfig) -> dict:
     print(f"  isotropy: {sizes['isotropy']}", flush=True)
     atomic_write_json(cfg.work / "data" / "sizes.json", sizes)
     return {"sizes": sizes}
+
+
+def write_settings(cfg: StudyConfig, task: str, dst: Path, fields: list, train: List[dict]) -> Dict[str, dict]:
+    """Each low-resource setting's training manifest (train_{setting}.csv), nested and distinct: a setting whose
+    subset has as many utterances as the next larger one is the same subset, recorded as `same_as` it (the
+    report says so, and its runs are not made)."""
+    strat = TASK_DATA[task][1]
+    strat_col = strat if train and strat in train[0] else None
+    out: Dict[str, dict] = {}
+    previous = None
+    for setting in task_settings(cfg, task):
+        if setting == ALL:
+            sub = train
+        elif setting.startswith("k"):
+            if strat_col is None:
+                raise StageError(f"{task}: per-class settings need the column {strat!r} in its train manifest")
+            sub = per_class_subset(train, int(setting[1:]), cfg.seed, strat_col)
+        else:
+            eff = effective_fraction(float(setting[4:]), len(train), cfg.min_train)
+            sub = nested_subset(train, fraction=eff, seed=cfg.seed, stratify=strat_col)
+        entry = {"utterances": len(sub), "same_as": None}
+        if previous is not None and len(sub) == out[previous]["utterances"]:
+            entry["same_as"] = out[previous]["same_as"] or previous
+        else:
+            previous = setting
+        if setting != ALL:
+            write_manifest_if_changed(dst / setting_csv_name(setting), fields, sub)
+        out[setting] = entry
+    return out
+
+
+def run_settings(cfg: StudyConfig, task: str) -> List[str]:
+    """The settings that get runs: those whose subset is not the same as a larger setting's."""
+    path = cfg.work / "data" / "sizes.json"
+    info = json.loads(path.read_text()).get(task, {}) if path.is_file() else {}
+    same = info.get("settings", {})
+    return [s for s in task_settings(cfg, task) if not same.get(s, {}).get("same_as")]
 
 
 # ---------------------------------------------------------------------- 2. TTS
@@ -246,7 +357,7 @@ def rewire_unit(cfg: StudyConfig, view: str) -> Unit:
     csv_path = cfg.work / "data" / "rewire" / "train.csv"
     spec = {"view": view, "encoder": base, "encoder_stamp": encoder_stamp(base), "train_csv": str(csv_path),
             "data_fingerprint": data_fingerprint(csv_path),
-            "epochs": cfg.rewire_epochs.get(view, 1), "batch_size": cfg.rewire_batch,
+            "epochs": cfg.rewire_epochs.get(view, 1), "batch_size": cfg.rewire_batch, "lr": cfg.rewire_lr,
             "overrides": cfg.rewire_overrides, "tts_cache_dir": str(cfg.cache_dir / "tts"), "device": cfg.device}
     return Unit(cfg.work / "rewire" / view, spec, outputs=["encoder/config.json"])
 
@@ -257,7 +368,7 @@ def rewire_argv(cfg: StudyConfig, unit: Unit) -> List[str]:
             "--train_csv", s["train_csv"], "--output_folder", str(unit.folder),
             "--number_of_epochs", str(s["epochs"]), "--batch_size", str(s["batch_size"]),
             "--tts_cache_dir", s["tts_cache_dir"], "--device", cfg.device, "--noprogressbar"] + \
-        _overrides(cfg.rewire_overrides)
+        (["--lr", str(s["lr"])] if s.get("lr") is not None else []) + _overrides(cfg.rewire_overrides)
 
 
 def _rewire_one(cfg: StudyConfig, view: str) -> dict:
@@ -275,6 +386,7 @@ def _rewire_one(cfg: StudyConfig, view: str) -> dict:
 
 
 def stage_rewire(cfg: StudyConfig) -> dict:
+    ensure_controls(cfg)
     todo = []
     for view in cfg.views:
         unit = rewire_unit(cfg, view)
@@ -315,8 +427,8 @@ def isotropy_unit(cfg: StudyConfig, name: str, encoder: str) -> Unit:
     manifest = cfg.work / "data" / "isotropy.csv"
     spec = {"encoder": encoder, "encoder_stamp": encoder_stamp(encoder), "manifest": str(manifest),
             "data_fingerprint": data_fingerprint(manifest),
-            "level": "both", "max_vectors": cfg.iso_max_vectors, "seed": cfg.seed}
-    return Unit(cfg.work / "isotropy" / name, spec, outputs=["rows.json"])
+            "level": "both", "max_vectors": cfg.iso_max_vectors, "seed": cfg.seed, "alignment_uniformity": True}
+    return Unit(cfg.work / "isotropy" / name, spec, outputs=["rows.json", "embedding.json"])
 
 
 def _isotropy_one(cfg: StudyConfig, item) -> dict:
@@ -331,6 +443,11 @@ def _isotropy_one(cfg: StudyConfig, item) -> dict:
         rows = measure_encoder(enc, unit.spec["manifest"], level="both", max_vectors=cfg.iso_max_vectors,
                                seed=cfg.seed, encoder_name=name, device=cfg.device, progress=False)
     atomic_write_json(unit.folder / "rows.json", rows)
+    from rewire_study.embedding_change import alignment_uniformity
+
+    with quiet(None):
+        held_out = read_manifest(unit.spec["manifest"])[1]
+        atomic_write_json(unit.folder / "embedding.json", alignment_uniformity(enc, held_out, seed=cfg.seed))
     unit.finish()
     return {"text": f"  {name}: measured in {time.time() - t0:.1f} s"}
 
@@ -338,7 +455,8 @@ def _isotropy_one(cfg: StudyConfig, item) -> dict:
 def stage_isotropy(cfg: StudyConfig) -> dict:
     from rewire_lib import isotropy_cli
 
-    encs = encoder_paths(cfg)
+    ensure_controls(cfg)
+    encs = model_paths(cfg)
     todo = []
     for name, enc in encs.items():
         if isotropy_unit(cfg, name, enc).is_done():
@@ -364,32 +482,49 @@ def stage_isotropy(cfg: StudyConfig) -> dict:
 
 
 # ---------------------------------------------------------------------- 5. downstream sweep
-def run_folder(cfg: StudyConfig, task: str, enc_name: str, fraction: float, seed: int) -> Path:
-    return cfg.work / "runs" / task / enc_name / f"frac{fraction:g}" / f"seed{seed}"
+def run_folder(cfg: StudyConfig, task: str, enc_name: str, setting: str, seed: int) -> Path:
+    return cfg.work / "runs" / task / enc_name / setting / f"seed{seed}"
+
+
+def task_hparams(cfg: StudyConfig, task: str) -> Path:
+    """The recipe's hparams file: the default data's own (e.g. asr/pr on connected digits) unless the task is
+    fed another folder or corpus, then baseline.yaml with --data_folder."""
+    name = TASK_HPARAMS.get(task)
+    if name and task not in cfg.data_folders and not any(task in REAL_CORPORA[o][2] for o in cfg.corpora
+                                                          if o in REAL_CORPORA):
+        path = recipe_hparams(task, name)
+        if path.is_file():
+            return path
+    return recipe_hparams(task, "baseline")
 
 
 def downstream_units(cfg: StudyConfig) -> List[tuple]:
-    """(task, encoder name, fraction, seed, Unit) in running order: per task and encoder, the full
-    fraction first (it fills the feature cache that the smaller subsets then hit)."""
+    """(task, encoder row, setting, seed, Unit) in running order: per task and encoder, the whole training set
+    first (it fills the feature cache that the smaller subsets then hit)."""
     units = []
-    encs = encoder_paths(cfg)
-    stamps = {n: encoder_stamp(p) for n, p in encs.items()}
+    rows = encoder_rows(cfg)
+    stamps = {n: encoder_stamp(r["path"]) for n, r in rows.items()}
     for task in cfg.tasks:
         src = task_source(cfg, task)
         data = {"folds_dir": src["folds_dir"]} if "folds_dir" in src else \
             {"data_folder": str(study_data_folder(cfg, task))}
-        fingerprints = {f: data_fingerprint(*task_manifests(cfg, task, f)) for f in cfg.fractions}
-        for name, path in encs.items():
-            for frac in cfg.fractions:
-                for seed in cfg.seeds:
-                    spec = {"task": task, "encoder": path, "encoder_stamp": stamps[name], **data,
-                            "data_fingerprint": fingerprints[frac], "device": cfg.device,
-                            "train_fraction": frac, "seed": seed, "max_steps": cfg.max_steps[task],
+        settings = run_settings(cfg, task) if "folds_dir" not in src else [ALL]
+        fingerprints = {st: data_fingerprint(*task_manifests(cfg, task, st)) for st in settings}
+        for name, row in rows.items():
+            for setting in settings:
+                train_csv = None if (setting == ALL or "folds_dir" in data) else \
+                    str(study_data_folder(cfg, task) / setting_csv_name(setting))
+                for seed in cfg.seeds_of(task):
+                    spec = {"task": task, "hparams": task_hparams(cfg, task).name, "encoder": row["path"],
+                            "encoder_stamp": stamps[name], **data, "train_csv": train_csv,
+                            "data_fingerprint": fingerprints[setting], "device": cfg.device,
+                            "setting": setting, "seed": seed, "max_steps": cfg.max_steps[task],
                             "eval_every_steps": cfg.eval_every,
-                            "overrides": cfg.task_overrides.get("all", []) + cfg.task_overrides.get(task, []),
+                            "overrides": row["overrides"] + cfg.task_overrides.get("all", []) +
+                            cfg.task_overrides.get(task, []),
                             "feature_dtype": cfg.feature_dtype}
-                    units.append((task, name, frac, seed,
-                                  Unit(run_folder(cfg, task, name, frac, seed), spec,
+                    units.append((task, name, setting, seed,
+                                  Unit(run_folder(cfg, task, name, setting, seed), spec,
                                        outputs=["result.json", "curve.csv"])))
     return units
 
@@ -397,10 +532,12 @@ def downstream_units(cfg: StudyConfig) -> List[tuple]:
 def downstream_argv(cfg: StudyConfig, unit: Unit) -> List[str]:
     s = unit.spec
     data = ["--folds_dir", s["folds_dir"]] if "folds_dir" in s else ["--data_folder", s["data_folder"]]
+    if s.get("train_csv"):
+        data += ["--train_csv", s["train_csv"]]
     # a step limit binds only with epochs to spare; without one the recipe's own number_of_epochs runs
     steps = [] if s["max_steps"] is None else ["--number_of_epochs", "100000", "--max_steps", str(s["max_steps"])]
-    return [str(recipe_hparams(s["task"], "baseline")), "--encoder", s["encoder"], *data,
-            "--train_fraction", str(s["train_fraction"]), "--seed", str(s["seed"]),
+    return [str(recipe_hparams(s["task"], s.get("hparams", "baseline.yaml")[:-5])), "--encoder", s["encoder"], *data,
+            "--seed", str(s["seed"]),
             "--output_folder", str(unit.folder), *steps, "--eval_every_steps", str(s["eval_every_steps"]),
             "--feature_cache", "disk", "--feature_cache_dir", str(cfg.cache_dir / "features"),
             "--feature_cache_dtype", s["feature_dtype"], "--device", cfg.device, "--noprogressbar",
@@ -412,8 +549,8 @@ def _downstream_one(cfg: StudyConfig, item) -> dict:
     reported, not raised."""
     from rewire_study.launch import run_recipe
 
-    task, name, frac, seed, unit = item
-    label = f"{task} {name} frac{frac:g} seed{seed}"
+    task, name, setting, seed, unit = item
+    label = f"{task} {name} {setting} seed{seed}"
     unit.start()
     t0 = time.time()
     try:
@@ -433,14 +570,16 @@ def _downstream_one(cfg: StudyConfig, item) -> dict:
 
 
 def stage_downstream(cfg: StudyConfig) -> dict:
+    ensure_controls(cfg)
     units = downstream_units(cfg)
     todo = [u for u in units if not u[4].is_done()]
-    print(f"  {len(units)} runs ({len(cfg.tasks)} tasks x {len(encoder_paths(cfg))} encoders x "
-          f"{len(cfg.fractions)} fractions x {len(cfg.seeds)} seeds); {len(units) - len(todo)} done before, "
+    print(f"  {len(units)} runs ({len(cfg.tasks)} tasks x {len(encoder_paths(cfg))} encoder rows x "
+          f"their settings x {len(cfg.seeds)} seeds); {len(units) - len(todo)} done before, "
           f"{len(todo)} to run in {cfg.jobs} worker(s); each run's log: <run folder>/console.txt", flush=True)
     groups = {}
-    for u in todo:  # one group per task and encoder, full fraction first (it fills the feature cache)
-        groups.setdefault((u[0], u[1]), []).append(u)
+    for u in todo:  # one group per task and model, whole training set first (it fills the feature cache);
+        # the centre/whiten rows read the base's cached features, so they join the base's group
+        groups.setdefault((u[0], u[4].spec["encoder"]), []).append(u)
     msgs = run_units(_downstream_one, cfg, list(groups.values()), "downstream", failures="report")
     failed = [{"unit": m["unit"], "error": m["error"]} for m in msgs if m.get("failed")]
     secs = [m["seconds"] for m in msgs if not m.get("failed")]

@@ -268,4 +268,11 @@ def portable(obj, base: Path):
         return [portable(v, base) for v in obj]
     if isinstance(obj, Path) or (isinstance(obj, str) and os.path.isabs(obj)):
         return shown_path(obj, base)
+    if isinstance(obj, str) and "=" in obj:  # NAME=/abs/path items of options (--encoders, --data-folder)
+        return ",".join(_portable_item(x, base) for x in obj.split(","))
     return obj
+
+
+def _portable_item(item: str, base: Path) -> str:
+    key, sep, value = item.partition("=")
+    return f"{key}{sep}{shown_path(value, base)}" if sep and os.path.isabs(value) else item

@@ -20,8 +20,8 @@ STAGE_NAMES = ["data", "tts", "rewire", "isotropy", "downstream", "report"]
 def tiny_argv(tmp: Path, encoder: Path, extra=()):
     return ["--out", str(tmp / "results"), "--encoders", f"base={encoder}", "--data-dir", str(tmp / "data"),
             "--synth-scale", "0.01", "--cache-dir", str(tmp / "cache"), "--tasks", "ks", "--views", "twin",
-            "--fractions", "1.0,0.1", "--seeds", "0,1", "--max-steps", "4", "--eval-every", "2",
-            "--train-cap", "24", "--eval-cap", "12", "--min-train", "8", "--rewire-utts", "8", "--rewire-batch", "4",
+            "--per-class", "1", "--controls", "random", "--seeds", "0,1", "--max-steps", "4", "--eval-every", "2",
+            "--train-cap", "80", "--eval-cap", "12", "--min-train", "8", "--rewire-utts", "8", "--rewire-batch", "4",
             "--iso-utts", "30", "--iso-max-vectors", "300", "--jobs", "2", *extra]
 
 
@@ -37,9 +37,10 @@ def test_tiny_study_writes_every_output(tiny_study):
     assert rc == 0
     res = tmp / "results"
     cfg = parse_args(tiny_argv(tmp, Path("unused")))
-    for name in ["summary.md", "summary.csv", "stages.json", "figures/convergence_ks_frac1.png",
-                 "figures/convergence_ks_frac0.1.png", "figures/isotropy_per_layer.png",
-                 "study/rewire/twin/encoder/config.json", "study/isotropy/isotropy.json", "study/isotropy/isotropy.csv"]:
+    for name in ["summary.md", "summary.csv", "stages.json", "figures/convergence_ks_all.png",
+                 "figures/convergence_ks_k1.png", "figures/isotropy_per_layer.png", "figures/rewiring_loss.png",
+                 "study/rewire/twin/encoder/config.json", "study/controls/random/config.json",
+                 "study/isotropy/isotropy.json", "study/isotropy/isotropy.csv", "study/isotropy/twin/embedding.json"]:
         assert (res / name).is_file() and (res / name).stat().st_size > 0, name
 
     stages = json.loads((res / "stages.json").read_text())
@@ -47,36 +48,41 @@ def test_tiny_study_writes_every_output(tiny_study):
     for name, st in stages["stages"].items():
         assert st["status"] == "done", (name, st["status"])
         assert st["wall_time_s"] >= 0 and isinstance(st["settings"], dict)
-    assert stages["stages"]["downstream"]["units_run"] == 8 and stages["stages"]["downstream"]["units_failed"] == 0
+    assert stages["stages"]["downstream"]["units_run"] == 12 and stages["stages"]["downstream"]["units_failed"] == 0
     assert stages["settings"]["tasks"] == ["ks"] and stages["peak_rss_mib"] > 0
 
     # every downstream run has its result, and summary.csv holds exactly its test metric
     rows = list(csv.DictReader(open(res / "summary.csv")))
-    tests = {(r["task"], r["encoder"], float(r["fraction"]), r["seed"]): float(r["value"])
+    tests = {(r["task"], r["encoder"], r["setting"], r["seed"]): float(r["value"])
              for r in rows if r["section"] == "test" and r["seed"].isdigit()}
     units = downstream_units(cfg)
-    assert len(units) == 8 and len(tests) == 8
-    for task, enc, frac, seed, unit in units:
+    assert len(units) == 12 and len(tests) == 12
+    assert {u[1] for u in units} == {"base", "random", "twin"} and {u[2] for u in units} == {"all", "k1"}
+    for task, enc, setting, seed, unit in units:
         result = json.loads((unit.folder / "result.json").read_text())
         assert result["steps"] == 4 and result["seed"] == seed
-        assert tests[(task, enc, frac, str(seed))] == pytest.approx(result["test_accuracy"])
-    # the convergence rows: the baseline reaches its own best, with speed-up 1 (or its step is missing)
-    conv = [r for r in rows if r["section"] == "convergence" and r["encoder"] == "base" and r["quantity"] == "speedup"
-            and r["seed"].isdigit()]
-    assert conv and all(float(r["value"]) == 1.0 for r in conv)
+        assert tests[(task, enc, setting, str(seed))] == pytest.approx(result["test_accuracy"])
+    # the baseline reaches its own best in every seed: nothing censored
+    base_conv = {r["quantity"]: r["value"] for r in rows if r["section"] == "convergence" and r["encoder"] == "base"
+                 and r["setting"] == "all" and r["seed"] == "all"}
+    assert base_conv["n_reached"] == "2" and base_conv["n_censored"] == "0"
     twin_conv = [r for r in rows if r["section"] == "convergence" and r["encoder"] == "twin"
-                 and r["quantity"] == "steps_to_baseline_best" and r["seed"].isdigit()]
-    assert len(twin_conv) == 4 and all(r["value"] == "not reached" or int(r["value"]) in (2, 4) for r in twin_conv)
+                 and r["quantity"] == "steps_to_base_best" and r["seed"].isdigit()]
+    assert len(twin_conv) == 4 and all(r["value"] == "not reached" or float(r["value"]) in (2, 4) for r in twin_conv)
     iso = {(r["encoder"], r["level"]) for r in rows if r["section"] == "isotropy"}
-    assert iso == {("base", "frame"), ("base", "utterance"), ("twin", "frame"), ("twin", "utterance")}
+    assert iso == {(e, lvl) for e in ("base", "random", "twin") for lvl in ("frame", "utterance")}
+    emb = {r["encoder"] for r in rows if r["section"] == "embedding" and r["quantity"] == "alignment"}
+    assert emb == {"base", "random", "twin"}
+    loss = {r["quantity"]: float(r["value"]) for r in rows if r["section"] == "rewiring_loss"}
+    assert loss["steps"] == 2
 
     md = (res / "summary.md").read_text()
     assert "### KS — accuracy (%), higher is better" in md
-    for enc in ("base", "twin"):
-        for frac in ("1", "0.1"):
-            assert f"| {frac} | {enc} |" in md
-    assert "**twin** beats `base` in" in md
-    assert "## Isotropy before and after rewiring" in md and "| base | frame |" in md and "| twin | utterance |" in md
+    for enc in ("base", "random", "twin"):
+        for setting in ("all", "1 per class"):
+            assert f"| {setting} | {enc} |" in md
+    assert "- **twin** vs `base` over" in md
+    assert "### Isotropy per layer" in md and "| base | frame |" in md and "| twin | utterance |" in md
     for name in STAGE_NAMES:
         assert f"| {name} | done |" in md
 
@@ -88,8 +94,8 @@ def test_second_run_skips_everything(tiny_study):
     assert main(tiny_argv(tmp, encoder)) == 0
     stages = json.loads((res / "stages.json").read_text())["stages"]
     assert stages["rewire"]["units_run"] == 0 and stages["rewire"]["units_skipped"] == 1
-    assert stages["isotropy"]["units_run"] == 0 and stages["isotropy"]["units_skipped"] == 2
-    assert stages["downstream"]["units_run"] == 0 and stages["downstream"]["units_skipped"] == 8
+    assert stages["isotropy"]["units_run"] == 0 and stages["isotropy"]["units_skipped"] == 3
+    assert stages["downstream"]["units_run"] == 0 and stages["downstream"]["units_skipped"] == 12
     assert stages["downstream"]["invocations"] == 2
     assert stages["downstream"]["work_time_s"] > stages["downstream"]["wall_time_s"]
     assert {p: p.stat().st_mtime_ns for p in mtimes} == mtimes  # no run was redone
@@ -97,10 +103,10 @@ def test_second_run_skips_everything(tiny_study):
 
 def test_changed_settings_redo_only_what_they_touch(tiny_study):
     tmp, _, encoder = tiny_study
-    # one more seed: only its 4 runs are new (the rewired encoder and the other runs are kept)
+    # one more seed: only its 6 runs are new (the rewired encoder and the other runs are kept)
     assert main(tiny_argv(tmp, encoder, ["--seeds", "0,1,2", "--stages", "downstream,report"])) == 0
     st = json.loads((tmp / "results" / "stages.json").read_text())["stages"]["downstream"]
-    assert st["units_run"] == 4 and st["units_skipped"] == 8
+    assert st["units_run"] == 6 and st["units_skipped"] == 12
     md = (tmp / "results" / "summary.md").read_text()
     assert "(n=3)" in md
 
@@ -129,17 +135,21 @@ def test_effective_fraction_keeps_a_minimum():
 
 def test_cli_presets_and_errors(capsys):
     full = parse_args([])
-    assert full.tasks == TASKS and full.fractions == [1.0, 0.1, 0.01] and full.seeds == [0, 1, 2]
-    assert full.views == ["twin", "neutral", "mixed"] and len(full.seeds) >= 3
+    assert full.tasks == TASKS and full.per_class == [20, 5] and full.seeds == [0, 1, 2, 3, 4]
+    assert full.seeds_of("ks") == full.seeds_of("sid") == [0, 1, 2, 3, 4] and full.seeds_of("asr") == [0, 1, 2]
+    assert full.views == ["twin", "neutral", "mixed"] and full.controls == ["centre", "whiten", "random"]
+    assert full.eval_cap == {t: 0 for t in TASKS}  # whole dev and test sets
+    assert parse_args(["--seeds", "0,1,2,3,4"]).seeds_of("asr") == [0, 1, 2, 3, 4]  # given seeds: every task
     quick = parse_args(["--quick"])
-    assert quick.mode == "quick" and quick.views == PRESETS["quick"]["views"] and quick.seeds == [0]
+    assert quick.mode == "quick" and quick.views == PRESETS["quick"]["views"] and quick.seeds == [0, 1]
     cfg = parse_args(["--encoders", "base=facebook/wav2vec2-base,other=/x", "--max-steps", "ks=7", "--views", "none",
                       "--task-override", "asr:lr=0.002", "--fractions", "0.1,1"])
     assert cfg.encoders == {"base": "facebook/wav2vec2-base", "other": "/x"} and cfg.views == []
     assert cfg.max_steps["ks"] == 7 and cfg.max_steps["asr"] == PRESETS["default"]["max_steps"]["asr"]
     assert cfg.task_overrides["asr"][-1] == "lr=0.002" and cfg.fractions == [1.0, 0.1]
     for bad in (["--tasks", "xx"], ["--encoders", "other=/x"], ["--views", "twins"], ["--fractions", "2"],
-                ["--encoders", "base=/x,twin=/y"]):
+                ["--encoders", "base=/x,twin=/y"], ["--controls", "pca"], ["--per-class", "0"],
+                ["--encoders", "base=/x,random=/y"]):
         with pytest.raises(SystemExit):
             parse_args(bad)
     assert "error" in capsys.readouterr().err

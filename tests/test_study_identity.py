@@ -91,6 +91,7 @@ def test_rewire_and_isotropy_units_follow_their_manifest(tmp_path):
     (rewire.folder / "encoder").mkdir()
     (rewire.folder / "encoder" / "config.json").write_text("{}")
     (iso.folder / "rows.json").write_text("[]")
+    (iso.folder / "embedding.json").write_text("{}")
     assert st.rewire_unit(cfg, "twin").is_done() and st.isotropy_unit(cfg, "base", cfg.encoders["base"]).is_done()
     write_manifest(tmp_path / "rw.csv", 11)
     write_manifest(tmp_path / "iso" / "dev.csv", 21)

@@ -9,7 +9,7 @@ import pytest
 
 from rewire_lib.paths import REPO_ROOT
 from rewire_study import stages as st
-from rewire_study.config import PRESETS, REAL, parse_args
+from rewire_study.config import PRESETS, REAL, _short, parse_args
 from rewire_study.driver import _stage_settings, main
 
 
@@ -34,16 +34,17 @@ def base_argv(tmp: Path, *extra):
     if not iso.is_file():
         write_manifest(iso, 20)
     return ["--out", str(tmp / "results"), "--data-dir", str(tmp / "data"), "--tasks", "ks", "--views", "none",
-            "--fractions", "1.0,0.1", "--seeds", "0", "--iso-manifest", str(iso), *extra]
+            "--fractions", "1.0,0.1", "--per-class", "none", "--controls", "none", "--seeds", "0",
+            "--iso-manifest", str(iso), *extra]
 
 
 # ---------------------------------------------------------------------- caps
 def test_embedded_default_is_capped_user_folder_is_not(tmp_path):
-    task_folder(tmp_path / "data" / "speech_commands")  # where the embedded default's KS data lives
+    task_folder(tmp_path / "data" / "speech_commands", train=2000)  # where the embedded default's KS data lives
     cfg = parse_args(base_argv(tmp_path))
-    assert cfg.presets["ks"] == "default" and cfg.train_cap["ks"] == 200 and cfg.max_steps["ks"] == 60
+    assert cfg.presets["ks"] == "default" and cfg.train_cap["ks"] == 1500 and cfg.max_steps["ks"] == 150
     sizes = st.make_study_manifests(cfg)["sizes"]["ks"]
-    assert (sizes["train"], sizes["dev"], sizes["test"]) == (200, 60, 60)
+    assert (sizes["train"], sizes["dev"], sizes["test"]) == (1500, 120, 120)  # caps: training data only
 
     mine = task_folder(tmp_path / "mine")
     cfg = parse_args(base_argv(tmp_path, "--data-folder", f"ks={mine}", "--out", str(tmp_path / "r2")))
@@ -64,11 +65,11 @@ def test_embedded_default_is_capped_user_folder_is_not(tmp_path):
 def test_real_corpus_options_lift_caps_of_the_tasks_they_feed(tmp_path):
     cfg = parse_args(["--librispeech", str(tmp_path), "--tasks", "asr,ks"])
     assert cfg.presets["asr"] == REAL and cfg.presets["rewire"] == REAL and cfg.presets["ks"] == "default"
-    assert cfg.train_cap == {"asr": 0, "ks": 200} and cfg.eval_cap == {"asr": 0, "ks": 60}
-    assert cfg.rewire_utts == 0 and cfg.max_steps["asr"] is None and cfg.max_steps["ks"] == 60
+    assert cfg.train_cap == {"asr": 0, "ks": 1500} and cfg.eval_cap == {"asr": 0, "ks": 0}
+    assert cfg.rewire_utts == 0 and cfg.max_steps["asr"] is None and cfg.max_steps["ks"] == 150
     assert "asr" not in cfg.task_overrides  # the embedded preset's CPU batch size is not forced on LibriSpeech
     quick = parse_args(["--quick", "--voxceleb1", str(tmp_path)])  # --quick: a first look, capped everywhere
-    assert quick.presets["sid"] == "quick" and quick.train_cap["sid"] == PRESETS["quick"]["train_cap"]
+    assert quick.presets["sid"] == "quick" and quick.train_cap["sid"] == PRESETS["quick"]["train_cap"]["sid"]
 
 
 def test_help_shows_every_preset_value_and_the_active_one(capsys, tmp_path):
@@ -78,7 +79,7 @@ def test_help_shows_every_preset_value_and_the_active_one(capsys, tmp_path):
     assert "Active preset: default; real-corpus for ks (--data-folder)" in out
     for key in ("train_cap", "eval_cap", "max_steps", "rewire_utts", "iso_utts"):
         line = next(ln for ln in out.splitlines() if ln.strip().startswith(key + " "))
-        assert str(PRESETS["default"][key] if key != "max_steps" else "ks=60") in line, line
+        assert _short(PRESETS["default"][key]) in line, line
     with pytest.raises(SystemExit):
         parse_args(["--quick", "--help"])
     assert "Active preset: quick" in capsys.readouterr().out
@@ -130,7 +131,7 @@ def test_report_files_hold_no_absolute_paths(tmp_path):
     enc.mkdir()
     (enc / "config.json").write_text("{}")
     task_folder(tmp_path / "data" / "speech_commands")
-    write_manifest(tmp_path / "data" / "synth" / "rewire" / "train.csv", 120)
+    write_manifest(tmp_path / "data" / "fsdd" / "speakers" / "train.csv", 120)
     argv = base_argv(tmp_path, "--encoders", f"base={enc}", "--views", "twin")
     st.make_study_manifests(parse_args(argv))
     assert main(argv + ["--stages", "report"]) == 0
@@ -140,8 +141,10 @@ def test_report_files_hold_no_absolute_paths(tmp_path):
         for root in (tmp_path, REPO_ROOT):  # no path starting at the file-system root (relative ones may pass by)
             assert re.search(r"(^|[\s`'\"(=:,\[])" + re.escape(str(root)), text) is None, name
     md = (res / "summary.md").read_text()
-    assert "| ks | default | ../data/speech_commands | 200 of 400 | 60 of 120 | 60 of 120 | 200 / 60 | 60 |" in md
-    assert "| rewiring | default | ../data/synth/rewire/train.csv | 96 of 120 |" in md
+    assert ("| ks | default | ../data/speech_commands | 400 of 400 | 120 of 120 | 120 of 120 | all: 400, "
+            "fraction 0.1: 40 | 150 |") in md
+    assert "| rewiring | default | ../data/fsdd/speakers/train.csv | 120 of 120 |" in md
+    assert "Made by `./run_all.sh --out . --data-dir ../data " in md  # the command, with no machine path
     # the command to continue by hand names the study's rewired encoders, relative to the repository
     line = next(ln for ln in md.splitlines() if "hparams/rewired.yaml --rewire_results" in ln)
     assert line.startswith("python recipes/ks/train.py recipes/ks/hparams/rewired.yaml")

@@ -86,7 +86,8 @@ def test_study_through_submitit_local_jobs(tmp_path, tiny_encoder_dir, fsdd_file
             "--cache-dir", str(tmp_path / "cache"), "--tasks", "ks", "--data-folder", f"ks={ks}",
             "--rewire-csv", str(fsdd_manifest(tmp_path / "rewire.csv", digits[40:48], with_label=False)),
             "--iso-manifest", str(fsdd_manifest(tmp_path / "iso.csv", digits[48:56])),
-            "--fractions", "1.0", "--seeds", "0", "--max-steps", "4", "--eval-every", "2", "--rewire-batch", "4"]
+            "--fractions", "1.0", "--per-class", "none", "--controls", "none", "--seeds", "0", "--max-steps", "4",
+            "--eval-every", "2", "--rewire-batch", "4"]
     make_study_manifests(parse_args(argv))  # the data stage without preparing the default corpora
     argv += ["--stages", "rewire,downstream,report"]
     assert main(argv) == 0
@@ -100,10 +101,10 @@ def test_study_through_submitit_local_jobs(tmp_path, tiny_encoder_dir, fsdd_file
     assert submitted == {"rewire": 1, "downstream": 2}  # one job per unit
     assert (res / "study" / "rewire" / "twin" / "encoder" / "config.json").is_file()
     for enc in ("base", "twin"):  # each job ran the recipe: its result.json, read by the report
-        result = json.loads((res / "study" / "runs" / "ks" / enc / "frac1" / "seed0" / "result.json").read_text())
+        result = json.loads((res / "study" / "runs" / "ks" / enc / "all" / "seed0" / "result.json").read_text())
         assert result["steps"] == 4 and result["num_train"] == 24
     md = (res / "summary.md").read_text()
-    assert "| 1 | base | 24 |" in md and "| 1 | twin | 24 |" in md and "submitit-local launcher" in md
+    assert "| all | base | 24 |" in md and "| all | twin | 24 |" in md and "submitit-local launcher" in md
 
     # the same command again: every unit found done, no job submitted
     assert main(argv) == 0
