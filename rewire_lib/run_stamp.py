@@ -13,8 +13,8 @@ called before anything is loaded from the folder:
   naming the keys that differ, `on_mismatch="new"` returns a fresh sibling `<folder>-<8 hex>`
   (named after the new stamp, so the same changed command resumes there next time).
 
-Only the main process writes (DDP); every process reads the same files before any write that could
-change its decision, so all ranks take the same branch.
+Only the main process writes (DDP). Every process reads the stamp, then all wait for each other before
+anything is written, so all ranks see the same old stamp, take the same branch and meet the same barriers.
 """
 from __future__ import annotations
 
@@ -25,7 +25,7 @@ import os
 from pathlib import Path
 from typing import Any, Dict
 
-from speechbrain.utils.distributed import run_on_main
+from speechbrain.utils.distributed import ddp_barrier, run_on_main
 
 from rewire_lib.atomic import atomic_write_json
 
@@ -107,6 +107,7 @@ def check_run_folder(output_folder: str | os.PathLike, stamp: Dict[str, Any], on
         raise ValueError(f"on_changed_run must be one of {list(ON_MISMATCH)}, got {on_mismatch!r}")
     folder = Path(output_folder)
     old = _read_stamp(folder)
+    ddp_barrier()  # no rank writes before every rank has read
     if old is not None and not stamp_differences(old, stamp):
         return folder  # same run: resume
     if old is None or not _has_run(folder):
