@@ -202,3 +202,18 @@ def test_other_encoder_cannot_resume_a_folder(tiny_encoder_dir, corpus, tmp_path
     other = make_tiny_encoder(tmp_path / "other", seed=3)
     with pytest.raises(ValueError, match=r"holds checkpoints/results of a different run \(encoder_fingerprint"):
         run("ks", other, corpus, tmp_path / "out", "--max_steps", "2")
+
+
+def test_changed_settings_never_resume_an_old_run(tiny_encoder_dir, corpus, tmp_path):
+    """The same output folder with another lr: stopped with the difference named, or (on_changed_run new)
+    trained from scratch in a sibling folder that the same changed command resumes next time."""
+    out = tmp_path / "out"
+    first = run("ks", tiny_encoder_dir, corpus, out, "--max_steps", "2", "--eval_every_steps", "2")
+    with pytest.raises(ValueError, match=r"different run \(lr 0\.002 -> 0\.5\)"):
+        run("ks", tiny_encoder_dir, corpus, out, "--max_steps", "2", "--eval_every_steps", "2", "--lr", "0.5")
+    fresh = run("ks", tiny_encoder_dir, corpus, out, "--max_steps", "2", "--eval_every_steps", "2", "--lr", "0.5",
+                "--on_changed_run", "new")
+    sibling = [p for p in tmp_path.iterdir() if p.name.startswith("out-")]
+    assert len(sibling) == 1 and (sibling[0] / "result.json").is_file() and (sibling[0] / "save").is_dir()
+    assert fresh["settings"]["lr"] == 0.5 and fresh["steps"] == 2 and first["settings"]["lr"] == 0.002
+    assert json.loads((out / "result.json").read_text())["settings"]["lr"] == 0.002  # the old run is untouched

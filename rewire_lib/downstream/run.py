@@ -98,6 +98,7 @@ def prepare_run(hparams: dict) -> None:
         logger.info("output_folder %s holds another run: this one goes to %s", hparams["output_folder"], folder)
         hparams["output_folder"] = str(folder)
         hparams["checkpointer"].checkpoints_dir = folder / "save"
+        (folder / "save").mkdir(parents=True, exist_ok=True)
 
 
 def check_run_folder(hparams: dict, fingerprint: str, stamp_settings: dict) -> Path:
