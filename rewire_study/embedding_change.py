@@ -18,18 +18,15 @@ MASK_FRACTION = 0.2
 
 def pooled_embeddings(encoder, wavs: Sequence[torch.Tensor], batch_size: int = 8) -> torch.Tensor:
     """[N, D] mean over frames of the mean over hidden states, for each waveform (padded batches, masked)."""
+    from speechbrain.utils.data_utils import batch_pad_right
+
     from rewire_lib.featurizer import masked_mean
 
     out_rows: List[torch.Tensor] = []
     encoder.eval()
     with torch.no_grad():
         for start in range(0, len(wavs), batch_size):
-            chunk = wavs[start:start + batch_size]
-            longest = max(w.numel() for w in chunk)
-            batch = torch.zeros(len(chunk), longest)
-            for b, w in enumerate(chunk):
-                batch[b, :w.numel()] = w
-            lens = torch.tensor([w.numel() / longest for w in chunk])
+            batch, lens = batch_pad_right(list(wavs[start:start + batch_size]))  # zeros, relative lengths
             out = encoder(batch, lens)
             mean_layers = out.hidden_states.float().mean(dim=0)  # [B, T, D]
             out_rows.append(masked_mean(mean_layers, out.frame_mask.bool()))
