@@ -9,7 +9,7 @@ Keys are content-addressed so that nothing stale is ever reused:
 
 Storage: a dict in memory (default), or one `.pt` file per utterance under
 `<cache_dir>/<encoder fingerprint[:16]>/<key[:2]>/<key>.pt` (a memory layer sits in front).
-Disk writes are atomic (temp file in the same folder, then `os.replace`), so two processes
+Disk writes are atomic (`rewire_lib.atomic`: a temporary sibling, then `os.replace`), so two processes
 filling the same cache at once can only ever both write a complete, identical file; a file
 that cannot be read (truncated by a crash, foreign format) is logged, counted and recomputed.
 `dtype=torch.float16` halves memory and disk; features are returned in float32.
@@ -20,11 +20,12 @@ import hashlib
 import json
 import logging
 import os
-import tempfile
 from pathlib import Path
 from typing import Dict, Optional
 
 import torch
+
+from rewire_lib.atomic import atomic_path
 
 logger = logging.getLogger(__name__)
 
@@ -114,17 +115,8 @@ class FeatureCache:
         stored = feats.detach().to("cpu", self.dtype).contiguous().clone()
         self._memory[key] = stored
         if self.mode == "disk":
-            path = self._file(key)
-            path.parent.mkdir(parents=True, exist_ok=True)
-            fd, tmp = tempfile.mkstemp(prefix=f".{key}.", suffix=".tmp", dir=str(path.parent))
-            os.close(fd)
-            try:
+            with atomic_path(self._file(key)) as tmp:  # a process-unique temporary sibling, then os.replace
                 torch.save(stored, tmp)
-                os.replace(tmp, path)
-            except BaseException:
-                if os.path.exists(tmp):
-                    os.unlink(tmp)
-                raise
 
     def __len__(self) -> int:
         return len(self._memory)
