@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# The whole study in one command: data, TTS cache, rewiring (twin/neutral/mixed), isotropy, the
-# downstream sweep (6 tasks x encoders x fractions x seeds) and the report in results/.
+# The whole study in one command: data, TTS cache, rewiring (twin/neutral/mixed), isotropy and
+# alignment/uniformity, the downstream sweep (tasks x encoder rows, controls included, x low-resource
+# settings x seeds) and the report in results/ (differences to base with paired-bootstrap intervals).
 #   ./run_all.sh --quick            # a first look (minutes)
 #   ./run_all.sh                    # the full default sweep
 #   ./run_all.sh --help             # every option
