@@ -13,62 +13,61 @@ from tests.test_finetune import fast_env_log  # noqa: F401 (autouse: no pip free
 from test_data_corpora import _audio
 
 
+def _lines(path, lines):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("\n".join(lines) + "\n")
+
+
 def librispeech_tree(src):
+    """<split>/<speaker>/<chapter>/<id>.flac and one <speaker>-<chapter>.trans.txt per chapter."""
+    texts = ("HELLO WORLD", "GOOD DAY", "HELLO DAY", "GOOD WORLD")
     for split, spk in (("train-clean-100", "19"), ("dev-clean", "84"), ("test-clean", "121")):
-        chapter = src / split / spk / "198"
-        lines = []
-        for u in range(4):
-            uid = f"{spk}-198-{u:04d}"
-            _audio(chapter / f"{uid}.flac", fmt="FLAC", seed=u)
-            lines.append(f"{uid} {('HELLO WORLD', 'GOOD DAY', 'HELLO DAY', 'GOOD WORLD')[u]}")
-        (chapter / f"{spk}-198.trans.txt").write_text("\n".join(lines) + "\n")
+        ids = [f"{spk}-198-{u:04d}" for u in range(len(texts))]
+        for u, uid in enumerate(ids):
+            _audio(src / split / spk / "198" / f"{uid}.flac", fmt="FLAC", seed=u)
+        _lines(src / split / spk / "198" / f"{spk}-198.trans.txt", [f"{i} {t}" for i, t in zip(ids, texts)])
 
 
 def speech_commands_v1_tree(src):
-    dev, test = [], []
-    for w in ("yes", "no", "bed", "marvin"):
-        for i, spk in enumerate(("0a7c2a8d", "1b4c9b89", "2c5d0c90", "3d6e1d91")):
-            _audio(src / w / f"{spk}_nohash_0.wav", 1.0, seed=i)
-            (dev if i == 2 else test if i == 3 else []).append(f"{w}/{spk}_nohash_0.wav")
+    """<word>/<speaker>_nohash_0.wav, validation_list.txt, testing_list.txt, _background_noise_/."""
+    speakers = ("0a7c2a8d", "1b4c9b89", "2c5d0c90", "3d6e1d91")  # the last two: dev, test
+    files = [f"{w}/{spk}_nohash_0.wav" for w in ("yes", "no", "bed", "marvin") for spk in speakers]
+    for i, rel in enumerate(files):
+        _audio(src / rel, 1.0, seed=i % 4)
     _audio(src / "_background_noise_" / "white_noise.wav", 10.0)
-    (src / "validation_list.txt").write_text("\n".join(dev) + "\n")
-    (src / "testing_list.txt").write_text("\n".join(test) + "\n")
+    _lines(src / "validation_list.txt", [f for f in files if speakers[2] in f])
+    _lines(src / "testing_list.txt", [f for f in files if speakers[3] in f])
 
 
 def fluent_speech_commands_tree(src):
-    header = ",path,speakerId,transcription,action,object,location\n"
+    """data/<split>_data.csv (`,path,speakerId,transcription,action,object,location`) and the wavs they name."""
     for split, n in (("train", 6), ("valid", 2), ("test", 2)):
-        lines = [header]
-        for i in range(n):
-            rel = f"wavs/speakers/2BqVo8kVB2Skwgyb/{split}-{i}.wav"
+        rels = [f"wavs/speakers/spk0/{split}-{i}.wav" for i in range(n)]
+        for i, rel in enumerate(rels):
             _audio(src / rel, seed=i)
-            act = "activate" if i % 2 else "deactivate"
-            lines.append(f"{i},{rel},2BqVo8kVB2Skwgyb,Turn on the lights,{act},lights,kitchen\n")
-        (src / "data").mkdir(parents=True, exist_ok=True)
-        (src / "data" / f"{split}_data.csv").write_text("".join(lines))
+        _lines(src / "data" / f"{split}_data.csv", [",path,speakerId,transcription,action,object,location"] + [
+            f"{i},{rel},spk0,Lights,{('deactivate', 'activate')[i % 2]},lights,kitchen" for i, rel in enumerate(rels)])
 
 
 def voxceleb1_tree(src):
-    lines = []
-    for spk in ("id10001", "id10002"):
-        for k, split in enumerate((1, 1, 1, 2, 3)):
-            rel = f"{spk}/1zcIwhmdeo4/{k:05d}.wav"
-            _audio(src / "wav" / rel, seed=k)
-            lines.append(f"{split} {rel}")
-    (src / "iden_split.txt").write_text("\n".join(lines) + "\n")
+    """wav/<speaker>/<video>/<n>.wav and iden_split.txt (1/2/3 = train/dev/test)."""
+    entries = [(split, f"{spk}/vid/{k:05d}.wav") for spk in ("id10001", "id10002")
+               for k, split in enumerate((1, 1, 1, 2, 3))]
+    for k, (_, rel) in enumerate(entries):
+        _audio(src / "wav" / rel, seed=k)
+    _lines(src / "iden_split.txt", [f"{split} {rel}" for split, rel in entries])
 
 
 def iemocap_tree(src):
+    """Session<k>/sentences/wav/<dialog>/<utt>.wav and Session<k>/dialog/EmoEvaluation/<dialog>.txt."""
+    emotions = ("neu", "hap", "exc", "sad", "ang", "neu", "sad", "ang")
     for k in range(1, 6):
         dialog = f"Ses0{k}F_impro01"
-        lines = ["% header", ""]
-        for i, emo in enumerate(["neu", "hap", "exc", "sad", "ang", "neu", "sad", "ang"]):
-            utt = f"{dialog}_{'FM'[i % 2]}{i:03d}"
+        utts = [f"{dialog}_{'FM'[i % 2]}{i:03d}" for i in range(len(emotions))]
+        for i, utt in enumerate(utts):
             _audio(src / f"Session{k}" / "sentences" / "wav" / dialog / f"{utt}.wav", seed=i)
-            lines.append(f"[1.0 - 2.0]\t{utt}\t{emo}\t[2.5, 2.5, 2.5]")
-        folder = src / f"Session{k}" / "dialog" / "EmoEvaluation"
-        folder.mkdir(parents=True, exist_ok=True)
-        (folder / f"{dialog}.txt").write_text("\n".join(lines) + "\n")
+        _lines(src / f"Session{k}" / "dialog" / "EmoEvaluation" / f"{dialog}.txt",
+               ["% header", ""] + [f"[1.0 - 2.0]\t{u}\t{e}\t[2.5, 2.5, 2.5]" for u, e in zip(utts, emotions)])
 
 
 # task, hparams file, tree, metric, SUPERB lr, max_steps, extra options
