@@ -55,9 +55,24 @@ def load_clips(rows: Sequence[dict], min_samples: int) -> tuple:
     return wavs, ids
 
 
-def alignment_uniformity(encoder_dir: str, rows: Sequence[dict], seed: int = 0) -> dict:
-    """{"alignment", "uniformity", "n_clips", "positive_pairs", "pooling"} of an encoder on held-out clips."""
+def measures(anchors: torch.Tensor, positives: torch.Tensor, n_clips: int) -> dict:
+    """Alignment, uniformity and the isotropy of the pooled held-out embeddings (IsoScore, average cosine)."""
+    from rewire_lib.isotropy import average_cosine, isoscore
+
+    return {"alignment": alignment(anchors, positives), "uniformity": uniformity(anchors),
+            "isoscore": isoscore(anchors), "avg_cosine": average_cosine(anchors), "n_clips": n_clips,
+            "positive_pairs": f"twin views (one zeroed span of {MASK_FRACTION:g} of the clip)",
+            "pooling": "mean over frames of the mean over hidden states"}
+
+
+def alignment_uniformity(encoder_dir: str, rows: Sequence[dict], seed: int = 0,
+                         fit_rows: Sequence[dict] = (), transforms: Sequence[str] = (),
+                         shrinkage: float = 0.1) -> dict:
+    """{"model": measures of the encoder on held-out clips, and per transform in `transforms` ("centre",
+    "whiten"): the same measures after rewire_lib.whitening.FeatureWhitener fit on the pooled embeddings of
+    `fit_rows` (training clips, never the held-out ones)}."""
     from rewire_lib.encoder import SpeechEncoder
+    from rewire_lib.whitening import FeatureWhitener
 
     encoder = SpeechEncoder.from_pretrained(encoder_dir)
     wavs, ids = load_clips(rows, int(encoder.min_samples()))
@@ -65,6 +80,12 @@ def alignment_uniformity(encoder_dir: str, rows: Sequence[dict], seed: int = 0) 
         raise ValueError(f"alignment/uniformity need at least 2 clips long enough for the encoder, got {len(wavs)}")
     anchors = pooled_embeddings(encoder, wavs)
     positives = pooled_embeddings(encoder, twin_pairs(wavs, ids, seed))
-    return {"alignment": alignment(anchors, positives), "uniformity": uniformity(anchors), "n_clips": len(wavs),
-            "positive_pairs": f"twin views (one zeroed span of {MASK_FRACTION:g} of the clip)",
-            "pooling": "mean over frames of the mean over hidden states"}
+    out = {"model": measures(anchors, positives, len(wavs))}
+    if transforms and fit_rows:
+        fit_wavs, _ = load_clips(fit_rows, int(encoder.min_samples()))
+        fit = pooled_embeddings(encoder, fit_wavs)
+        for mode in transforms:
+            w = FeatureWhitener(mode=mode, shrinkage=shrinkage).fit([fit])
+            out[mode] = {**measures(w.transform(anchors), w.transform(positives), len(wavs)),
+                         "fit_clips": len(fit_wavs), "shrinkage": shrinkage}
+    return out

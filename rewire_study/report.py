@@ -13,7 +13,7 @@ from typing import Dict, List, Optional, Tuple
 
 from rewire_lib.atomic import atomic_write_bytes, atomic_write_text
 from rewire_lib.stats import BETTER, NO_DIFFERENCE as NO_DIFF, WORSE
-from rewire_study.config import BASE, StudyConfig
+from rewire_study.config import BASE, CONTROLS, StudyConfig
 from rewire_study.comparison import N_BOOT, NO_FILE, PREDICTIONS, compare_final, convergence, read_predictions
 from rewire_study.convergence import mean_std
 from rewire_study.stages import (continue_by_hand, downstream_units, encoder_paths, model_paths,
@@ -227,7 +227,7 @@ def write_csv(path: Path, cfg: StudyConfig, cells: dict, iso_rows: List[dict], s
         for k in ("steps", "first", "last"):
             add(section="rewiring_loss", encoder=view, quantity=k, value=info[k])
     for enc, info in (rewiring or {}).get("embedding", {}).items():
-        for k in ("alignment", "uniformity", "n_clips"):
+        for k in ("alignment", "uniformity", "isoscore", "avg_cosine", "n_clips"):
             add(section="embedding", encoder=enc, quantity=k, value=info[k])
     for name, st in stages.get("stages", {}).items():
         for q in ("wall_time_s", "work_time_s"):
@@ -308,7 +308,11 @@ def rewiring_info(cfg: StudyConfig) -> dict:
     for name in model_paths(cfg):
         path = cfg.work / "isotropy" / name / "embedding.json"
         if path.is_file():
-            emb[name] = json.loads(path.read_text())
+            found = json.loads(path.read_text())
+            emb[name] = found["model"]
+            for mode, info in found.items():
+                if mode != "model":
+                    emb[CONTROLS.get(mode, mode)] = info
     return {"loss": loss, "embedding": emb}
 
 
@@ -536,11 +540,14 @@ def write_markdown(path: Path, cfg: StudyConfig, cells: dict, iso_rows: List[dic
         L.append(f"Alignment and uniformity (Wang and Isola, 2020; lower is better for both) of pooled embeddings "
                  f"({any_e['pooling']}) of {any_e['n_clips']} held-out clips "
                  f"(`{shown_path(cfg.work / 'data' / 'isotropy.csv', cfg.out)}`); positive pairs: "
-                 f"{any_e['positive_pairs']}.\n")
-        L.append("| encoder | alignment | uniformity |")
-        L.append("|---|---|---|")
+                 f"{any_e['positive_pairs']}; with their IsoScore (1: isotropic) and average cosine. The "
+                 "`base+centre` / `base+whiten` rows are the base's embeddings centred / whitened "
+                 "(rewire_lib.whitening, fit on pooled embeddings of training clips of the rewiring manifest).\n")
+        L.append("| encoder | alignment | uniformity | IsoScore | average cosine |")
+        L.append("|---|---|---|---|---|")
         for name, info in emb.items():
-            L.append(f"| {name} | {fmt(info['alignment'], 4)} | {fmt(info['uniformity'], 3)} |")
+            L.append(f"| {name} | {fmt(info['alignment'], 4)} | {fmt(info['uniformity'], 3)} | "
+                     f"{fmt(info['isoscore'], 3)} | {fmt(info['avg_cosine'], 3)} |")
         L.append("")
 
     L.append("### Isotropy per layer\n")

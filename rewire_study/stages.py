@@ -423,11 +423,18 @@ def continue_by_hand(cfg: StudyConfig) -> str:
 
 
 # ---------------------------------------------------------------------- 4. isotropy
+FIT_CLIPS = 400  # training clips the centre/whiten transforms of the base's embeddings are fit on
+
+
 def isotropy_unit(cfg: StudyConfig, name: str, encoder: str) -> Unit:
     manifest = cfg.work / "data" / "isotropy.csv"
     spec = {"encoder": encoder, "encoder_stamp": encoder_stamp(encoder), "manifest": str(manifest),
             "data_fingerprint": data_fingerprint(manifest),
             "level": "both", "max_vectors": cfg.iso_max_vectors, "seed": cfg.seed, "alignment_uniformity": True}
+    transforms = [c for c in cfg.controls if c in ("centre", "whiten")] if name == BASE else []
+    if transforms:  # the controls' "isotropy for free", fit on training clips (those of the rewiring)
+        fit = rewire_source_csv(cfg)
+        spec.update(transforms=transforms, fit_manifest=str(fit), fit_fingerprint=data_fingerprint(fit))
     return Unit(cfg.work / "isotropy" / name, spec, outputs=["rows.json", "embedding.json"])
 
 
@@ -447,7 +454,10 @@ def _isotropy_one(cfg: StudyConfig, item) -> dict:
 
     with quiet(None):
         held_out = read_manifest(unit.spec["manifest"])[1]
-        atomic_write_json(unit.folder / "embedding.json", alignment_uniformity(enc, held_out, seed=cfg.seed))
+        transforms = unit.spec.get("transforms", [])
+        fit_rows = read_manifest(unit.spec["fit_manifest"])[1][:FIT_CLIPS] if transforms else []
+        atomic_write_json(unit.folder / "embedding.json",
+                          alignment_uniformity(enc, held_out, seed=cfg.seed, fit_rows=fit_rows, transforms=transforms))
     unit.finish()
     return {"text": f"  {name}: measured in {time.time() - t0:.1f} s"}
 

@@ -11,16 +11,19 @@ import pytest
 from rewire_lib.paths import REPO_ROOT
 from rewire_study.config import PRESETS, TASKS, parse_args
 from rewire_study.driver import main
-from rewire_study.stages import downstream_units, effective_fraction
+from rewire_study.stages import downstream_units, effective_fraction, feature_transform_supported
 from rewire_study.units import Unit
 
 STAGE_NAMES = ["data", "tts", "rewire", "isotropy", "downstream", "report"]
+# encoder rows of the tiny study: base, random, twin, and base+whiten once the recipes have feature_transform
+ROWS = {"base", "random", "twin"} | ({"base+whiten"} if feature_transform_supported() else set())
+RUNS = len(ROWS) * 2 * 2  # rows x settings (all, 1 per class) x seeds
 
 
 def tiny_argv(tmp: Path, encoder: Path, extra=()):
     return ["--out", str(tmp / "results"), "--encoders", f"base={encoder}", "--data-dir", str(tmp / "data"),
             "--synth-scale", "0.01", "--cache-dir", str(tmp / "cache"), "--tasks", "ks", "--views", "twin",
-            "--per-class", "1", "--controls", "random", "--seeds", "0,1", "--max-steps", "4", "--eval-every", "2",
+            "--per-class", "1", "--controls", "random,whiten", "--seeds", "0,1", "--max-steps", "4", "--eval-every", "2",
             "--train-cap", "80", "--eval-cap", "12", "--min-train", "8", "--rewire-utts", "8", "--rewire-batch", "4",
             "--iso-utts", "30", "--iso-max-vectors", "300", "--jobs", "2", *extra]
 
@@ -48,7 +51,7 @@ def test_tiny_study_writes_every_output(tiny_study):
     for name, st in stages["stages"].items():
         assert st["status"] == "done", (name, st["status"])
         assert st["wall_time_s"] >= 0 and isinstance(st["settings"], dict)
-    assert stages["stages"]["downstream"]["units_run"] == 12 and stages["stages"]["downstream"]["units_failed"] == 0
+    assert stages["stages"]["downstream"]["units_run"] == RUNS and stages["stages"]["downstream"]["units_failed"] == 0
     assert stages["settings"]["tasks"] == ["ks"] and stages["peak_rss_mib"] > 0
 
     # every downstream run has its result, and summary.csv holds exactly its test metric
@@ -56,8 +59,8 @@ def test_tiny_study_writes_every_output(tiny_study):
     tests = {(r["task"], r["encoder"], r["setting"], r["seed"]): float(r["value"])
              for r in rows if r["section"] == "test" and r["seed"].isdigit()}
     units = downstream_units(cfg)
-    assert len(units) == 12 and len(tests) == 12
-    assert {u[1] for u in units} == {"base", "random", "twin"} and {u[2] for u in units} == {"all", "k1"}
+    assert len(units) == RUNS and len(tests) == RUNS
+    assert {u[1] for u in units} == ROWS and {u[2] for u in units} == {"all", "k1"}
     for task, enc, setting, seed, unit in units:
         result = json.loads((unit.folder / "result.json").read_text())
         assert result["steps"] == 4 and result["seed"] == seed
@@ -71,14 +74,15 @@ def test_tiny_study_writes_every_output(tiny_study):
     assert len(twin_conv) == 4 and all(r["value"] == "not reached" or float(r["value"]) in (2, 4) for r in twin_conv)
     iso = {(r["encoder"], r["level"]) for r in rows if r["section"] == "isotropy"}
     assert iso == {(e, lvl) for e in ("base", "random", "twin") for lvl in ("frame", "utterance")}
-    emb = {r["encoder"] for r in rows if r["section"] == "embedding" and r["quantity"] == "alignment"}
-    assert emb == {"base", "random", "twin"}
+    emb = {r["encoder"]: float(r["value"]) for r in rows if r["section"] == "embedding" and r["quantity"] == "isoscore"}
+    assert set(emb) == {"base", "base+whiten", "random", "twin"}
+    assert emb["base+whiten"] > emb["base"]  # whitening (fit on training clips) makes held-out embeddings isotropic
     loss = {r["quantity"]: float(r["value"]) for r in rows if r["section"] == "rewiring_loss"}
     assert loss["steps"] == 2
 
     md = (res / "summary.md").read_text()
     assert "### KS — accuracy (%), higher is better" in md
-    for enc in ("base", "random", "twin"):
+    for enc in ROWS:
         for setting in ("all", "1 per class"):
             assert f"| {setting} | {enc} |" in md
     assert "- **twin** vs `base` over" in md
@@ -95,7 +99,7 @@ def test_second_run_skips_everything(tiny_study):
     stages = json.loads((res / "stages.json").read_text())["stages"]
     assert stages["rewire"]["units_run"] == 0 and stages["rewire"]["units_skipped"] == 1
     assert stages["isotropy"]["units_run"] == 0 and stages["isotropy"]["units_skipped"] == 3
-    assert stages["downstream"]["units_run"] == 0 and stages["downstream"]["units_skipped"] == 12
+    assert stages["downstream"]["units_run"] == 0 and stages["downstream"]["units_skipped"] == RUNS
     assert stages["downstream"]["invocations"] == 2
     assert stages["downstream"]["work_time_s"] > stages["downstream"]["wall_time_s"]
     assert {p: p.stat().st_mtime_ns for p in mtimes} == mtimes  # no run was redone
@@ -103,10 +107,10 @@ def test_second_run_skips_everything(tiny_study):
 
 def test_changed_settings_redo_only_what_they_touch(tiny_study):
     tmp, _, encoder = tiny_study
-    # one more seed: only its 6 runs are new (the rewired encoder and the other runs are kept)
+    # one more seed: only its runs are new (the rewired encoder and the other runs are kept)
     assert main(tiny_argv(tmp, encoder, ["--seeds", "0,1,2", "--stages", "downstream,report"])) == 0
     st = json.loads((tmp / "results" / "stages.json").read_text())["stages"]["downstream"]
-    assert st["units_run"] == 6 and st["units_skipped"] == 12
+    assert st["units_run"] == RUNS // 2 and st["units_skipped"] == RUNS
     md = (tmp / "results" / "summary.md").read_text()
     assert "(n=3)" in md
 
