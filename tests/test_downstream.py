@@ -18,6 +18,7 @@ from rewire_lib.encoder import SpeechEncoder
 from rewire_lib.logs import read_csv
 from rewire_lib.paths import REPO_ROOT
 from rewire_lib.tiny import make_tiny_encoder
+from tests.test_finetune import fast_env_log  # noqa: F401 (autouse: no pip freeze / git per run)
 
 TASKS = {"ks": "accuracy", "sid": "accuracy", "er": "accuracy", "ic": "accuracy", "pr": "per", "asr": "wer"}
 
@@ -91,10 +92,11 @@ def test_train_py_from_repo_root(tiny_encoder_dir, corpus, tmp_path):
 
 
 def test_feature_cache_gives_same_training(tiny_encoder_dir, corpus, tmp_path):
+    small = ("--head", "{proj_dim: 32, hidden_size: 32}")
     with_cache = run("asr", tiny_encoder_dir, corpus, tmp_path / "cache", "--max_steps", "12",
-                     "--feature_cache", "memory", "--feature_cache_dtype", "float32")
+                     "--feature_cache", "memory", "--feature_cache_dtype", "float32", *small)
     without = run("asr", tiny_encoder_dir, corpus, tmp_path / "nocache", "--max_steps", "12",
-                  "--feature_cache", "none")
+                  "--feature_cache", "none", *small)
     assert with_cache["feature_cache"]["hits"] > 0 and without["feature_cache"] is None
     a, b = read_csv(tmp_path / "cache" / "curve.csv"), read_csv(tmp_path / "nocache" / "curve.csv")
     assert [r["step"] for r in a] == [r["step"] for r in b]
