@@ -5,6 +5,7 @@ an untrained head gets (chance, 33 %, for the classifiers; ~100 % error for CTC)
 weights have left their uniform start. With the optimiser never stepping (lr 0) a run stays at the
 untrained level (checked once, for KS: every recipe trains through the same DownstreamBrain)."""
 import pytest
+import torch
 
 from downstream_helpers import make_tone_corpus, run_task
 from rewire_lib.paths import REPO_ROOT
@@ -53,6 +54,7 @@ def test_without_optimiser_steps_nothing_is_learned(tones, tmp_path):
     ("asr", "cer", 60.0, 150, ["--lr", "0.003", "--head", "{proj_dim: 128, hidden_size: 64, num_layers: 1}"]),
 ])
 def test_ctc_recipe_learns_tone_sequences(task, metric, limit, steps, extra, tones, tmp_path):
+    torch.set_num_threads(1)  # small LSTM steps: a second thread costs more than it gives (conftest restores it)
     result = train(task, tones / "seq", tmp_path / "on", "--max_steps", str(steps), "--eval_every_steps", "50", *extra)
     assert result["steps"] == steps and moved(result["layer_weights"])
     assert result[f"test_{metric}"] <= limit, result[f"test_{metric}"]  # untrained: all blank, 100 %
