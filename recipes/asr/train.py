@@ -27,6 +27,7 @@ from rewire_lib.downstream.ctc import CTCBrain, add_ctc_pipeline
 from rewire_lib.downstream.data import split_datasets
 from rewire_lib.downstream.hparams import load_hparams
 from rewire_lib.downstream.metrics import normalize_text
+from rewire_lib.downstream.predictions import rows_from_error_rate_stats
 from rewire_lib.downstream.run import SCHEMA, prepare_run, run_as_script
 
 
@@ -44,6 +45,10 @@ class SpeechRecognitionBrain(CTCBrain):
             self.wer_metric.append(batch.id, words, targets)
             self.cer_metric.append(batch.id, words, targets)
         return loss
+
+    def prediction_rows(self) -> list:
+        """Test rows: word edits and reference words per utterance (sum(errors)/sum(ref_len) = WER)."""
+        return rows_from_error_rate_stats(self.wer_metric)
 
     def on_stage_start(self, stage, epoch=None):
         super().on_stage_start(stage, epoch)

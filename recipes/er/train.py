@@ -52,6 +52,7 @@ def main(argv=None) -> dict:
     datasets, emotions = dataio_prep(hparams)
     modules = dict(hparams["modules"], head=hparams["head"](num_classes=len(emotions)))  # one output per emotion
     er_brain = EmotionRecognitionBrain(modules, hparams=hparams, run_opts=run_opts, checkpointer=hparams["checkpointer"])
+    er_brain.label_encoder = emotions  # test_predictions.csv names the emotions
     er_brain.fit(hparams["epoch_counter"], datasets["train"], datasets["valid"])
     er_brain.evaluate(datasets["test"])  # the best-dev checkpoint
     return er_brain.write_result("er", datasets)

@@ -28,6 +28,7 @@ from rewire_lib.downstream.brain import DownstreamBrain
 from rewire_lib.downstream.data import split_datasets
 from rewire_lib.downstream.hparams import load_hparams
 from rewire_lib.downstream.labels import fit_label_encoder
+from rewire_lib.downstream.predictions import rows_from_classification_stats
 from rewire_lib.downstream.run import SCHEMA, prepare_run, run_as_script
 
 
@@ -53,6 +54,10 @@ class IntentClassificationBrain(DownstreamBrain):
                 self.slot_metrics[slot].append(batch.id, predicted[:, i].tolist(), targets[:, i].tolist())
             self.intent_metric.append(batch.id, [str(p) for p in predicted.tolist()], [str(t) for t in targets.tolist()])
         return sum(self.hparams.compute_cost(logits[slot], targets[:, i]) for i, slot in enumerate(slots))
+
+    def prediction_rows(self) -> list:
+        """Test rows: errors 1 unless every slot is right, ref_len 1 (sum(errors)/n = 1 - intent accuracy)."""
+        return rows_from_classification_stats(self.intent_metric)
 
     def on_stage_start(self, stage, epoch=None):
         super().on_stage_start(stage, epoch)

@@ -51,6 +51,7 @@ def main(argv=None) -> dict:
     head = hparams["head"](num_classes=len(label_encoder))  # sized by the training manifest's keywords
     brain = KeywordSpottingBrain(modules=dict(hparams["modules"], head=head), hparams=hparams, run_opts=run_opts,
                                  checkpointer=hparams["checkpointer"])
+    brain.label_encoder = label_encoder  # test_predictions.csv names the keywords
     brain.fit(hparams["epoch_counter"], datasets["train"], datasets["valid"])
     brain.evaluate(datasets["test"])  # the best-dev checkpoint
     return brain.write_result("ks", datasets)

@@ -25,6 +25,7 @@ from rewire_lib.atomic import atomic_path
 from rewire_lib.downstream.ctc import CTCBrain, add_ctc_pipeline
 from rewire_lib.downstream.data import split_datasets
 from rewire_lib.downstream.hparams import load_hparams
+from rewire_lib.downstream.predictions import rows_from_error_rate_stats
 from rewire_lib.downstream.run import SCHEMA, prepare_run, run_as_script
 
 
@@ -39,6 +40,10 @@ class PhonemeRecognitionBrain(CTCBrain):
         if hypotheses is not None:
             self.per_metric.append(batch.id, hypotheses, batch.ref_tokens)
         return loss
+
+    def prediction_rows(self) -> list:
+        """Test rows: phoneme edits and reference phonemes per utterance (sum(errors)/sum(ref_len) = PER)."""
+        return rows_from_error_rate_stats(self.per_metric)
 
     def on_stage_start(self, stage, epoch=None):
         super().on_stage_start(stage, epoch)

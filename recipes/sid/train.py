@@ -55,6 +55,7 @@ def main(argv=None) -> dict:
     datasets, speakers = dataio_prep(hparams)
     brain = SpeakerIdentificationBrain(modules=dict(hparams["modules"], head=hparams["head"](num_classes=len(speakers))),
                                        hparams=hparams, run_opts=run_opts, checkpointer=hparams["checkpointer"])
+    brain.label_encoder = speakers  # test_predictions.csv names the speakers
     brain.fit(hparams["epoch_counter"], datasets["train"], datasets["valid"])
     brain.evaluate(datasets["test"])  # the best-dev checkpoint
     return brain.write_result("sid", datasets)

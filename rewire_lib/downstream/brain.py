@@ -39,10 +39,13 @@ from rewire_lib.atomic import atomic_write_json
 from rewire_lib.audio import load_audio
 from rewire_lib.dataio import BucketBatchSampler, ShardedBatchesDDP, durations
 from rewire_lib.downstream.feature_cache import FeatureCache, encoder_fingerprint
+from rewire_lib.downstream.predictions import FILENAME as PREDICTIONS_FILE, write_predictions
 from rewire_lib.logs import CSVLog, plot_columns, plot_layer_weights
 from rewire_lib.nonfinite import NonFiniteGuard
+from rewire_lib.whitening import FeatureWhitener
 from rewire_lib.paths import cache_dir
 from rewire_lib.recipe import HparamsError
+from rewire_lib.stats import best_checkpoint
 
 logger = logging.getLogger(__name__)
 
@@ -51,7 +54,8 @@ CACHE_DTYPES = {"float32": torch.float32, "float16": torch.float16}
 # settings copied into result.json (the ones that change results; absent keys are left out)
 RESULT_SETTINGS = ("batch_size", "lr", "number_of_epochs", "max_steps", "eval_every_steps", "freeze_encoder",
                    "finetune_top_layers", "freeze_cnn", "encoder_lr", "encoder_warmup_steps", "layer", "specaugment",
-                   "encoder_spec_augment", "encoder_layerdrop", "feature_cache", "feature_cache_dtype", "subset_seed")
+                   "encoder_spec_augment", "encoder_layerdrop", "feature_cache", "feature_cache_dtype", "subset_seed",
+                   "feature_transform", "feature_transform_shrinkage")
 
 
 @register_checkpoint_hooks
@@ -63,6 +67,8 @@ class RunState:
         self.train_time_s = 0.0
         self.best_score: Optional[float] = None
         self.best_step: Optional[int] = None
+        self.best_loss: Optional[float] = None  # dev loss of the best checkpoint (breaks metric ties)
+        self.best_order = 0  # how many times the best changed: the checkpoint meta key that finds it
         self.last_eval_step = -1
         self.loss_sum = 0.0
         self.loss_count = 0
@@ -78,11 +84,71 @@ class RunState:
             self.__dict__.update(json.load(f))
 
 
+FEATURE_TRANSFORMS = ("none", "centre", "whiten")
+
+
+@register_checkpoint_hooks
+class FeatureTransform:
+    """`feature_transform: centre | whiten`: a per-layer FeatureWhitener fitted once on the training split's
+    frozen features (every layer, every valid frame) and applied to every split's hidden states before the
+    featurizer. Checkpointed, so a resumed run (and the test pass) uses the same fit."""
+
+    def __init__(self, mode: str, shrinkage: float = 0.0):
+        self.mode, self.shrinkage = mode, float(shrinkage)
+        self.whitener: Optional[FeatureWhitener] = None
+
+    @property
+    def fitted(self) -> bool:
+        return self.whitener is not None and self.whitener.mean is not None
+
+    def fit(self, batches) -> None:
+        """batches: (hidden [L+1, B, T, D], frame mask [B, T]) pairs of the training split."""
+        self.whitener = FeatureWhitener(self.mode, per_layer=True, shrinkage=self.shrinkage).fit(batches)
+
+    def __call__(self, hidden: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        return self.whitener.transform(hidden) * mask[None, :, :, None].to(hidden.dtype)
+
+    @mark_as_saver
+    def _save(self, path):
+        torch.save(self.whitener.state_dict() if self.fitted else None, path)
+
+    @mark_as_loader
+    def _recover(self, path, end_of_epoch=False):
+        state = torch.load(path, weights_only=False)
+        self.whitener = FeatureWhitener.from_state_dict(state) if state is not None else None
+
+
+def make_feature_transform(mode, shrinkage, encoder_trainable: bool) -> Optional[FeatureTransform]:
+    """The hparams `feature_transform` / `feature_transform_shrinkage` as a FeatureTransform (None for none)."""
+    mode = "none" if mode in (None, False) else str(mode)
+    if mode not in FEATURE_TRANSFORMS:
+        raise HparamsError(f"feature_transform must be one of {FEATURE_TRANSFORMS}, got {mode!r}")
+    if mode == "none":
+        return None
+    if encoder_trainable:
+        raise HparamsError(f"feature_transform: {mode} needs a frozen encoder (freeze_encoder: true): it is fitted "
+                           "once on the training split's features")
+    return FeatureTransform(mode, shrinkage or 0.0)
+
+
 def is_better(a: float, b: Optional[float], higher_is_better: bool) -> bool:
     """True if a is strictly better than b (None/NaN b: always)."""
     if b is None or (isinstance(b, float) and math.isnan(b)):
         return not math.isnan(a)
     return a > b if higher_is_better else a < b
+
+
+def is_new_best(score: float, loss: float, best_score: Optional[float], best_loss: Optional[float],
+                higher_is_better: bool) -> bool:
+    """rewire_lib.stats.best_checkpoint's rule, one evaluation at a time: a strictly better dev metric, or
+    the same metric with a strictly lower dev loss (early CTC training: every checkpoint at 100 % WER, the
+    one whose loss fell furthest is the best); a full tie keeps the earlier one."""
+    if best_score is None or math.isnan(best_score) or math.isnan(score):
+        return is_better(score, best_score, higher_is_better)
+    if score != best_score:
+        return is_better(score, best_score, higher_is_better)
+    rows = [{"m": best_score, "l": math.inf if best_loss is None else best_loss}, {"m": score, "l": loss}]
+    return best_checkpoint(rows, "m", "l", higher_is_better) is rows[1]
 
 
 def pad_features(feats: list[torch.Tensor]):
@@ -131,6 +197,9 @@ class DownstreamBrain(NonFiniteGuard, ShardedBatchesDDP, sb.Brain):
             modules["encoder"], hparams["freeze_encoder"], hparams["finetune_top_layers"], hparams["freeze_cnn"])
         super().__init__(modules=modules, hparams=hparams, run_opts=run_opts, checkpointer=checkpointer)
         self.encoder_module = modules["encoder"]  # unwrapped (for eval()/attributes; forward goes through DDP)
+        self.feature_transform = make_feature_transform(hparams.get("feature_transform"),
+                                                        hparams.get("feature_transform_shrinkage"),
+                                                        self.encoder_trainable)
         self.output_folder = Path(hparams["output_folder"])
         self.fingerprint = hparams.get("encoder_fingerprint") or encoder_fingerprint(self.encoder_module)
         self.cache = feature_cache if feature_cache is not None else self._make_cache()
@@ -148,6 +217,8 @@ class DownstreamBrain(NonFiniteGuard, ShardedBatchesDDP, sb.Brain):
                             + ["wall_time_s", "eval_time_s"]) if if_main_process() else None
         if self.checkpointer is not None:  # everything that learns, plus the curve's state
             self.checkpointer.add_recoverable("run_state", self.state)
+            if self.feature_transform is not None:
+                self.checkpointer.add_recoverable("feature_transform", self.feature_transform)
             for name in ("featurizer", "head") + (("encoder",) if self.encoder_trainable else ()):
                 self.checkpointer.add_recoverable(name, modules[name])
         if not self.encoder_trainable:
@@ -189,7 +260,26 @@ class DownstreamBrain(NonFiniteGuard, ShardedBatchesDDP, sb.Brain):
         return hidden, out.frame_mask
 
     def encoder_states(self, batch, stage):
-        """All hidden states [L+1, B, T, D] (zero on padded frames) and the frame mask [B, T]."""
+        """All hidden states [L+1, B, T, D] (zero on padded frames; centred/whitened with
+        `feature_transform`) and the frame mask [B, T]."""
+        hidden, mask = self.raw_encoder_states(batch, stage)
+        if self.feature_transform is not None:
+            if not self.feature_transform.fitted:
+                raise RuntimeError("feature_transform used before it was fitted (fit() fits it before training)")
+            hidden = self.feature_transform(hidden, mask)
+        return hidden, mask
+
+    def fit_feature_transform(self, train_set) -> None:
+        """One pass over the training split (through the feature cache: no extra encoder pass when it is on)."""
+        loader = sb.dataio.dataloader.make_dataloader(train_set, **self.eval_loader_kwargs(train_set))
+        t0 = time.time()
+        with torch.no_grad():
+            self.feature_transform.fit(self.raw_encoder_states(batch, sb.Stage.TRAIN) for batch in loader)
+        logger.info("feature_transform %s fitted on %d training frames in %.1f s", self.feature_transform.mode,
+                    self.feature_transform.whitener.count, time.time() - t0)
+
+    def raw_encoder_states(self, batch, stage):
+        """The encoder's hidden states [L+1, B, T, D] (zero on padded frames) and the frame mask [B, T]."""
         if not self.encoder_trainable and self.encoder_module.training:
             self.encoder_module.eval()  # frozen: no dropout (SpeechBrain's fit sets modules to train mode each epoch)
         frozen = self._encoder_frozen_now()
@@ -250,12 +340,15 @@ class DownstreamBrain(NonFiniteGuard, ShardedBatchesDDP, sb.Brain):
 
     @property
     def best_dev_key(self) -> dict:
-        """`evaluate(..., **brain.best_dev_key)` loads the checkpoint with the best dev metric."""
-        return {"max_key": "dev_key"} if self.higher_is_better else {"min_key": "dev_key"}
+        """`evaluate(..., **brain.best_dev_key)` loads the best checkpoint: best dev metric, ties to the lower
+        dev loss (`is_new_best`); its meta `best_order` counts the improvements, so the highest is the best."""
+        return {"max_key": "best_order"}
 
     # ------------------------------------------------------------------ stage hooks (subclasses extend)
     def on_fit_start(self):
         super().on_fit_start()  # optimisers, then the latest checkpoint (mid-epoch position included)
+        if self.feature_transform is not None and not self.feature_transform.fitted:  # a resumed run keeps its fit
+            self.fit_feature_transform(self._train_set)
         if self.curve is not None:
             self.curve.truncate_after("step", self.optimizer_step)
         if self.optimizer_step:
@@ -276,7 +369,14 @@ class DownstreamBrain(NonFiniteGuard, ShardedBatchesDDP, sb.Brain):
         best checkpoint, test ones to result.json."""
         self.stage_metrics[stage] = {"loss": float(stage_loss), **{k: float(v) for k, v in metrics.items()}}
 
+    def prediction_rows(self) -> list:
+        """The test pass's per-utterance rows for test_predictions.csv (rewire_lib.downstream.predictions);
+        every task's Brain gives them from its metric objects."""
+        raise NotImplementedError(f"{type(self).__name__} must give prediction_rows() for {PREDICTIONS_FILE}")
+
     def on_stage_end(self, stage, stage_loss, epoch=None):
+        if stage == sb.Stage.TEST:  # every rank gathers; the main process writes
+            write_predictions(self.output_folder, self.prediction_rows(), main_process=if_main_process())
         if stage != sb.Stage.TRAIN:
             return
         last_epoch = self._epoch_limit is not None and epoch >= self._epoch_limit
@@ -299,6 +399,7 @@ class DownstreamBrain(NonFiniteGuard, ShardedBatchesDDP, sb.Brain):
         """SpeechBrain's fit; `valid_set` is evaluated every `eval_every_steps` steps, not per epoch."""
         self._epoch_limit = getattr(epoch_counter, "limit", None)
         self.dev_set = valid_set
+        self._train_set = train_set
         for dataset in (train_set, valid_set):
             self._audio_keys_for_cache(dataset)
         kwargs.setdefault("train_loader_kwargs", self.train_loader_kwargs(train_set))
@@ -311,7 +412,7 @@ class DownstreamBrain(NonFiniteGuard, ShardedBatchesDDP, sb.Brain):
         self._audio_keys_for_cache(test_set)
         kwargs.setdefault("test_loader_kwargs", self.eval_loader_kwargs(test_set))
         self.train_summary = {"steps": int(self.optimizer_step), "best_score": self.state.best_score,
-                              "best_step": self.state.best_step, "train_time_s": float(self.state.train_time_s),
+                              "best_step": self.state.best_step, "best_loss": self.state.best_loss, "train_time_s": float(self.state.train_time_s),
                               "last_dev": dict(self.last_dev)}
         super().evaluate(test_set, max_key=max_key, min_key=min_key, **kwargs)
         return self.stage_metrics.get(sb.Stage.TEST, {})
@@ -344,8 +445,10 @@ class DownstreamBrain(NonFiniteGuard, ShardedBatchesDDP, sb.Brain):
         eval_time = time.time() - now
         step, score = self.optimizer_step, dev[self.metric]
         train_loss = self.state.loss_sum / self.state.loss_count if self.state.loss_count else math.nan
-        if is_better(score, self.state.best_score, self.higher_is_better):
-            self.state.best_score, self.state.best_step = score, step
+        new_best = is_new_best(score, dev["loss"], self.state.best_score, self.state.best_loss, self.higher_is_better)
+        if new_best:
+            self.state.best_score, self.state.best_step, self.state.best_loss = score, step, dev["loss"]
+            self.state.best_order += 1
         self.state.last_eval_step = step
         self.state.loss_sum, self.state.loss_count = 0.0, 0
         self.last_dev = dev
@@ -358,13 +461,10 @@ class DownstreamBrain(NonFiniteGuard, ShardedBatchesDDP, sb.Brain):
                     self.metric, score, self.state.best_score if self.state.best_score is not None else math.nan,
                     self.state.best_step)
         if self.checkpointer is not None:
-            worst = -math.inf if self.higher_is_better else math.inf
-            value = float(score) if not math.isnan(score) else worst
-            # ties go to the earlier step, as in state.best_step (a 1e-9 nudge per step)
-            nudge = -1e-9 * step if self.higher_is_better else 1e-9 * step
-            meta = {"dev_score": value, "dev_key": value + nudge, "step": step, "epoch": self._epoch}
-            keys = {"max_keys": ["dev_key"]} if self.higher_is_better else {"min_keys": ["dev_key"]}
-            self.checkpointer.save_and_keep_only(meta=meta, end_of_epoch=False, num_to_keep=1, **keys,
+            # best_order: the best checkpoint's count of improvements, -1 on the others (max_key finds the best)
+            meta = {"dev_score": float(score), "dev_loss": float(dev["loss"]), "step": step, "epoch": self._epoch,
+                    "best_order": self.state.best_order if new_best else -1}
+            self.checkpointer.save_and_keep_only(meta=meta, end_of_epoch=False, num_to_keep=1, max_keys=["best_order"],
                                                  verbosity=logging.DEBUG)
         self._t_last = time.time()
 
@@ -385,6 +485,7 @@ class DownstreamBrain(NonFiniteGuard, ShardedBatchesDDP, sb.Brain):
             "steps": summary["steps"], "epochs": int(hp.epoch_counter.current),
             f"test_{metric}": test.get(metric), **{f"test_{k}": v for k, v in test.items() if k != metric},
             f"best_dev_{metric}": summary["best_score"], "best_dev_step": summary["best_step"],
+            "best_dev_loss": summary["best_loss"], "test_predictions": PREDICTIONS_FILE,
             "last_dev": summary["last_dev"], "test_checkpoint": "best dev", "test_checkpoint_step": int(self.optimizer_step),
             "layer_weights": weights, "wall_time_s": summary["train_time_s"], "epoch_times_s": self.epoch_times,
             "nonfinite_skipped": self.nonfinite_skipped,

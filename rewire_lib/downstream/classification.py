@@ -11,6 +11,7 @@ import torch
 
 from rewire_lib.downstream.brain import DownstreamBrain
 from rewire_lib.downstream.labels import fit_label_encoder
+from rewire_lib.downstream.predictions import rows_from_classification_stats
 
 
 class UtteranceClassifierBrain(DownstreamBrain):
@@ -29,6 +30,12 @@ class UtteranceClassifierBrain(DownstreamBrain):
         if stage != sb.Stage.TRAIN:
             self.accuracy.append(batch.id, logits.argmax(dim=-1).tolist(), labels.tolist())
         return self.hparams.compute_cost(logits, labels)
+
+    def prediction_rows(self) -> list:
+        """Test rows: errors 0/1, ref_len 1 (sum(errors)/n = 1 - accuracy); labels decoded when the
+        recipe set `label_encoder` on the Brain, class indices otherwise."""
+        encoder = getattr(self, "label_encoder", None)
+        return rows_from_classification_stats(self.accuracy, encoder.decode_ndim if encoder is not None else None)
 
     def on_stage_start(self, stage, epoch=None):
         super().on_stage_start(stage, epoch)

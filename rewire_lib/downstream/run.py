@@ -34,6 +34,7 @@ SCHEMA = {
     "freeze_encoder": bool, "freeze_cnn": bool, "batch_size": int, "lr": float, "eval_every_steps": int,
     "feature_cache": (str, type(None)), "feature_cache_dtype": str, "specaugment": bool,
     "encoder_spec_augment": bool, "encoder_layerdrop": float, "on_changed_run": str,
+    "feature_transform": str, "feature_transform_shrinkage": float,
 }
 REWIRE_COMMAND = "python recipes/rewire/train.py recipes/rewire/hparams/{view}.yaml"
 
@@ -77,7 +78,8 @@ def require_encoder(encoder: str, rewire_results: str) -> str:
 # settings that change what a run computes: a folder trained with other values is not resumed
 STAMP_KEYS = ("task", "seed", "train_fraction", "subset_seed", "lr", "batch_size", "max_duration", "freeze_encoder",
               "finetune_top_layers", "freeze_cnn", "encoder_lr", "encoder_warmup_steps", "encoder_spec_augment",
-              "encoder_layerdrop", "layer", "specaugment", "feature_cache_dtype", "label_column", "slots")
+              "encoder_layerdrop", "layer", "specaugment", "feature_cache_dtype", "label_column", "slots",
+              "feature_transform", "feature_transform_shrinkage")
 
 
 def prepare_run(hparams: dict) -> None:
