@@ -17,7 +17,7 @@ import sys
 import pytest
 
 from downstream_helpers import make_tiny_corpus
-from rewire_lib.downstream import run_task
+from downstream_helpers import run_task
 from rewire_lib.paths import REPO_ROOT
 from tests.rewire_helpers import fsdd_manifest, load_train_module
 
@@ -28,7 +28,7 @@ DRIVER = """
 import json, sys
 sys.path.insert(0, {root!r}); sys.path.insert(0, {tests!r})
 import torch; torch.set_num_threads(1)
-from rewire_lib.downstream import run_task
+from downstream_helpers import run_task
 from tests.rewire_helpers import load_train_module
 ddp = ["--distributed_backend", "gloo", "--device", "cpu"]
 load_train_module("rewire").main({rewire!r} + ddp)
