@@ -216,14 +216,18 @@ def test_recipe_changed_manifest_content_stops_naming_the_manifests(ks, tiny_enc
 
 
 DDP_DRIVER = """
-import datetime, os, sys, time
+import datetime, json, sys, time
+from pathlib import Path
 import torch.distributed as dist
 from rewire_lib.run_stamp import check_run_folder
 dist.init_process_group("gloo", timeout=datetime.timedelta(seconds=20))
-if dist.get_rank() == 1:
-    time.sleep(1.5)  # rank 0 gets far ahead: it must not stamp before rank 1 has read
-print(check_run_folder(sys.argv[1], {"lr": float(sys.argv[2])}))
-dist.barrier()  # a rank that skipped a barrier inside would pair this one with it and hang or fail
+folder = Path(sys.argv[1])
+for lr in sys.argv[2:]:  # the first stamps the fresh folder, the next restamps it (nothing trained)
+    if dist.get_rank() == 1:
+        time.sleep(1.0)  # rank 0 gets far ahead: it must not stamp before rank 1 has read
+    print(check_run_folder(folder, {"lr": float(lr)}), flush=True)
+    dist.barrier()  # a rank that skipped a barrier inside would pair this one with it and hang or fail
+    print(json.loads((folder / "run_stamp.json").read_text())["stamp"]["lr"], flush=True)
 dist.destroy_process_group()
 """
 
@@ -237,16 +241,16 @@ def test_two_processes_take_the_same_branch_and_only_rank0_writes(tmp_path):
     from rewire_lib.paths import REPO_ROOT
 
     (tmp_path / "driver.py").write_text(DDP_DRIVER)
-    for lr in ("0.1", "0.2"):  # first stamps the fresh folder, then restamps it (nothing trained)
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            port = s.getsockname()[1]
-        procs = [subprocess.Popen(
-            [sys.executable, str(tmp_path / "driver.py"), str(tmp_path / "run"), lr], cwd=REPO_ROOT,
-            env=dict(os.environ, RANK=str(r), LOCAL_RANK=str(r), WORLD_SIZE="2", MASTER_ADDR="127.0.0.1",
-                     MASTER_PORT=str(port), OMP_NUM_THREADS="1"),
-            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for r in (0, 1)]
-        outs = [p.communicate(timeout=120) for p in procs]
-        assert [p.returncode for p in procs] == [0, 0], [err[-1500:] for _, err in outs]
-        assert [out.strip().splitlines()[-1] for out, _ in outs] == [str(tmp_path / "run")] * 2
-        assert json.loads((tmp_path / "run" / "run_stamp.json").read_text())["stamp"] == {"lr": float(lr)}
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    procs = [subprocess.Popen(
+        [sys.executable, str(tmp_path / "driver.py"), str(tmp_path / "run"), "0.1", "0.2"], cwd=REPO_ROOT,
+        env=dict(os.environ, RANK=str(r), LOCAL_RANK=str(r), WORLD_SIZE="2", MASTER_ADDR="127.0.0.1",
+                 MASTER_PORT=str(port), OMP_NUM_THREADS="1"),
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for r in (0, 1)]
+    outs = [p.communicate(timeout=120) for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], [err[-1500:] for _, err in outs]
+    folder = str(tmp_path / "run")
+    for out, _ in outs:
+        assert out.split() == [folder, "0.1", folder, "0.2"], out
