@@ -10,11 +10,12 @@ from rewire_lib.featurizer import masked_mean
 
 
 class LinearCTCHead(torch.nn.Module):
-    """PR: (optional projection +) linear layer to CTC log-probabilities [B, T, V]."""
+    """PR: (optional projection +) linear layer to CTC log-probabilities [B, T, V]. `input_norm`: a LayerNorm
+    on the features first (frozen encoders' hidden states are neither centred nor unit-scale)."""
 
-    def __init__(self, input_dim: int, vocab_size: int, proj_dim: Optional[int] = None):
+    def __init__(self, input_dim: int, vocab_size: int, proj_dim: Optional[int] = None, input_norm: bool = False):
         super().__init__()
-        layers = []
+        layers = [torch.nn.LayerNorm(input_dim)] if input_norm else []
         if proj_dim:
             layers.append(torch.nn.Linear(input_dim, proj_dim))
             input_dim = proj_dim
@@ -26,13 +27,16 @@ class LinearCTCHead(torch.nn.Module):
 
 
 class BiLSTMCTCHead(torch.nn.Module):
-    """ASR: projection, a stack of bidirectional LSTMs over the valid frames only (packed), linear,
-    CTC log-probabilities [B, T, V]."""
+    """ASR: (LayerNorm,) projection, a stack of bidirectional LSTMs over the valid frames only (packed),
+    linear, CTC log-probabilities [B, T, V]. `input_norm` normalises each frame's features before the
+    projection: a frozen encoder's weighted layer sum has an arbitrary offset and scale per dimension,
+    which slows the LSTM out of CTC's all-blank stage (recipes/README.md, ASR)."""
 
     def __init__(self, input_dim: int, vocab_size: int, proj_dim: int = 256, hidden_size: int = 256,
-                 num_layers: int = 2, dropout: float = 0.0):
+                 num_layers: int = 2, dropout: float = 0.0, input_norm: bool = False):
         super().__init__()
-        self.proj = torch.nn.Linear(input_dim, proj_dim)
+        proj = torch.nn.Linear(input_dim, proj_dim)
+        self.proj = torch.nn.Sequential(torch.nn.LayerNorm(input_dim), proj) if input_norm else proj
         self.lstm = torch.nn.LSTM(proj_dim, hidden_size, num_layers=num_layers, bidirectional=True,
                                   batch_first=True, dropout=dropout if num_layers > 1 else 0.0)
         self.dropout = torch.nn.Dropout(dropout)
