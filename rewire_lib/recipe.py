@@ -69,19 +69,22 @@ def resolve_extends(hparams_file: str, cli_overrides: str):
             raise HparamsError(f"{hparams_file}: extends '{base}', which does not exist ({current})")
 
 
-def load_recipe(argv: list[str] | None = None, schema: dict | None = None):
-    """Parse `train.py HPARAMS.yaml [--key value ...]`, load the YAML with overrides and check it.
+def init_ddp_once(run_opts: dict) -> None:
+    """SpeechBrain's `ddp_init_group` (a no-op outside torchrun), skipped when this process already
+    joined a group: the study and the tests run several recipes in one process."""
+    if not (torch.distributed.is_available() and torch.distributed.is_initialized()):
+        sb.utils.distributed.ddp_init_group(run_opts)
 
-    `repo_root` is always injected so YAML paths (`!ref <repo_root>/pretrained/...`) resolve the same
-    whether the recipe is started from its folder or from the repository root. Unknown override keys
-    and values of the wrong type are reported with the file and key, not as a deep traceback.
-    `extends: base.yaml` in the file applies it as overrides to its base (see `resolve_extends`).
-    Returns (hparams, run_opts, hparams_file, overrides).
-    """
-    argv = sys.argv[1:] if argv is None else argv
-    hparams_file, run_opts, overrides = sb.parse_arguments(argv)
+
+def load_hparams_file(hparams_file: str, overrides: str, run_opts: dict, schema: dict | None = None,
+                      shown_name: str | None = None):
+    """`load_hyperpyyaml` of `hparams_file` (its `extends:` chain applied, `repo_root` injected) with the
+    command-line `overrides`, then the checks: unknown or mistyped keys and values of the wrong type are
+    errors naming the file (`shown_name`, default the file) and key, not a deep traceback.
+    Returns (hparams, yaml_file_to_record, override_dict)."""
+    shown = shown_name or hparams_file
     if not Path(hparams_file).is_file():
-        raise HparamsError(f"Hyperparameter file '{hparams_file}' does not exist")
+        raise HparamsError(f"Hyperparameter file '{shown}' does not exist")
     base_file, override_dict = resolve_extends(hparams_file, overrides)
     text = base_file.read_text()
     if "repo_root" in text and "repo_root" not in override_dict:
@@ -89,21 +92,34 @@ def load_recipe(argv: list[str] | None = None, schema: dict | None = None):
     try:
         hparams = load_hyperpyyaml(text, override_dict)
     except KeyError as err:
-        raise HparamsError(f"{hparams_file}: {err.args[0] if err.args else err} "
+        raise HparamsError(f"{shown}: {err.args[0] if err.args else err} "
                            "(is the key spelled as in the YAML file?)") from None
     except OSError as err:  # an object in the YAML (e.g. the Checkpointer) could not create its folder
         if err.filename is None:
             raise
-        raise output_error(err, err.filename, f"{hparams_file}: output_folder") from err
-    _check_types(hparams, schema or {}, hparams_file)
+        raise output_error(err, err.filename, f"{shown}: output_folder") from err
+    _check_types(hparams, schema or {}, shown)
     if (run_opts.get("device") or "cpu").startswith("cuda") and not torch.cuda.is_available():
         raise HparamsError("--device cuda was asked for but no GPU is visible; use --device cpu")
-    if not (torch.distributed.is_available() and torch.distributed.is_initialized()):  # once per process
-        sb.utils.distributed.ddp_init_group(run_opts)
-    check_writable(hparams["output_folder"], f"{hparams_file}: output_folder")  # before any work, not after
-    sb.create_experiment_directory(
-        experiment_directory=hparams["output_folder"],
-        hyperparams_to_save=str(base_file),  # saved with every override applied: a complete record
-        overrides=override_dict,
-    )
+    return hparams, base_file, override_dict
+
+
+def create_experiment_directory(hparams: dict, yaml_file, override_dict: dict, shown_name: str = "") -> None:
+    """SpeechBrain's `create_experiment_directory` after proving the folder writable (before any work,
+    not after); hyperparams.yaml is saved with every override applied: a complete record of the run."""
+    check_writable(hparams["output_folder"], f"{shown_name or yaml_file}: output_folder")
+    sb.create_experiment_directory(experiment_directory=hparams["output_folder"],
+                                   hyperparams_to_save=str(yaml_file), overrides=override_dict)
+
+
+def load_recipe(argv: list[str] | None = None, schema: dict | None = None):
+    """Parse `train.py HPARAMS.yaml [--key value ...]`, load and check the YAML (`load_hparams_file`),
+    join the DDP group and create the experiment folder. `repo_root` is always injected so YAML paths
+    resolve the same from the recipe's folder or the repository root.
+    Returns (hparams, run_opts, hparams_file, overrides)."""
+    argv = sys.argv[1:] if argv is None else argv
+    hparams_file, run_opts, overrides = sb.parse_arguments(argv)
+    hparams, yaml_file, override_dict = load_hparams_file(hparams_file, overrides, run_opts, schema)
+    init_ddp_once(run_opts)
+    create_experiment_directory(hparams, yaml_file, override_dict, hparams_file)
     return hparams, run_opts, hparams_file, override_dict

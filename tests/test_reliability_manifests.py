@@ -165,7 +165,7 @@ YAML = REPO_ROOT / "recipes" / "ks" / "hparams" / "baseline.yaml"
 
 
 def test_yaml_file_errors_name_the_file_and_key(tmp_path, tiny_encoder_dir):
-    from rewire_lib.downstream.hparams import load_hparams
+    from rewire_lib.downstream.hparams import load_hparams_from_argv as load_hparams
     from rewire_lib.downstream.run import SCHEMA
 
     base = ["--encoder", str(tiny_encoder_dir), "--output_folder", str(tmp_path / "o")]

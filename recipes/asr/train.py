@@ -25,10 +25,11 @@ import speechbrain as sb
 from rewire_lib.atomic import atomic_path
 from rewire_lib.downstream.ctc import CTCBrain, add_ctc_pipeline
 from rewire_lib.downstream.data import split_datasets
-from rewire_lib.downstream.hparams import load_hparams
+from rewire_lib.downstream.hparams import create_run_folder, load_hparams
 from rewire_lib.downstream.metrics import normalize_text
 from rewire_lib.downstream.predictions import rows_from_error_rate_stats
 from rewire_lib.downstream.run import SCHEMA, prepare_run, run_as_script
+from rewire_lib.recipe import init_ddp_once
 
 
 class SpeechRecognitionBrain(CTCBrain):
@@ -75,9 +76,12 @@ def dataio_prep(hparams):
 
 
 def main(argv=None) -> dict:
-    """Train and test; returns what result.json holds (argv: `HPARAMS.yaml [--key value ...]`)."""
-    hparams, run_opts = load_hparams(argv, SCHEMA)  # parse_arguments, load_hyperpyyaml, DDP group, experiment folder
-    prepare_run(hparams)  # run_on_main(preparer) for per-dataset hparams; manifests and run folder checked
+    """Train the ASR head (CTC over characters), test its best-dev checkpoint; returns what result.json holds."""
+    hparams_file, run_opts, overrides = sb.parse_arguments(argv)  # HPARAMS.yaml, --device/--precision/..., --key value
+    init_ddp_once(run_opts)  # speechbrain ddp_init_group under torchrun (once per process)
+    hparams, record = load_hparams(hparams_file, overrides, run_opts, SCHEMA)  # load_hyperpyyaml, extends chain
+    prepare_run(hparams)  # run_on_main(the per-dataset preparer); manifests; run-folder stamp
+    create_run_folder(hparams, record)  # sb.create_experiment_directory, once the folder is known to be this run's
     datasets, tokenizer = dataio_prep(hparams)
     head = hparams["head"](vocab_size=len(tokenizer))  # output size: the characters of the training transcripts
     asr_brain = SpeechRecognitionBrain(modules=dict(hparams["modules"], head=head), hparams=hparams,

@@ -23,10 +23,13 @@ lr, batch_size, max_steps, eval_every_steps, freeze_encoder, feature_cache.
 import sys
 
 
+import speechbrain as sb
+
 from rewire_lib.downstream.classification import UtteranceClassifierBrain, add_label_pipeline
 from rewire_lib.downstream.data import split_datasets
-from rewire_lib.downstream.hparams import load_hparams
+from rewire_lib.downstream.hparams import create_run_folder, load_hparams
 from rewire_lib.downstream.run import SCHEMA, prepare_run, run_as_script, run_folds
+from rewire_lib.recipe import init_ddp_once
 
 
 class EmotionRecognitionBrain(UtteranceClassifierBrain):
@@ -45,8 +48,11 @@ def dataio_prep(hparams):
 def main(argv=None) -> dict:
     """Train and test (every fold with folds_dir); returns what result.json holds."""
     argv = list(sys.argv[1:] if argv is None else argv)
-    hparams, run_opts = load_hparams(argv, SCHEMA)  # parse_arguments, load_hyperpyyaml, DDP group, experiment folder
-    prepare_run(hparams)  # run_on_main(preparer) for per-dataset hparams; manifests and run folder checked
+    hparams_file, run_opts, overrides = sb.parse_arguments(argv)  # HPARAMS.yaml, --device/--precision/..., --key value
+    init_ddp_once(run_opts)  # speechbrain ddp_init_group under torchrun (once per process)
+    hparams, record = load_hparams(hparams_file, overrides, run_opts, SCHEMA)  # load_hyperpyyaml, extends chain
+    prepare_run(hparams)  # run_on_main(the per-dataset preparer); manifests; run-folder stamp
+    create_run_folder(hparams, record)  # sb.create_experiment_directory, once the folder is known to be this run's
     if hparams["folds_dir"]:  # each fold is this same recipe on fold<k>/{train,dev,test}.csv
         return run_folds(hparams, argv, main)
     datasets, emotions = dataio_prep(hparams)

@@ -22,10 +22,13 @@ max_steps, eval_every_steps, freeze_encoder (false fine-tunes it), feature_cache
 lists them all. Outputs in output_folder: result.json, curve.csv/png, layer_weights.png, save/.
 """
 
+import speechbrain as sb
+
 from rewire_lib.downstream.classification import UtteranceClassifierBrain, add_label_pipeline
 from rewire_lib.downstream.data import split_datasets
-from rewire_lib.downstream.hparams import load_hparams
+from rewire_lib.downstream.hparams import create_run_folder, load_hparams
 from rewire_lib.downstream.run import SCHEMA, prepare_run, run_as_script
+from rewire_lib.recipe import init_ddp_once
 
 
 class KeywordSpottingBrain(UtteranceClassifierBrain):
@@ -44,9 +47,12 @@ def dataio_prep(hparams):
 
 
 def main(argv=None) -> dict:
-    """Train and test; returns what result.json holds (argv: `HPARAMS.yaml [--key value ...]`)."""
-    hparams, run_opts = load_hparams(argv, SCHEMA)  # parse_arguments, load_hyperpyyaml, DDP group, experiment folder
-    prepare_run(hparams)  # run_on_main(preparer) for per-dataset hparams; manifests and run folder checked
+    """Train the keyword classifier, test its best-dev checkpoint; returns what result.json holds."""
+    hparams_file, run_opts, overrides = sb.parse_arguments(argv)  # HPARAMS.yaml, --device/--precision/..., --key value
+    init_ddp_once(run_opts)  # speechbrain ddp_init_group under torchrun (once per process)
+    hparams, record = load_hparams(hparams_file, overrides, run_opts, SCHEMA)  # load_hyperpyyaml, extends chain
+    prepare_run(hparams)  # run_on_main(the per-dataset preparer); manifests; run-folder stamp
+    create_run_folder(hparams, record)  # sb.create_experiment_directory, once the folder is known to be this run's
     datasets, label_encoder = dataio_prep(hparams)
     head = hparams["head"](num_classes=len(label_encoder))  # sized by the training manifest's keywords
     brain = KeywordSpottingBrain(modules=dict(hparams["modules"], head=head), hparams=hparams, run_opts=run_opts,

@@ -24,9 +24,10 @@ import speechbrain as sb
 from rewire_lib.atomic import atomic_path
 from rewire_lib.downstream.ctc import CTCBrain, add_ctc_pipeline
 from rewire_lib.downstream.data import split_datasets
-from rewire_lib.downstream.hparams import load_hparams
+from rewire_lib.downstream.hparams import create_run_folder, load_hparams
 from rewire_lib.downstream.predictions import rows_from_error_rate_stats
 from rewire_lib.downstream.run import SCHEMA, prepare_run, run_as_script
+from rewire_lib.recipe import init_ddp_once
 
 
 class PhonemeRecognitionBrain(CTCBrain):
@@ -68,9 +69,12 @@ def dataio_prep(hparams):
 
 
 def main(argv=None) -> dict:
-    """Train and test; returns what result.json holds (argv: `HPARAMS.yaml [--key value ...]`)."""
-    hparams, run_opts = load_hparams(argv, SCHEMA)  # parse_arguments, load_hyperpyyaml, DDP group, experiment folder
-    prepare_run(hparams)  # run_on_main(preparer) for per-dataset hparams; manifests and run folder checked
+    """Train the phoneme recogniser (CTC over phonemes), test its best-dev checkpoint; returns what result.json holds."""
+    hparams_file, run_opts, overrides = sb.parse_arguments(argv)  # HPARAMS.yaml, --device/--precision/..., --key value
+    init_ddp_once(run_opts)  # speechbrain ddp_init_group under torchrun (once per process)
+    hparams, record = load_hparams(hparams_file, overrides, run_opts, SCHEMA)  # load_hyperpyyaml, extends chain
+    prepare_run(hparams)  # run_on_main(the per-dataset preparer); manifests; run-folder stamp
+    create_run_folder(hparams, record)  # sb.create_experiment_directory, once the folder is known to be this run's
     datasets, tokenizer = dataio_prep(hparams)
     modules = dict(hparams["modules"], head=hparams["head"](vocab_size=len(tokenizer)))
     brain = PhonemeRecognitionBrain(modules=modules, hparams=hparams, run_opts=run_opts,

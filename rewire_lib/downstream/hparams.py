@@ -14,11 +14,15 @@ import io
 import sys
 import tempfile
 from pathlib import Path
+from dataclasses import dataclass
 from typing import List, Optional
 
 import ruamel.yaml
 
-from rewire_lib.recipe import HparamsError, load_recipe, resolve_extends
+import speechbrain as sb
+
+from rewire_lib.recipe import (HparamsError, create_experiment_directory, init_ddp_once, load_hparams_file,
+                             resolve_extends)
 
 
 def merged_yaml_text(hparams_file: str) -> str:
@@ -33,16 +37,49 @@ def merged_yaml_text(hparams_file: str) -> str:
     return out.getvalue()
 
 
-def load_hparams(argv: Optional[List[str]] = None, schema: Optional[dict] = None):
-    """`train.py HPARAMS.yaml [--key value ...]` -> (hparams, run_opts): sb.parse_arguments,
-    load_hyperpyyaml with the overrides, ddp_init_group and create_experiment_directory (through
-    `load_recipe`), on the merged chain of YAML files."""
+@dataclass
+class RunRecord:
+    """What create_run_folder saves as the run's hyperparams.yaml: the merged YAML and the overrides."""
+    hparams_file: str
+    yaml_text: str
+    overrides: dict
+
+
+def load_hparams(hparams_file: str, overrides: str, run_opts: dict, schema: Optional[dict] = None):
+    """`load_hyperpyyaml` of the merged `extends:` chain of `hparams_file` with the command-line
+    `overrides` (which must name existing keys; types checked). Returns (hparams, RunRecord); nothing is
+    written yet: the experiment folder is made by `create_run_folder`, once the run folder is checked."""
+    if not Path(hparams_file).is_file():
+        raise HparamsError(f"Hyperparameter file '{hparams_file}' does not exist "
+                           "(usage: train.py hparams/<name>.yaml [--key value ...])")
+    text = merged_yaml_text(hparams_file)
+    with tempfile.TemporaryDirectory(prefix="hparams-") as folder:
+        merged = Path(folder) / Path(hparams_file).name
+        merged.write_text(text)
+        hparams, _, override_dict = load_hparams_file(str(merged), overrides, run_opts, schema,
+                                                      shown_name=hparams_file)  # errors name the user's file
+    return hparams, RunRecord(hparams_file, text, override_dict)
+
+
+def create_run_folder(hparams: dict, record: RunRecord) -> None:
+    """SpeechBrain's experiment folder (log, env.log, hyperparams.yaml with every override applied) in
+    `output_folder`, written after `prepare_run` so a refused run never overwrites the record of the run
+    the folder holds."""
+    with tempfile.TemporaryDirectory(prefix="hparams-") as folder:
+        merged = Path(folder) / Path(record.hparams_file).name
+        merged.write_text(record.yaml_text)
+        create_experiment_directory(hparams, merged, record.overrides, record.hparams_file)
+
+
+def load_hparams_from_argv(argv: Optional[List[str]] = None, schema: Optional[dict] = None):
+    """The whole set-up in one call (for tests and tools): parse, DDP group, load, experiment folder.
+    Recipes spell these steps out in their main(); returns (hparams, run_opts)."""
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv or argv[0].startswith("--") or not Path(argv[0]).is_file():
         raise HparamsError(f"Hyperparameter file '{argv[0] if argv else ''}' does not exist "
                            "(usage: train.py hparams/<name>.yaml [--key value ...])")
-    with tempfile.TemporaryDirectory(prefix="hparams-") as folder:
-        merged = Path(folder) / Path(argv[0]).name  # errors name the file the user gave
-        merged.write_text(merged_yaml_text(argv[0]))
-        hparams, run_opts, _, _ = load_recipe([str(merged), *argv[1:]], schema)
+    hparams_file, run_opts, overrides = sb.parse_arguments(argv)
+    init_ddp_once(run_opts)
+    hparams, record = load_hparams(hparams_file, overrides, run_opts, schema)
+    create_run_folder(hparams, record)
     return hparams, run_opts
