@@ -15,7 +15,7 @@ from speechbrain.dataio.dataset import DynamicItemDataset
 from speechbrain.utils.distributed import run_on_main
 
 from rewire_lib.dataio import audio_dataset, filter_by_duration
-from rewire_lib.downstream.labels import read_rows
+from rewire_lib.manifest import read_manifest
 from rewire_lib.logs import atomic_write_csv
 from rewire_lib.recipe import HparamsError
 from rewire_lib.subsets import nested_subset, subset_name
@@ -71,7 +71,7 @@ def select_train_csv(hparams: dict, stratify_key: Optional[Callable[[dict], str]
     target = Path(hparams["output_folder"]) / subset_name(fraction=fraction)
 
     def make():
-        rows = read_rows(train_csv)
+        rows = read_manifest(train_csv, required=("ID",))  # wav resolved: the subset lives in another folder
         keyed = [dict(r, _stratum=stratify_key(r) if stratify_key else None) for r in rows]
         subset = nested_subset(keyed, fraction=fraction, seed=int(hparams["subset_seed"]),
                                stratify="_stratum" if stratify_key else None)

@@ -23,6 +23,7 @@ from rewire_lib import run_stamp
 from rewire_lib.atomic import atomic_write_json
 from rewire_lib.logs import atomic_write_csv, plot_columns, plot_layer_weights, read_csv
 from rewire_lib.paths import REPO_ROOT
+from rewire_lib.manifest import split_csv
 from rewire_lib.recipe import HparamsError
 
 logger = logging.getLogger(__name__)
@@ -137,8 +138,8 @@ def fold_names(folds_dir: str, folds: Optional[list]) -> List[str]:
         names = sorted((p.name for p in folder.iterdir() if p.is_dir() and p.name.startswith("fold")),
                        key=lambda n: (len(n), n))
     for n in names:
-        for split in ("train", "dev", "test"):
-            if not (folder / n / f"{split}.csv").is_file():
+        for split in ("train", "dev", "test"):  # dev.csv or valid.csv
+            if not Path(split_csv(folder / n, split, must_exist=False)).is_file():
                 raise HparamsError(f"folds_dir {folder}: {n}/{split}.csv is missing")
     if not names:
         raise HparamsError(f"folds_dir {folder} has no fold* sub-folders")
@@ -154,7 +155,7 @@ def run_folds(hparams: dict, argv: List[str], train_one: Callable[[List[str]], d
         for name in fold_names(hparams["folds_dir"], hparams["folds"]):
             fold = folder / name
             results[name] = train_one(with_overrides(argv, {
-                "folds_dir": "null", "train_csv": fold / "train.csv", "valid_csv": fold / "dev.csv",
+                "folds_dir": "null", "train_csv": fold / "train.csv", "valid_csv": split_csv(fold, "dev"),
                 "test_csv": fold / "test.csv", "output_folder": output / name}))
     first = next(iter(results.values()))
     metric = first["metric"]
