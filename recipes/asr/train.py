@@ -22,12 +22,10 @@ encoder_lr, encoder_warmup_steps, freeze_cnn), feature_cache; the head's sizes i
 """
 import speechbrain as sb
 
-from rewire_lib.atomic import atomic_path
 from rewire_lib.downstream.ctc import CTCBrain, add_ctc_pipeline
 from rewire_lib.downstream.data import split_datasets
 from rewire_lib.downstream.hparams import create_run_folder, load_hparams
 from rewire_lib.downstream.metrics import normalize_text
-from rewire_lib.downstream.predictions import rows_from_error_rate_stats
 from rewire_lib.downstream.run import SCHEMA, prepare_run, run_as_script
 from rewire_lib.recipe import init_ddp_once
 
@@ -47,10 +45,6 @@ class SpeechRecognitionBrain(CTCBrain):
             self.cer_metric.append(batch.id, words, targets)
         return loss
 
-    def prediction_rows(self) -> list:
-        """Test rows: word edits and reference words per utterance (sum(errors)/sum(ref_len) = WER)."""
-        return rows_from_error_rate_stats(self.wer_metric)
-
     def on_stage_start(self, stage, epoch=None):
         super().on_stage_start(stage, epoch)
         self.wer_metric = self.hparams.wer_stats()
@@ -60,9 +54,8 @@ class SpeechRecognitionBrain(CTCBrain):
         if stage != sb.Stage.TRAIN:
             self.report_stage(stage, stage_loss, wer=self.wer_metric.summarize("error_rate"),
                               cer=self.cer_metric.summarize("error_rate"))
-        if stage == sb.Stage.TEST and sb.utils.distributed.if_main_process():
-            with atomic_path(self.output_folder / "wer_test.txt") as tmp, open(tmp, "w") as f:
-                self.wer_metric.write_stats(f)
+        if stage == sb.Stage.TEST:
+            self.write_error_details(self.wer_metric, "wer")
         super().on_stage_end(stage, stage_loss, epoch)
 
 

@@ -21,11 +21,9 @@ max_steps, eval_every_steps, freeze_encoder, feature_cache; the head's `proj_dim
 """
 import speechbrain as sb
 
-from rewire_lib.atomic import atomic_path
 from rewire_lib.downstream.ctc import CTCBrain, add_ctc_pipeline
 from rewire_lib.downstream.data import split_datasets
 from rewire_lib.downstream.hparams import create_run_folder, load_hparams
-from rewire_lib.downstream.predictions import rows_from_error_rate_stats
 from rewire_lib.downstream.run import SCHEMA, prepare_run, run_as_script
 from rewire_lib.recipe import init_ddp_once
 
@@ -42,10 +40,6 @@ class PhonemeRecognitionBrain(CTCBrain):
             self.per_metric.append(batch.id, hypotheses, batch.ref_tokens)
         return loss
 
-    def prediction_rows(self) -> list:
-        """Test rows: phoneme edits and reference phonemes per utterance (sum(errors)/sum(ref_len) = PER)."""
-        return rows_from_error_rate_stats(self.per_metric)
-
     def on_stage_start(self, stage, epoch=None):
         super().on_stage_start(stage, epoch)
         self.per_metric = self.hparams.per_stats()
@@ -53,9 +47,8 @@ class PhonemeRecognitionBrain(CTCBrain):
     def on_stage_end(self, stage, stage_loss, epoch=None):
         if stage != sb.Stage.TRAIN:
             self.report_stage(stage, stage_loss, per=self.per_metric.summarize("error_rate"))
-        if stage == sb.Stage.TEST and sb.utils.distributed.if_main_process():
-            with atomic_path(self.output_folder / "per_test.txt") as tmp, open(tmp, "w") as f:
-                self.per_metric.write_stats(f)
+        if stage == sb.Stage.TEST:
+            self.write_error_details(self.per_metric, "per")
         super().on_stage_end(stage, stage_loss, epoch)
 
 

@@ -8,8 +8,10 @@ from typing import Callable, List
 
 import speechbrain as sb
 
+from rewire_lib.atomic import atomic_path
 from rewire_lib.downstream.brain import DownstreamBrain
 from rewire_lib.downstream.labels import fit_ctc_tokenizer
+from rewire_lib.downstream.predictions import rows_from_error_rate_stats
 
 
 class CTCBrain(DownstreamBrain):
@@ -21,6 +23,17 @@ class CTCBrain(DownstreamBrain):
     def compute_forward(self, batch, stage):
         feats, mask = self.layer_features(batch, stage)  # [B, T, D], frame mask [B, T]
         return self.modules.head(feats, mask), mask.sum(dim=1) / mask.shape[1]
+
+    def prediction_rows(self) -> list:
+        """Test rows from the task's `<metric>_metric` ErrorRateStats: edits and reference length per
+        utterance, so sum(errors)/sum(ref_len) is the corpus WER/PER."""
+        return rows_from_error_rate_stats(getattr(self, f"{self.metric}_metric"))
+
+    def write_error_details(self, stats, name: str) -> None:
+        """SpeechBrain's per-utterance alignments of the test pass (`<name>_test.txt`), by the main process."""
+        if sb.utils.distributed.if_main_process():
+            with atomic_path(Path(self.output_folder) / f"{name}_test.txt") as tmp, open(tmp, "w") as f:
+                stats.write_stats(f)
 
     def ctc_loss_and_hypotheses(self, predictions, batch, stage):
         """(CTC loss, greedy token hypotheses on dev/test or None while training)."""
