@@ -37,6 +37,14 @@ def _ordered_groups(rows: Sequence[Row], seed: int, stratify: Optional[str]) -> 
     return groups
 
 
+def per_class_subset(rows: Sequence[Row], k: int, seed: int, column: str) -> List[Row]:
+    """The first k rows of each class (`column`) in the same seeded hash order as `nested_subset`, so
+    k=1 lies within k=5 within k=20 (and within the fraction subsets of the same seed); rows keep their order."""
+    groups = _ordered_groups(rows, seed, column)
+    keep = {i for idx in groups.values() for i in idx[:k]}
+    return [r for i, r in enumerate(rows) if i in keep]
+
+
 def subset_name(fraction: Optional[float] = None, hours: Optional[float] = None, split: str = "train") -> str:
     """File name of a subset: `train_frac0.1.csv`, `train_hours1.csv`."""
     if (fraction is None) == (hours is None):

@@ -17,7 +17,7 @@ from typing import Dict, List, Optional
 from rewire_lib.atomic import atomic_write_json, atomic_write_text
 from rewire_lib.manifest import split_csv
 from rewire_lib.paths import shared_data_dir
-from rewire_lib.subsets import nested_subset
+from rewire_lib.subsets import nested_subset, per_class_subset
 from rewire_study.config import (BASE, CLASS_TASKS, CONTROLS, REAL_CORPORA, TASK_DATA, TASK_HPARAMS,
                                  StudyConfig)
 from rewire_study.launch import run_units
@@ -92,16 +92,6 @@ def task_settings(cfg: StudyConfig, task: str) -> List[str]:
 
 def setting_csv_name(setting: str) -> str:
     return "train.csv" if setting == ALL else f"train_{setting}.csv"
-
-
-def per_class_subset(rows: List[dict], k: int, seed: int, column: str) -> List[dict]:
-    """The first k rows of each class in the seeded hash order of rewire_lib.subsets (so k=1 within k=5
-    within k=20, and within the fraction subsets of the same seed); rows keep their order."""
-    from rewire_lib.subsets import _ordered_groups
-
-    groups = _ordered_groups(rows, seed, column)
-    keep = {i for idx in groups.values() for i in idx[:k]}
-    return [r for i, r in enumerate(rows) if i in keep]
 
 
 def task_manifests(cfg: StudyConfig, task: str, setting: str = ALL) -> List[Path]:
