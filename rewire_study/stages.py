@@ -120,13 +120,6 @@ def random_encoder_dir(cfg: StudyConfig) -> Path:
     return cfg.work / "controls" / "random"
 
 
-def feature_transform_supported() -> bool:
-    """Whether the downstream recipes have the `feature_transform` key (the centre/whiten control rows)."""
-    from rewire_study.recipes import RECIPES_DIR
-
-    return "feature_transform" in (RECIPES_DIR / "common" / "downstream.yaml").read_text()
-
-
 def encoder_rows(cfg: StudyConfig) -> Dict[str, dict]:
     """Every encoder row compared: name -> {"path", "overrides"}: the given encoders, the control rows
     (base+centre, base+whiten: the base encoder with `feature_transform`; random), then the rewired views."""
@@ -134,7 +127,7 @@ def encoder_rows(cfg: StudyConfig) -> Dict[str, dict]:
     for c in cfg.controls:
         if c == "random":
             rows[CONTROLS[c]] = {"path": str(random_encoder_dir(cfg)), "overrides": []}
-        elif feature_transform_supported():
+        else:  # centre / whiten: the base encoder's features transformed at the head's input
             rows[CONTROLS[c]] = {"path": cfg.encoders[BASE], "overrides": [f"feature_transform={c}"]}
     for view in cfg.views:
         rows[view] = {"path": str(cfg.work / "rewire" / view / "encoder"), "overrides": []}

@@ -11,12 +11,12 @@ import pytest
 from rewire_lib.paths import REPO_ROOT
 from rewire_study.config import PRESETS, TASKS, parse_args
 from rewire_study.driver import main
-from rewire_study.stages import downstream_units, effective_fraction, feature_transform_supported
+from rewire_study.stages import downstream_units, effective_fraction
 from rewire_study.units import Unit
 
 STAGE_NAMES = ["data", "tts", "rewire", "isotropy", "downstream", "report"]
 # encoder rows of the tiny study: base, random, twin, and base+whiten once the recipes have feature_transform
-ROWS = {"base", "random", "twin"} | ({"base+whiten"} if feature_transform_supported() else set())
+ROWS = {"base", "random", "twin", "base+whiten"}
 RUNS = len(ROWS) * 2 * 2  # rows x settings (all, 1 per class) x seeds
 
 
