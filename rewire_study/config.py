@@ -44,7 +44,7 @@ PRESETS = {
     "default": dict(
         tasks=DEFAULT_TASKS, fractions=[1.0], per_class=[5], seeds=[0, 1, 2, 3, 4],
         task_seeds={"ic": 3, "er": 3, "asr": 3, "pr": 3}, views=VIEWS, controls=list(CONTROLS),
-        train_cap={"ks": 1500, "er": 300, "asr": 600, "pr": 600}, eval_cap=0, min_train=16,
+        train_cap={"ks": 1500, "er": 300}, eval_cap=0, min_train=16,
         max_steps={**{t: 150 for t in TASKS}, "asr": 300, "pr": 300}, task_overrides={},
         eval_every=15, rewire_utts=0, rewire_epochs={"twin": 1, "neutral": 1, "mixed": 1}, rewire_batch=16,
         rewire_lr=0.0002, rewire_source="fsdd/speakers/train.csv",

@@ -31,16 +31,16 @@ from rewire_lib.recipe import init_ddp_once
 
 
 class SpeechRecognitionBrain(CTCBrain):
-    """compute_forward (CTCBrain): weighted layers -> projection -> BiLSTM -> CTC log-probabilities over characters."""
+    """compute_forward (CTCBrain): weighted layers -> projection -> BiLSTM -> CTC log-probabilities over tokens."""
 
     metric = "wer"
     curve_metrics = ("wer", "cer")
 
     def compute_objectives(self, predictions, batch, stage):
-        loss, hypotheses = self.ctc_loss_and_hypotheses(predictions, batch, stage)  # character lists on dev/test
+        loss, hypotheses = self.ctc_loss_and_hypotheses(predictions, batch, stage)  # token lists on dev/test
         if hypotheses is not None:
-            words = ["".join(chars).split() for chars in hypotheses]
-            targets = ["".join(chars).split() for chars in batch.ref_tokens]
+            words = [tokens_to_words(tokens, self.hparams.token_unit) for tokens in hypotheses]
+            targets = [tokens_to_words(tokens, self.hparams.token_unit) for tokens in batch.ref_tokens]
             self.wer_metric.append(batch.id, words, targets)
             self.cer_metric.append(batch.id, words, targets)
         return loss
@@ -59,11 +59,28 @@ class SpeechRecognitionBrain(CTCBrain):
         super().on_stage_end(stage, stage_loss, epoch)
 
 
+TOKEN_UNITS = ("char", "word")
+
+
+def text_to_tokens(text: str, unit: str) -> list:
+    """The CTC targets of a transcript: its characters (spaces included: they separate the words) or its words."""
+    text = normalize_text(text)
+    return list(text) if unit == "char" else text.split()
+
+
+def tokens_to_words(tokens, unit: str) -> list:
+    """Words of a token sequence (characters are joined and split at spaces)."""
+    return "".join(tokens).split() if unit == "char" else list(tokens)
+
+
 def dataio_prep(hparams):
     """train/valid/test datasets giving `sig` (16 kHz audio, length policy applied), `ref_tokens`
-    (the characters of the normalised `wrd`) and `tokens` (their indices in the tokenizer fitted on train)."""
+    (the `token_unit`s of the normalised `wrd`) and `tokens` (their indices in the tokenizer fitted on train)."""
+    unit = hparams["token_unit"]
+    if unit not in TOKEN_UNITS:
+        raise ValueError(f"token_unit: expected one of {TOKEN_UNITS}, got {unit!r}")
     datasets = split_datasets(hparams)
-    tokenizer = add_ctc_pipeline(datasets, hparams, column="wrd", tokens_of=lambda text: list(normalize_text(text)))
+    tokenizer = add_ctc_pipeline(datasets, hparams, column="wrd", tokens_of=lambda text: text_to_tokens(text, unit))
     sb.dataio.dataset.set_output_keys(list(datasets.values()), ["id", "sig", "ref_tokens", "tokens"])
     return datasets, tokenizer
 
@@ -76,7 +93,7 @@ def main(argv=None) -> dict:
     prepare_run(hparams)  # run_on_main(the per-dataset preparer); manifests; run-folder stamp
     create_run_folder(hparams, record)  # sb.create_experiment_directory, once the folder is known to be this run's
     datasets, tokenizer = dataio_prep(hparams)
-    head = hparams["head"](vocab_size=len(tokenizer))  # output size: the characters of the training transcripts
+    head = hparams["head"](vocab_size=len(tokenizer))  # output size: the tokens of the training transcripts
     asr_brain = SpeechRecognitionBrain(modules=dict(hparams["modules"], head=head), hparams=hparams,
                                        run_opts=run_opts, checkpointer=hparams["checkpointer"])
     asr_brain.tokenizer = tokenizer

@@ -73,3 +73,30 @@ class MultiSlotHead(torch.nn.Module):
     def forward(self, x: torch.Tensor, mask: torch.Tensor) -> Dict[str, torch.Tensor]:
         pooled = masked_mean(x, mask)
         return {s: self.out[s](pooled) for s in self.slots}
+
+
+class ConvCTCHead(torch.nn.Module):
+    """Connected words: (LayerNorm,) a 1-D convolution over `context` frames, ReLU, linear, CTC
+    log-probabilities [B, T, V]. A frame-wise linear layer sees one 20 ms frame, too little to tell which word
+    it is in; a BiLSTM sees the whole utterance but costs ~10x more per step on a CPU. `utterance_norm`
+    subtracts each utterance's mean frame first (cepstral mean normalisation's idea: a per-speaker and
+    per-channel offset is removed before the head sees the features)."""
+
+    def __init__(self, input_dim: int, vocab_size: int, hidden_dim: int = 128, context: int = 9,
+                 input_norm: bool = False, utterance_norm: bool = False, dropout: float = 0.0):
+        super().__init__()
+        if context < 1 or context % 2 == 0:
+            raise ValueError(f"ConvCTCHead: context must be an odd number of frames >= 1, got {context}")
+        self.norm = torch.nn.LayerNorm(input_dim) if input_norm else torch.nn.Identity()
+        self.utterance_norm = utterance_norm
+        self.conv = torch.nn.Conv1d(input_dim, hidden_dim, context, padding=context // 2)
+        self.dropout = torch.nn.Dropout(dropout)
+        self.out = torch.nn.Linear(hidden_dim, vocab_size)
+
+    def forward(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        m = mask[..., None].to(x.dtype)
+        if self.utterance_norm:
+            x = x - masked_mean(x, mask)[:, None, :]
+        x = self.norm(x) * m  # padded frames stay zero, so they never reach a valid frame's window
+        h = torch.relu(self.conv(x.transpose(1, 2))).transpose(1, 2)
+        return torch.log_softmax(self.out(self.dropout(h)), dim=-1)

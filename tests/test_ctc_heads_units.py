@@ -1,0 +1,60 @@
+"""ConvCTCHead (connected-digit ASR/PR head) and the ASR recipe's token units (char / word)."""
+import importlib.util
+
+import pytest
+import torch
+
+from rewire_lib.downstream.heads import ConvCTCHead
+from rewire_lib.paths import REPO_ROOT
+
+
+def _asr_train():
+    spec = importlib.util.spec_from_file_location("asr_train", REPO_ROOT / "recipes" / "asr" / "train.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.mark.parametrize("utterance_norm", [False, True])
+def test_conv_ctc_head_padding_never_changes_valid_frames(utterance_norm):
+    torch.manual_seed(0)
+    head = ConvCTCHead(8, 5, hidden_dim=6, context=5, input_norm=True, utterance_norm=utterance_norm).eval()
+    x = torch.randn(1, 7, 8)
+    mask = torch.ones(1, 7, dtype=torch.bool)
+    padded = torch.cat([x, 100 * torch.randn(1, 4, 8)], dim=1)  # garbage on the padded frames
+    padded_mask = torch.cat([mask, torch.zeros(1, 4, dtype=torch.bool)], dim=1)
+    out, out_padded = head(x, mask), head(padded, padded_mask)
+    assert out.shape == (1, 7, 5) and out_padded.shape == (1, 11, 5)
+    assert torch.allclose(out, out_padded[:, :7], atol=1e-5)
+    assert torch.allclose(out.exp().sum(-1), torch.ones(1, 7), atol=1e-5)  # log-probabilities
+
+
+def test_conv_ctc_head_sees_its_context_and_no_further():
+    torch.manual_seed(0)
+    head = ConvCTCHead(4, 3, hidden_dim=4, context=3).eval()
+    x = torch.randn(1, 9, 4)
+    mask = torch.ones(1, 9, dtype=torch.bool)
+    changed = x.clone()
+    changed[0, 4] += 5.0  # frame 4 reaches frames 3..5 only
+    diff = (head(x, mask) - head(changed, mask)).abs().sum(-1)[0]
+    assert diff[3:6].min() > 0 and diff[:3].max() == 0 and diff[6:].max() == 0
+
+
+def test_conv_ctc_head_rejects_even_context():
+    with pytest.raises(ValueError, match="context must be an odd number"):
+        ConvCTCHead(4, 3, context=4)
+
+
+def test_asr_token_units_round_trip():
+    asr = _asr_train()
+    assert asr.text_to_tokens(" three  one four ", "word") == ["THREE", "ONE", "FOUR"]
+    chars = asr.text_to_tokens("three one", "char")
+    assert chars == list("THREE ONE")
+    assert asr.tokens_to_words(chars, "char") == ["THREE", "ONE"]
+    assert asr.tokens_to_words(["THREE", "ONE"], "word") == ["THREE", "ONE"]
+
+
+def test_asr_unknown_token_unit_is_a_clear_error(tmp_path):
+    asr = _asr_train()
+    with pytest.raises(ValueError, match="token_unit: expected one of"):
+        asr.dataio_prep({"token_unit": "syllable"})
