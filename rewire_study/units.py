@@ -250,14 +250,28 @@ class TreeMemorySampler:
             self._stop.wait(self.interval)
 
 
+REPO_PREFIX = "<repo>/"
+
+
 def shown_path(path, base: Path) -> str:
-    """A path as the report writes it: relative to the report folder `base` (no machine's absolute
-    paths in summary.md, summary.csv or stages.json); a hub id or other non-path stays as it is."""
+    """A path as the report writes it (no machine's absolute paths in summary.md, summary.csv or
+    stages.json): relative to the report folder `base`, except a file of the repository seen from a report
+    folder outside it, which is written `<repo>/pretrained/...` (a `../../..` walk from a scratch folder
+    into the checkout would name the machine's layout); a hub id or other non-path stays as it is."""
     text = str(path)
     p = Path(text)
     if not p.is_absolute():
         return text
-    return os.path.relpath(p, Path(base).resolve())
+    from rewire_lib.paths import REPO_ROOT
+
+    base, repo = Path(base).resolve(), REPO_ROOT.resolve()
+    if _inside(p, repo) and not _inside(base, repo):
+        return REPO_PREFIX + os.path.relpath(p, repo)
+    return os.path.relpath(p, base)
+
+
+def _inside(path: Path, folder: Path) -> bool:
+    return path == folder or folder in path.parents
 
 
 def portable(obj, base: Path):

@@ -1,0 +1,30 @@
+"""rewire_study.units.shown_path: how the study's report writes paths (never a machine's absolute path)."""
+from pathlib import Path
+
+from rewire_lib.paths import REPO_ROOT
+from rewire_study.units import portable, shown_path
+
+
+def test_paths_inside_the_report_folder_are_relative_to_it(tmp_path):
+    out = tmp_path / "results"
+    assert shown_path(out / "study" / "rewire" / "twin", out) == "study/rewire/twin"
+    assert shown_path(tmp_path / "data" / "ks", out) == "../data/ks"
+
+
+def test_repository_files_seen_from_a_scratch_report_are_written_from_the_repo_root(tmp_path):
+    shown = shown_path(REPO_ROOT / "pretrained" / "tiny-hubert", tmp_path / "results")
+    assert shown == "<repo>/pretrained/tiny-hubert"
+    assert str(REPO_ROOT) not in shown and ".." not in shown
+
+
+def test_repository_files_seen_from_a_report_inside_the_repo_stay_relative():
+    assert shown_path(REPO_ROOT / "pretrained" / "tiny-hubert", REPO_ROOT / "results") == "../pretrained/tiny-hubert"
+
+
+def test_hub_ids_and_relative_paths_are_kept_and_settings_are_made_portable(tmp_path):
+    assert shown_path("facebook/wav2vec2-base", tmp_path) == "facebook/wav2vec2-base"
+    settings = {"encoders": [f"base={REPO_ROOT / 'pretrained' / 'tiny-hubert'}", "w=facebook/wav2vec2-base"],
+                "cache": Path(tmp_path / "cache")}
+    shown = portable(settings, tmp_path / "results")
+    assert shown == {"encoders": ["base=<repo>/pretrained/tiny-hubert", "w=facebook/wav2vec2-base"],
+                     "cache": "../cache"}
