@@ -19,17 +19,28 @@ from data_prep.common import DEFAULT_FRACTIONS, setup_logging
 from rewire_lib.paths import data_dir, shared_data_dir
 
 
+CORPORA = ("synth", "fsdd", "fsdd_connected", "speech_commands")
+
+
 def prepare_all(data_root=None, seed: int = 0, scale: float = 1.0, num_workers: int = 2, fractions=DEFAULT_FRACTIONS,
-                hours=(), force: bool = False, shared=None) -> None:
+                hours=(), force: bool = False, shared=None, corpora=CORPORA) -> None:
+    """Every default corpus, or only those named in `corpora` (the study prepares what its tasks read)."""
+    unknown = [c for c in corpora if c not in CORPORA]
+    if unknown:
+        raise ValueError(f"prepare_all: unknown corpora {unknown}; valid: {', '.join(CORPORA)}")
     data_root = Path(data_root or data_dir())
     shared = Path(shared or shared_data_dir())
-    synth.generate(data_root / "synth", scale=scale, seed=seed, num_workers=num_workers, fractions=fractions,
-                   hours=hours, force=force)
-    fsdd.prepare(shared / "fsdd", data_root / "fsdd", seed=seed, fractions=fractions, hours=hours, force=force)
-    fsdd_connected.prepare(shared / "fsdd", data_root / "fsdd" / "connected", seed=seed, fractions=fractions,
-                           hours=hours, force=force, utterances=fsdd_connected.scaled_counts(scale))
-    speech_commands_test.prepare(shared / "speech_commands_v0.02_test", data_root / "speech_commands", seed=seed,
-                                 fractions=fractions, hours=hours, force=force)
+    if "synth" in corpora:
+        synth.generate(data_root / "synth", scale=scale, seed=seed, num_workers=num_workers, fractions=fractions,
+                       hours=hours, force=force)
+    if "fsdd" in corpora:
+        fsdd.prepare(shared / "fsdd", data_root / "fsdd", seed=seed, fractions=fractions, hours=hours, force=force)
+    if "fsdd_connected" in corpora:
+        fsdd_connected.prepare(shared / "fsdd", data_root / "fsdd" / "connected", seed=seed, fractions=fractions,
+                               hours=hours, force=force, utterances=fsdd_connected.scaled_counts(scale))
+    if "speech_commands" in corpora:
+        speech_commands_test.prepare(shared / "speech_commands_v0.02_test", data_root / "speech_commands",
+                                     seed=seed, fractions=fractions, hours=hours, force=force)
 
 
 def main(argv=None) -> None:
@@ -44,10 +55,11 @@ def main(argv=None) -> None:
     p.add_argument("--fraction", type=float, nargs="*", default=list(DEFAULT_FRACTIONS))
     p.add_argument("--hours", type=float, nargs="*", default=[])
     p.add_argument("--force", action="store_true")
+    p.add_argument("--corpora", nargs="*", default=list(CORPORA), choices=CORPORA, help="default: all of them")
     a = p.parse_args(argv)
     setup_logging()
     prepare_all(a.data_dir, seed=a.seed, scale=a.scale, num_workers=a.num_workers, fractions=a.fraction,
-                hours=a.hours, force=a.force, shared=a.shared_dir)
+                hours=a.hours, force=a.force, shared=a.shared_dir, corpora=a.corpora)
 
 
 if __name__ == "__main__":

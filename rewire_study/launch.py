@@ -10,6 +10,7 @@ on this machine): a way to check a study's job setup without a cluster, and what
 """
 from __future__ import annotations
 
+import functools
 import shutil
 import subprocess
 import sys
@@ -45,6 +46,19 @@ def torchrun_command(recipe: str, argv: List[str], gpus: int) -> List[str]:
             str(recipe_dir(recipe) / "train.py"), *argv]
 
 
+def remember_environment_description() -> None:
+    """SpeechBrain writes env.log in every run folder from `pip freeze` and `git` run in shells (about 1 s a
+    run, minutes over a study's hundreds of runs). Within one worker process the environment cannot change,
+    so the description is computed once and every later run's env.log gets the same text."""
+    import speechbrain.utils.logger as sb_logger
+
+    describe = sb_logger.get_environment_description
+    if not getattr(describe, "remembered", False):
+        describe = functools.lru_cache(maxsize=1)(describe)
+        describe.remembered = True
+        sb_logger.get_environment_description = describe
+
+
 def run_recipe(cfg, recipe: str, argv: List[str], console: Path, ddp: bool = True) -> Optional[dict]:
     """Run `recipes/<recipe>/train.py` main(argv), its console output to `console`.
 
@@ -52,6 +66,7 @@ def run_recipe(cfg, recipe: str, argv: List[str], console: Path, ddp: bool = Tru
     and the downstream result is read back from the run's result.json."""
     gpus = gpus_per_unit(cfg) if ddp else 0
     if gpus <= 1:
+        remember_environment_description()
         with quiet(console):
             return load_recipe_main(recipe)(argv)
     cmd = torchrun_command(recipe, argv, gpus)

@@ -185,10 +185,12 @@ def stage_data(cfg: StudyConfig) -> dict:
     """Default corpora (skipped when prepared), real corpora when given, then the study's manifests."""
     from data_prep.prepare_all import prepare_all
 
-    print(f"  default corpora -> {cfg.data_dir} (eSpeak synth scale {cfg.synth_scale}, FSDD, Speech Commands; "
-          "skipped when already prepared)", flush=True)
-    prepare_all(cfg.data_dir, seed=cfg.seed, scale=cfg.synth_scale, num_workers=2,
-                shared=cfg.shared_dir or shared_data_dir())
+    corpora = default_corpora_needed(cfg)
+    print(f"  default corpora -> {cfg.data_dir}: {', '.join(corpora) or 'none'} (eSpeak synth scale "
+          f"{cfg.synth_scale}; skipped when already prepared)", flush=True)
+    if corpora:
+        prepare_all(cfg.data_dir, seed=cfg.seed, scale=cfg.synth_scale, num_workers=2,
+                    shared=cfg.shared_dir or shared_data_dir(), corpora=corpora)
     for opt, src in cfg.corpora.items():
         if opt not in REAL_CORPORA:
             continue
@@ -199,6 +201,21 @@ def stage_data(cfg: StudyConfig) -> dict:
             if opt == "speech_commands_v1" and "speech_commands_v1_test" in cfg.corpora else {}
         mod.prepare(src, cfg.data_dir / save, seed=cfg.seed, **kwargs)
     return make_study_manifests(cfg)
+
+
+def default_corpora_needed(cfg: StudyConfig) -> List[str]:
+    """The embedded corpora (data_prep.prepare_all names) that this study reads: its tasks' default data
+    (a task fed by a real corpus or --data-folder needs none) and FSDD for the default rewiring and isotropy
+    clips; the eSpeak corpus is made only when a task (IC, ER) reads it."""
+    from data_prep.prepare_all import CORPORA
+
+    folders = [TASK_DATA[t][0] for t in cfg.tasks
+               if task_source(cfg, t) == {"data_folder": str(cfg.data_dir / TASK_DATA[t][0])}]
+    if not cfg.rewire_csv or not cfg.iso_manifest:
+        folders.append("fsdd/speakers")
+    needed = {"synth" if f.startswith("synth/") else "fsdd_connected" if f == "fsdd/connected" else
+              "fsdd" if f.startswith("fsdd/") else f for f in folders}
+    return [c for c in CORPORA if c in needed]
 
 
 def make_study_manifests(cfg: StudyConfig) -> dict:

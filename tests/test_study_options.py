@@ -42,9 +42,9 @@ def base_argv(tmp: Path, *extra):
 def test_embedded_default_is_capped_user_folder_is_not(tmp_path):
     task_folder(tmp_path / "data" / "speech_commands", train=2000)  # where the embedded default's KS data lives
     cfg = parse_args(base_argv(tmp_path))
-    assert cfg.presets["ks"] == "default" and cfg.train_cap["ks"] == 1500 and cfg.max_steps["ks"] == 150
+    assert cfg.presets["ks"] == "default" and cfg.train_cap["ks"] == 1000 and cfg.max_steps["ks"] == 150
     sizes = st.make_study_manifests(cfg)["sizes"]["ks"]
-    assert (sizes["train"], sizes["dev"], sizes["test"]) == (1500, 120, 120)  # caps: training data only
+    assert (sizes["train"], sizes["dev"], sizes["test"]) == (1000, 120, 120)  # caps: training data only
 
     mine = task_folder(tmp_path / "mine")
     cfg = parse_args(base_argv(tmp_path, "--data-folder", f"ks={mine}", "--out", str(tmp_path / "r2")))
@@ -65,7 +65,7 @@ def test_embedded_default_is_capped_user_folder_is_not(tmp_path):
 def test_real_corpus_options_lift_caps_of_the_tasks_they_feed(tmp_path):
     cfg = parse_args(["--librispeech", str(tmp_path), "--tasks", "asr,ks"])
     assert cfg.presets["asr"] == REAL and cfg.presets["rewire"] == REAL and cfg.presets["ks"] == "default"
-    assert cfg.train_cap == {"asr": 0, "ks": 1500} and cfg.eval_cap == {"asr": 0, "ks": 0}
+    assert cfg.train_cap == {"asr": 0, "ks": 1000} and cfg.eval_cap == {"asr": 0, "ks": 0}
     assert cfg.rewire_utts == 0 and cfg.max_steps["asr"] is None and cfg.max_steps["ks"] == 150
     assert "asr" not in cfg.task_overrides  # the embedded preset's CPU batch size is not forced on LibriSpeech
     quick = parse_args(["--quick", "--voxceleb1", str(tmp_path)])  # --quick: a first look, capped everywhere
