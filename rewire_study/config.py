@@ -45,6 +45,7 @@ PRESETS = {
     "default": dict(
         tasks=DEFAULT_TASKS, fractions=[1.0], per_class=[5], seeds=[0, 1, 2, 3, 4],
         task_seeds={"ic": 3, "er": 3, "asr": 3, "pr": 3}, views=VIEWS, controls=list(CONTROLS),
+        task_eval_every={"asr": 30, "pr": 30},  # a CTC dev pass costs more than a classification one
         train_cap={"ks": 1000, "sid": 1000, "er": 300, "ic": 1000}, eval_cap=0, min_train=16,
         max_steps={**{t: 150 for t in TASKS}, "asr": 300, "pr": 300}, task_overrides={},
         eval_every=15, rewire_utts=1920, rewire_epochs={"twin": 1, "neutral": 1, "mixed": 1}, rewire_batch=16,
@@ -52,7 +53,8 @@ PRESETS = {
         iso_utts=200, iso_max_vectors=4000,
     ),
     "quick": dict(
-        tasks=["ks", "sid"], fractions=[1.0], per_class=[5], seeds=[0, 1], task_seeds={}, views=["twin"],
+        tasks=["ks", "sid"], fractions=[1.0], per_class=[5], seeds=[0, 1], task_seeds={}, task_eval_every={},
+        views=["twin"],
         controls=["whiten"], train_cap={"ks": 600, "sid": 600}, eval_cap=0, min_train=16,
         max_steps={t: 100 for t in TASKS}, task_overrides={},
         eval_every=20, rewire_utts=480, rewire_epochs={"twin": 1, "neutral": 1, "mixed": 1}, rewire_batch=16,
@@ -109,6 +111,7 @@ class StudyConfig:
     device: str = "cpu"
     feature_dtype: str = "float16"
     task_seeds: Dict[str, int] = field(default_factory=dict)  # task -> only the first N seeds (budget)
+    task_eval_every: Dict[str, int] = field(default_factory=dict)  # task -> dev every K steps (else eval_every)
     per_class: List[int] = field(default_factory=list)  # classification tasks: k labelled utterances per class
     controls: List[str] = field(default_factory=list)  # from CONTROLS
     rewire_lr: Optional[float] = None  # None: the rewiring recipe's own lr
@@ -118,6 +121,10 @@ class StudyConfig:
     threads: int = 1
     launcher: str = "local"  # local | slurm | submitit-local
     slurm: Dict[str, object] = field(default_factory=dict)  # partition, gpus_per_job, time_min, extra
+
+    def eval_every_of(self, task: str) -> int:
+        """Dev evaluation interval of a task's runs: its own where the preset sets one, else `eval_every`."""
+        return self.task_eval_every.get(task, self.eval_every)
 
     def seeds_of(self, task: str) -> List[int]:
         """The seeds a task runs: all of `seeds`, or its first N where the preset's budget says so."""
@@ -208,7 +215,7 @@ def user_data_tasks(corpora: Dict[str, str], data_folders: Dict[str, str]) -> Di
 def presets_help(active: str, fed: Dict[str, str]) -> str:
     """Every preset value, and which preset each task takes with the options given so far."""
     keys = ["tasks", "fractions", "per_class", "seeds", "task_seeds", "views", "controls", "train_cap", "eval_cap", "min_train", "max_steps",
-            "eval_every", "rewire_utts", "rewire_epochs", "rewire_batch", "rewire_lr", "rewire_source", "iso_utts", "iso_max_vectors",
+            "eval_every", "task_eval_every", "rewire_utts", "rewire_epochs", "rewire_batch", "rewire_lr", "rewire_source", "iso_utts", "iso_max_vectors",
             "task_overrides"]
     lines = ["Presets (an option given on the command line replaces the preset value; caps: 0 = all):"]
     lines.append(f"  {'key':<16}{'default':<44}{'quick':<44}{REAL}")
@@ -439,7 +446,8 @@ def parse_args(argv=None) -> StudyConfig:
     rewire_utts = size("rewire", "rewire_utts") if a.rewire_utts is None else a.rewire_utts
     return StudyConfig(
         out=Path(a.out).resolve(), mode=mode, encoders=encoders, tasks=tasks, fractions=fractions, seeds=seeds,
-        per_class=per_class, controls=controls, task_seeds={} if a.seeds else dict(pre["task_seeds"]), rewire_lr=a.rewire_lr if a.rewire_lr is not None else pre["rewire_lr"],
+        per_class=per_class, controls=controls, task_seeds={} if a.seeds else dict(pre["task_seeds"]),
+        task_eval_every={} if a.eval_every is not None else dict(pre["task_eval_every"]), rewire_lr=a.rewire_lr if a.rewire_lr is not None else pre["rewire_lr"],
         rewire_source=pre["rewire_source"], command=["./run_all.sh", *argv],
         views=views, train_cap=train_cap, eval_cap=eval_cap,
         min_train=pick(a.min_train, "min_train"), max_steps=max_steps,

@@ -480,7 +480,7 @@ def write_markdown(path: Path, cfg: StudyConfig, cells: dict, iso_rows: List[dic
                  "`random` a randomly initialised encoder of the base's architecture (the floor).  ")
     L.append(f"**Tasks**: {', '.join(cfg.tasks)}; **seeds**: {', '.join(map(str, cfg.seeds))} ({seeds_note(cfg)}) "
              "**steps per run**: " + ", ".join(f"{t} {_steps(cfg.max_steps[t])}" for t in cfg.tasks)
-             + f"; **dev every** {cfg.eval_every} steps.\n")
+             + "; **dev every**: " + ", ".join(f"{t} {cfg.eval_every_of(t)}" for t in cfg.tasks) + " steps.\n")
     L += what_ran(cfg)
     L += verdict_lines(cfg, cells)
 

@@ -529,7 +529,7 @@ def downstream_units(cfg: StudyConfig) -> List[tuple]:
                             "encoder_stamp": stamps[name], **data, "train_csv": train_csv,
                             "data_fingerprint": fingerprints[setting], "device": cfg.device,
                             "setting": setting, "seed": seed, "max_steps": cfg.max_steps[task],
-                            "eval_every_steps": cfg.eval_every,
+                            "eval_every_steps": cfg.eval_every_of(task),
                             "overrides": row["overrides"] + cfg.task_overrides.get("all", []) +
                             cfg.task_overrides.get(task, []),
                             "feature_dtype": cfg.feature_dtype}

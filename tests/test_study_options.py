@@ -163,3 +163,10 @@ def test_user_folder_with_valid_csv_and_a_missing_split(tmp_path, capsys):
     with pytest.raises(SystemExit):
         parse_args(base_argv(tmp_path, "--data-folder", f"ks={mine}"))
     assert f"--data-folder ks: {mine / 'test.csv'} does not exist" in capsys.readouterr().err
+
+
+def test_ctc_tasks_evaluate_less_often_unless_the_user_sets_an_interval(tmp_path):
+    cfg = parse_args(["--out", str(tmp_path)])
+    assert (cfg.eval_every_of("asr"), cfg.eval_every_of("pr"), cfg.eval_every_of("ks")) == (30, 30, 15)
+    given = parse_args(["--out", str(tmp_path), "--eval-every", "10"])
+    assert {given.eval_every_of(t) for t in ("asr", "pr", "ks", "sid")} == {10}
