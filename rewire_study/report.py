@@ -468,9 +468,9 @@ def write_markdown(path: Path, cfg: StudyConfig, cells: dict, iso_rows: List[dic
     encs = encoder_paths(cfg)
     L = ["# Study: rewired encoders against their base encoder\n"]
     L.append(f"Made by `{shown_command(cfg)}` ({cfg.mode} preset, {cfg.launcher} launcher, {cfg.jobs} worker(s) x "
-             f"{cfg.threads} thread(s)) on a machine with {machine()}; wall time of that invocation "
-             f"{fmt(stages.get('total_wall_time_s'), 0)} s (work over all invocations "
-             f"{fmt(stages.get('total_work_time_s'), 0)} s), peak memory of all study processes together "
+             f"{cfg.threads} thread(s)) on a machine with {machine()}; time of its stages' work over all invocations "
+             f"{fmt(stages.get('total_work_time_s'), 0)} s (the latest invocation "
+             f"{fmt(stages.get('total_wall_time_s'), 0)} s: less when it found work done), peak memory of all study processes together "
              f"{fmt(stages.get('peak_tree_pss_mib'), 0)} MiB. Every number below is read from the files under "
              "`study/`; paths are relative to this report's folder.\n")
     L.append("**Encoder rows**: " + ", ".join(f"`{n}` = `{shown_path(p, cfg.out)}`" for n, p in encs.items()) + ". ")
@@ -586,9 +586,9 @@ def write_markdown(path: Path, cfg: StudyConfig, cells: dict, iso_rows: List[dic
         L.append("")
         L.append("## Continue by hand\n")
         L.append("The rewired encoders are complete model folders; a downstream recipe runs on them from the "
-                 "repository root with:\n")
+                 "repository root with (`OUT`: this report's folder, when it lies outside the checkout):\n")
         L.append("```")
-        L += [line.strip() for line in continue_by_hand(cfg).splitlines()[1:]]
+        L += [line.strip() for line in continue_by_hand(cfg, in_report=True).splitlines()[1:]]
         L.append("```")
     failed = [f for st in stages.get("stages", {}).values() for f in st.get("failed", [])]
     if failed:

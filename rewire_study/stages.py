@@ -404,12 +404,16 @@ def stage_rewire(cfg: StudyConfig) -> dict:
             "unit_seconds": [m["seconds"] for m in msgs], "worker_peak_rss_mib": _worker_peak(msgs)}
 
 
-def continue_by_hand(cfg: StudyConfig) -> str:
+def continue_by_hand(cfg: StudyConfig, in_report: bool = False) -> str:
     """The commands that run a downstream recipe by hand on the study's rewired encoders (from the
-    repository root): rewired.yaml finds `<rewire_results>/twin/encoder`, other views by --encoder."""
+    repository root): rewired.yaml finds `<rewire_results>/twin/encoder`, other views by --encoder.
+    In the report, a study folder outside the checkout is written `OUT/` (the report's own folder): a
+    relative walk from the repository to a scratch folder would only hold on the machine that ran it."""
     from rewire_lib.paths import REPO_ROOT
 
-    results = shown_path(cfg.work / "rewire", REPO_ROOT)
+    repo = REPO_ROOT.resolve()
+    outside = repo not in cfg.out.resolve().parents
+    results = "OUT/study/rewire" if in_report and outside else shown_path(cfg.work / "rewire", REPO_ROOT)
     task = cfg.tasks[0] if cfg.tasks else "ks"
     lines = [f"  continue by hand (from the repository root): the rewired encoders are under {results}/<view>/encoder"]
     for view in cfg.views:

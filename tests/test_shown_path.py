@@ -28,3 +28,16 @@ def test_hub_ids_and_relative_paths_are_kept_and_settings_are_made_portable(tmp_
     shown = portable(settings, tmp_path / "results")
     assert shown == {"encoders": ["base=<repo>/pretrained/tiny-hubert", "w=facebook/wav2vec2-base"],
                      "cache": "../cache"}
+
+
+def test_report_commands_name_a_scratch_study_folder_as_OUT(tmp_path):
+    from rewire_study.config import parse_args
+    from rewire_study.stages import continue_by_hand
+
+    cfg = parse_args(["--out", str(tmp_path / "results"), "--tasks", "ks", "--views", "twin,neutral"])
+    report = continue_by_hand(cfg, in_report=True)
+    assert "--rewire_results OUT/study/rewire" in report and "--encoder OUT/study/rewire/neutral/encoder" in report
+    console = continue_by_hand(cfg)  # on the console: the real (relative) path, which works on this machine
+    assert "OUT/" not in console and "study/rewire" in console
+    inside = parse_args(["--out", str(REPO_ROOT / "results"), "--tasks", "ks", "--views", "twin"])
+    assert "--rewire_results results/study/rewire" in continue_by_hand(inside, in_report=True)
