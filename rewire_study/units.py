@@ -102,11 +102,22 @@ def peak_rss_mib() -> dict:
     return {"self": round(self_kib / 1024, 1), "children": round(child_kib / 1024, 1)}
 
 
+def _max_known(a: Optional[float], b: Optional[float]) -> Optional[float]:
+    known = [x for x in (a, b) if x is not None]
+    return max(known) if known else None
+
+
+def higher_peaks(old: Optional[dict], new: dict) -> dict:
+    """Per-key maximum of two `peak_rss_mib()` records (the older one may be missing)."""
+    return {k: _max_known((old or {}).get(k), v) for k, v in new.items()}
+
+
 class StageLog:
     """`OUT/stages.json`: the study's settings and, per stage, status, wall time and peak memory.
 
     `wall_time_s` is the time of the stage's latest invocation (small when everything was skipped);
-    `work_time_s` sums every invocation, i.e. the time the stage's work took in all."""
+    `work_time_s` sums every invocation, i.e. the time the stage's work took in all; the peak memories are
+    the highest over every invocation (a resumed run that skips finished work keeps the peak of the work)."""
 
     def __init__(self, path: Path, settings: dict):
         self.path = Path(path)
@@ -124,7 +135,9 @@ class StageLog:
             "status": status, "wall_time_s": round(seconds, 2),
             "work_time_s": round(old.get("work_time_s", 0.0) + seconds, 2),
             "invocations": old.get("invocations", 0) + 1, "finished_at": time.strftime("%Y-%m-%d %H:%M:%S"),
-            "peak_rss_mib": peak_rss_mib(), "peak_tree_pss_mib": None if tree_peak_mib is None else round(tree_peak_mib, 1),
+            "peak_rss_mib": higher_peaks(old.get("peak_rss_mib"), peak_rss_mib()),
+            "peak_tree_pss_mib": _max_known(old.get("peak_tree_pss_mib"),
+                                            None if tree_peak_mib is None else round(tree_peak_mib, 1)),
             "settings": settings, **counts,
         }
         self.data["stages"][name] = entry

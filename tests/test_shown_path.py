@@ -41,3 +41,15 @@ def test_report_commands_name_a_scratch_study_folder_as_OUT(tmp_path):
     assert "OUT/" not in console and "study/rewire" in console
     inside = parse_args(["--out", str(REPO_ROOT / "results"), "--tasks", "ks", "--views", "twin"])
     assert "--rewire_results results/study/rewire" in continue_by_hand(inside, in_report=True)
+
+
+def test_stage_log_keeps_the_peak_of_the_work_when_a_resumed_run_skips_it(tmp_path):
+    from rewire_study.units import StageLog
+
+    log = StageLog(tmp_path / "stages.json", {})
+    log.record("downstream", "done", 1500.0, {}, {}, tree_peak_mib=8000.0)
+    again = StageLog(tmp_path / "stages.json", {})  # the same command later: everything found done
+    entry = again.record("downstream", "done", 0.5, {}, {}, tree_peak_mib=700.0)
+    assert entry["peak_tree_pss_mib"] == 8000.0 and entry["wall_time_s"] == 0.5
+    assert entry["work_time_s"] == 1500.5 and entry["invocations"] == 2
+    assert again.data["peak_tree_pss_mib"] == 8000.0
