@@ -51,9 +51,15 @@ def test_two_process_finetuning_equals_one_process_with_the_global_batch(tmp_pat
     (tmp_path / "driver.py").write_text(DRIVER)
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=os.pathsep.join(
         [str(REPO_ROOT), str(REPO_ROOT / "tests"), os.environ.get("PYTHONPATH", "")]))
-    proc = subprocess.run([TORCHRUN, "--standalone", "--nproc_per_node=2", str(tmp_path / "driver.py"),
-                           *ks_argv(encoder, corpus, ddp, batch_size=2, **FINETUNE)],
-                          cwd=REPO_ROOT, capture_output=True, text=True, timeout=600, env=env)
+    command = [TORCHRUN, "--standalone", "--nproc_per_node=2", str(tmp_path / "driver.py"),
+               *ks_argv(encoder, corpus, ddp, batch_size=2, **FINETUNE)]
+    proc = subprocess.run(command, cwd=REPO_ROOT, capture_output=True, text=True, timeout=600, env=env)
+    if proc.returncode != 0 and "SIGABRT" in proc.stderr:
+        # Seen once (2026-11-29, full suite on the 2-core machine): a gloo worker aborted with SIGABRT and no
+        # Python error, and the rerun passed. One fresh attempt; a deterministic failure fails again, and any
+        # other failure is reported at once.
+        shutil.rmtree(ddp, ignore_errors=True)
+        proc = subprocess.run(command, cwd=REPO_ROOT, capture_output=True, text=True, timeout=600, env=env)
     errors = [line for line in proc.stderr.splitlines() if "Error" in line and "ChildFailedError" not in line]
     assert proc.returncode == 0, "\n".join(errors[:6]) + "\n...\n" + proc.stderr[-2000:]
 
