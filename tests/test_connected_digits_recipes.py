@@ -32,3 +32,16 @@ def test_connected_digits_hparams_run(task, column, connected, tiny_encoder_dir,
     expect = [len(v) for v in refs.values()]
     assert result[f"test_{'wer' if task == 'asr' else 'per'}"] == pytest.approx(
         100.0 * sum(int(r["errors"]) for r in rows) / sum(expect))
+
+
+def test_asr_token_unit_is_part_of_the_run_stamp(connected, tiny_encoder_dir, tmp_path):
+    """The same folder with other CTC targets is another run: the recipe stops and names the key."""
+    from rewire_lib.run_stamp import RunFolderMismatch
+
+    out = tmp_path / "asr"
+    argv = [str(REPO_ROOT / "recipes" / "asr" / "hparams" / "fsdd_connected.yaml"), "--noprogressbar",
+            "--encoder", str(tiny_encoder_dir), "--data_folder", str(connected), "--output_folder", str(out),
+            "--max_steps", "2", "--eval_every_steps", "2", "--batch_size", "4"]
+    run_task("asr", argv)
+    with pytest.raises(RunFolderMismatch, match="token_unit word -> char"):
+        run_task("asr", argv + ["--token_unit", "char"])

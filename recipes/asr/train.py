@@ -4,7 +4,8 @@
 A projection and a 2-layer BiLSTM over the learnable weighted sum of a frozen speech encoder's layers
 (SUPERB protocol), trained with CTC over characters; dev/test hypotheses by greedy CTC decoding (no
 language model); result.json reports the test WER and CER (%) of the checkpoint with the best dev WER,
-and wer_test.txt the alignment of every test utterance.
+and wer_test.txt the alignment of every test utterance. `token_unit: word` makes the CTC targets whole
+words instead (a closed vocabulary: hparams/fsdd_connected.yaml, connected digits, with a convolution head).
 
 Data: manifests `ID,duration,wav,wrd` (the transcript; upper-cased, spaces collapsed). Default: the
 synthetic corpus (data/synth/asr) made by `python data_prep/prepare_all.py`. LibriSpeech
@@ -17,7 +18,7 @@ Run, from the repository root or from this folder:
     torchrun --nproc_per_node=2 recipes/asr/train.py recipes/asr/hparams/baseline.yaml   # DDP
 
 Keys people change (`--key value`): encoder, data_folder, train_fraction, seed, lr, batch_size,
-max_steps, eval_every_steps, specaugment, freeze_encoder (false fine-tunes: finetune_top_layers,
+max_steps, eval_every_steps, token_unit, specaugment, freeze_encoder (false fine-tunes: finetune_top_layers,
 encoder_lr, encoder_warmup_steps, freeze_cnn), feature_cache; the head's sizes in the YAML.
 """
 import speechbrain as sb

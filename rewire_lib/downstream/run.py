@@ -80,7 +80,7 @@ def require_encoder(encoder: str, rewire_results: str) -> str:
 STAMP_KEYS = ("task", "seed", "train_fraction", "subset_seed", "lr", "batch_size", "max_duration", "freeze_encoder",
               "finetune_top_layers", "freeze_cnn", "encoder_lr", "encoder_warmup_steps", "encoder_spec_augment",
               "encoder_layerdrop", "layer", "specaugment", "feature_cache_dtype", "label_column", "slots",
-              "feature_transform", "feature_transform_shrinkage")
+              "feature_transform", "feature_transform_shrinkage", "token_unit")
 
 
 def prepare_run(hparams: dict) -> None:
