@@ -119,6 +119,7 @@ def run_study(cfg: StudyConfig) -> int:
             raise
         seconds = time.time() - t0
         sampler.__exit__(None, None, None)
+        counts = dict(counts or {}, peak_processes=sampler.peak_processes)  # what was resident at the peak
         entry = log.record(name, state, seconds, _stage_settings(cfg, name), counts, sampler.peak_mib)
         tree = entry["peak_tree_pss_mib"]
         print(f"stage {name}: {state} in {seconds:.1f} s (peak memory (PSS) of all study processes together: "

@@ -140,6 +140,8 @@ class StageLog:
                                             None if tree_peak_mib is None else round(tree_peak_mib, 1)),
             "settings": settings, **counts,
         }
+        if entry["peak_tree_pss_mib"] != tree_peak_mib and "peak_processes" in old:
+            entry["peak_processes"] = old["peak_processes"]  # what was resident at the peak that is kept
         self.data["stages"][name] = entry
         stages = self.data["stages"].values()
         self.data["peak_rss_mib"] = max(max(s["peak_rss_mib"]["self"], s["peak_rss_mib"]["children"]) for s in stages)
@@ -213,6 +215,8 @@ class TreeMemorySampler:
 
         self.interval = interval
         self.peak_mib: Optional[float] = None
+        self.peak_processes: list = []  # process_breakdown() at the peak
+        self.last_processes: dict = {}
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
 
@@ -244,13 +248,15 @@ class TreeMemorySampler:
                 except (OSError, IndexError, ValueError):
                     continue
             me = os.getpid()
-            total = 0
+            total, mine = 0, {}
             for pid in rss:
                 p, hops = pid, 0
                 while p not in (0, 1, me) and hops < 64:
                     p, hops = parents.get(p, 0), hops + 1
-                if p == me:
+                if p == me or pid == me:
                     total += rss[pid]
+                    mine[pid] = rss[pid]
+            self.last_processes = mine
             return total / 2 ** 20
         except OSError:
             return None
@@ -258,9 +264,26 @@ class TreeMemorySampler:
     def _run(self) -> None:
         while not self._stop.is_set():
             v = self.sample()
-            if v is not None:
-                self.peak_mib = v if self.peak_mib is None else max(self.peak_mib, v)
+            if v is not None and (self.peak_mib is None or v > self.peak_mib):
+                self.peak_mib = v
+                self.peak_processes = process_breakdown(self.last_processes)
             self._stop.wait(self.interval)
+
+
+def process_breakdown(sizes: dict, most: int = 8) -> list:
+    """[{"process": role, "mib": PSS}] of the largest processes at a peak, so that a report can say what was
+    resident: the study's main process, the forkserver, the resource tracker or a worker (by pid)."""
+    rows = []
+    for pid, size in sorted(sizes.items(), key=lambda kv: -kv[1])[:most]:
+        try:
+            with open(f"/proc/{pid}/cmdline", "rb") as f:
+                cmd = f.read().replace(b"\0", b" ").decode(errors="replace")
+        except OSError:
+            cmd = ""
+        role = ("main" if pid == os.getpid() else "forkserver" if "forkserver" in cmd and "spawn_main" not in cmd
+                else "resource tracker" if "resource_tracker" in cmd else f"worker {pid}")
+        rows.append({"process": role, "mib": round(size / 2 ** 20, 1)})
+    return rows
 
 
 REPO_PREFIX = "<repo>/"

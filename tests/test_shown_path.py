@@ -53,3 +53,36 @@ def test_stage_log_keeps_the_peak_of_the_work_when_a_resumed_run_skips_it(tmp_pa
     assert entry["peak_tree_pss_mib"] == 8000.0 and entry["wall_time_s"] == 0.5
     assert entry["work_time_s"] == 1500.5 and entry["invocations"] == 2
     assert again.data["peak_tree_pss_mib"] == 8000.0
+
+
+def test_memory_sampler_names_what_is_resident_at_the_peak():
+    import subprocess
+    import sys
+    import time
+
+    from rewire_study.units import TreeMemorySampler
+
+    child = subprocess.Popen([sys.executable, "-c", "import time; x = b\"\\x01\" * (300 * 2**20); time.sleep(30)"])
+    try:
+        with TreeMemorySampler(interval=0.1) as sampler:
+            deadline = time.time() + 20
+            while time.time() < deadline and not any(r["mib"] >= 150 for r in sampler.peak_processes):
+                time.sleep(0.2)
+    finally:
+        child.kill()
+        child.wait()
+    assert sampler.peak_mib is not None and sampler.peak_mib >= 150
+    workers = [r for r in sampler.peak_processes if r["process"] == f"worker {child.pid}"]
+    assert workers and workers[0]["mib"] >= 150  # the 300 MiB child (idle pages may be reclaimed), by pid
+    assert any(r["process"] == "main" for r in sampler.peak_processes)
+
+
+def test_stage_log_keeps_the_breakdown_of_the_kept_peak(tmp_path):
+    from rewire_study.units import StageLog
+
+    log = StageLog(tmp_path / "stages.json", {})
+    log.record("downstream", "done", 10.0, {}, {"peak_processes": [{"process": "worker 7", "mib": 7000.0}]},
+               tree_peak_mib=8000.0)
+    entry = StageLog(tmp_path / "stages.json", {}).record(
+        "downstream", "done", 0.1, {}, {"peak_processes": [{"process": "main", "mib": 600.0}]}, tree_peak_mib=700.0)
+    assert entry["peak_processes"] == [{"process": "worker 7", "mib": 7000.0}]
