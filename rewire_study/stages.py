@@ -22,7 +22,7 @@ from rewire_study.config import (BASE, CLASS_TASKS, CONTROLS, REAL_CORPORA, TASK
                                  StudyConfig)
 from rewire_study.launch import run_units
 from rewire_study.recipes import recipe_hparams
-from rewire_study.units import StageError, Unit, data_fingerprint, encoder_stamp, quiet, shown_path
+from rewire_study.units import StageError, Unit, data_fingerprint, encoder_stamp, is_inside, quiet, shown_path
 
 
 # ---------------------------------------------------------------------- helpers
@@ -411,8 +411,7 @@ def continue_by_hand(cfg: StudyConfig, in_report: bool = False) -> str:
     relative walk from the repository to a scratch folder would only hold on the machine that ran it."""
     from rewire_lib.paths import REPO_ROOT
 
-    repo = REPO_ROOT.resolve()
-    outside = repo not in cfg.out.resolve().parents
+    outside = not is_inside(cfg.out.resolve(), REPO_ROOT.resolve())
     results = "OUT/study/rewire" if in_report and outside else shown_path(cfg.work / "rewire", REPO_ROOT)
     task = cfg.tasks[0] if cfg.tasks else "ks"
     lines = [f"  continue by hand (from the repository root): the rewired encoders are under {results}/<view>/encoder"]

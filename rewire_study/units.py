@@ -253,7 +253,7 @@ class TreeMemorySampler:
                 p, hops = pid, 0
                 while p not in (0, 1, me) and hops < 64:
                     p, hops = parents.get(p, 0), hops + 1
-                if p == me or pid == me:
+                if p == me:  # this process included (the walk stops at once for it)
                     total += rss[pid]
                     mine[pid] = rss[pid]
             self.last_processes = mine
@@ -301,12 +301,13 @@ def shown_path(path, base: Path) -> str:
     from rewire_lib.paths import REPO_ROOT
 
     base, repo = Path(base).resolve(), REPO_ROOT.resolve()
-    if _inside(p, repo) and not _inside(base, repo):
+    if is_inside(p, repo) and not is_inside(base, repo):
         return REPO_PREFIX + os.path.relpath(p, repo)
     return os.path.relpath(p, base)
 
 
-def _inside(path: Path, folder: Path) -> bool:
+def is_inside(path: Path, folder: Path) -> bool:
+    """`path` is `folder` or lies below it (both resolved by the caller)."""
     return path == folder or folder in path.parents
 
 
