@@ -11,6 +11,7 @@ on this machine): a way to check a study's job setup without a cluster, and what
 from __future__ import annotations
 
 import functools
+import gc
 import shutil
 import subprocess
 import sys
@@ -59,6 +60,15 @@ def remember_environment_description() -> None:
         sb_logger.get_environment_description = describe
 
 
+def release_run_memory() -> None:
+    """Free what a finished in-process run still holds. A SpeechBrain Brain and its Checkpointer refer to
+    each other (the Brain registers itself as a recoverable), so a run's Brain, its modules and its
+    in-memory feature cache outlive main() until Python's cyclic collector runs, and its oldest generation
+    runs rarely. Measured: a worker running one task's 10-30 runs grew by ~630 MiB per keyword-spotting
+    run, 1.5 -> 4.5 GiB over 15 runs; two such workers were the study's 8.6 GiB peak."""
+    gc.collect()
+
+
 def run_recipe(cfg, recipe: str, argv: List[str], console: Path, ddp: bool = True) -> Optional[dict]:
     """Run `recipes/<recipe>/train.py` main(argv), its console output to `console`.
 
@@ -67,8 +77,11 @@ def run_recipe(cfg, recipe: str, argv: List[str], console: Path, ddp: bool = Tru
     gpus = gpus_per_unit(cfg) if ddp else 0
     if gpus <= 1:
         remember_environment_description()
-        with quiet(console):
-            return load_recipe_main(recipe)(argv)
+        try:
+            with quiet(console):
+                return load_recipe_main(recipe)(argv)
+        finally:
+            release_run_memory()
     cmd = torchrun_command(recipe, argv, gpus)
     console.parent.mkdir(parents=True, exist_ok=True)
     with open(console, "a") as log:
