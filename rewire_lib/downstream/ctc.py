@@ -3,6 +3,7 @@ Brain whose head gives CTC log-probabilities (loss: the YAML's `compute_cost`, S
 dev/test hypotheses: greedy CTC decoding)."""
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 from typing import Callable, List
 
@@ -13,12 +14,42 @@ from rewire_lib.downstream.brain import DownstreamBrain
 from rewire_lib.downstream.labels import fit_ctc_tokenizer
 from rewire_lib.downstream.predictions import rows_from_error_rate_stats
 
+logger = logging.getLogger(__name__)
+
 
 class CTCBrain(DownstreamBrain):
     """compute_forward: weighted layers -> the YAML's `head` -> log-probabilities [B, T, V] and the
     relative frame lengths [B]. A subclass's compute_objectives calls `ctc_loss_and_hypotheses`."""
 
     higher_is_better = False
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.blank_penalty = check_blank_penalty(getattr(self.hparams, "blank_penalty", 0.0), "blank_penalty")
+        self.dev_by_blank_penalty: dict = {}
+
+    def on_evaluate_start(self, max_key=None, min_key=None):
+        """The best-dev checkpoint is loaded; with a `blank_penalty_grid`, the penalty used for test is
+        the one whose dev metric is best on that checkpoint (ties: the smaller penalty)."""
+        super().on_evaluate_start(max_key=max_key, min_key=min_key)
+        grid = sorted(check_blank_penalty(p, "blank_penalty_grid") for p in getattr(self.hparams, "blank_penalty_grid", None) or ())
+        if not grid or self.dev_set is None:
+            return
+        self.dev_by_blank_penalty = {}
+        for penalty in grid:
+            self.blank_penalty = penalty
+            self.dev_by_blank_penalty[penalty] = float(self.run_dev()[self.metric])
+        self.blank_penalty = min(grid, key=lambda p: (self.dev_by_blank_penalty[p], p))
+        logger.info("blank penalty for test: %g (dev %s by penalty: %s)", self.blank_penalty, self.metric,
+                    ", ".join(f"{p:g}: {v:.2f}" for p, v in self.dev_by_blank_penalty.items()))
+        self.step = 0
+
+    def write_result(self, task: str, datasets: dict, extra=None) -> dict:
+        """result.json also names the blank penalty the test was decoded with (and dev per penalty)."""
+        extra = dict(extra or {}, blank_penalty=self.blank_penalty)
+        if self.dev_by_blank_penalty:
+            extra[f"dev_{self.metric}_by_blank_penalty"] = {f"{p:g}": v for p, v in self.dev_by_blank_penalty.items()}
+        return super().write_result(task, datasets, extra)
 
     def compute_forward(self, batch, stage):
         feats, mask = self.layer_features(batch, stage)  # [B, T, D], frame mask [B, T]
@@ -42,8 +73,30 @@ class CTCBrain(DownstreamBrain):
         loss = self.hparams.compute_cost(log_probs, tokens, frame_lens, token_lens)
         if stage == sb.Stage.TRAIN:
             return loss, None
-        ids = sb.decoders.ctc_greedy_decode(log_probs.detach().float(), frame_lens, blank_id=self.hparams.blank_index)
+        scores = penalise_blank(log_probs.detach().float(), self.hparams.blank_index, self.blank_penalty)
+        ids = sb.decoders.ctc_greedy_decode(scores, frame_lens, blank_id=self.hparams.blank_index)
         return loss, [self.tokenizer.decode_ndim(seq) for seq in ids]
+
+
+def penalise_blank(log_probs, blank_index: int, penalty: float):
+    """Log-probabilities with `penalty` subtracted from the blank's (a copy; 0 returns the input).
+
+    Greedy CTC decoding emits a token only where it beats blank; on a speaker or channel the head has not
+    seen, tokens lose confidence and whole words vanish (deletions). A blank penalty, chosen on dev, is
+    the usual decoding-time counterweight (it moves no trained weight and changes no loss). Written here
+    because SpeechBrain's greedy decoder takes no penalty; it is one subtraction."""
+    if not penalty:
+        return log_probs
+    out = log_probs.clone()
+    out[..., blank_index] -= penalty
+    return out
+
+
+def check_blank_penalty(value, key: str) -> float:
+    """A penalty is a number >= 0 (subtracted from the blank's log-probability); anything else names `key`."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
+        raise ValueError(f"{key}: a number >= 0 is expected (subtracted from the blank's log-probability), got {value!r}")
+    return float(value)
 
 
 def add_ctc_pipeline(datasets: dict, hparams: dict, column: str, tokens_of: Callable[[str], List[str]]):
