@@ -75,10 +75,9 @@ def _short_names(encoders: Sequence[str]) -> dict:
 
 def plot(path: Path, rows: Sequence[dict], settings: dict) -> None:
     """One panel per measure vs layer index; one colour per encoder, one line style per level."""
-    import matplotlib
+    from rewire_lib.logs import pyplot
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     encoders = list(dict.fromkeys(r["encoder"] for r in rows))
     levels = list(dict.fromkeys(r["level"] for r in rows))

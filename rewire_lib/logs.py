@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import csv
 import io
+import logging
 import os
 from pathlib import Path
 from typing import Iterable, Sequence
@@ -14,10 +15,14 @@ from typing import Iterable, Sequence
 from rewire_lib.atomic import atomic_path, atomic_write_text
 
 
-def _pyplot():
+def pyplot():
+    """matplotlib.pyplot drawing to files only (Agg, never a window). SpeechBrain's run log takes DEBUG
+    records, and matplotlib's font search writes ~200 of them per run (more than half of a run's
+    log.txt), so matplotlib's own logger is kept at INFO."""
     import matplotlib
 
-    matplotlib.use("Agg")  # files only, never a window
+    matplotlib.use("Agg")
+    logging.getLogger("matplotlib").setLevel(logging.INFO)
     import matplotlib.pyplot as plt
 
     return plt
@@ -74,7 +79,7 @@ def atomic_write_csv(path: str | os.PathLike, fields: Sequence[str], rows: Itera
 def plot_columns(csv_path, png_path, x: str, ys: list[str], title: str = "", smooth: int = 1) -> None:
     """One subplot per column in `ys` against `x`; `smooth` > 1 adds a running mean line."""
     rows = read_csv(csv_path)
-    plt = _pyplot()
+    plt = pyplot()
     fig, axes = plt.subplots(len(ys), 1, figsize=(7, 2.6 * len(ys)), squeeze=False)
     for ax, y in zip(axes[:, 0], ys):
         pts = [(float(r[x]), float(r[y])) for r in rows if r.get(y) not in (None, "")]
@@ -96,7 +101,7 @@ def plot_columns(csv_path, png_path, x: str, ys: list[str], title: str = "", smo
 
 
 def plot_layer_weights(weights, png_path, title: str = "Learned layer weights") -> None:
-    fig, ax = _pyplot().subplots(figsize=(6, 3))
+    fig, ax = pyplot().subplots(figsize=(6, 3))
     ax.bar(range(len(weights)), [float(w) for w in weights])
     ax.axhline(1.0 / len(weights), color="gray", ls="--", lw=0.8, label="equal weights")
     ax.set_xlabel("hidden state (0 = CNN/projection output)")
@@ -113,4 +118,4 @@ def save_figure(fig, png_path) -> None:
         with atomic_path(png_path) as tmp:
             fig.savefig(tmp, dpi=110)
     finally:
-        _pyplot().close(fig)
+        pyplot().close(fig)

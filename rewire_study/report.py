@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Dict, List, Optional, Tuple
 
 from rewire_lib.atomic import atomic_write_bytes, atomic_write_text
+from rewire_lib.logs import pyplot
 from rewire_lib.stats import BETTER, NO_DIFFERENCE as NO_DIFF, WORSE
 from rewire_study.config import BASE, CONTROLS, StudyConfig
 from rewire_study.comparison import N_BOOT, NO_FILE, PREDICTIONS, compare_final, convergence, read_predictions
@@ -243,27 +244,18 @@ def write_csv(path: Path, cfg: StudyConfig, cells: dict, iso_rows: List[dict], s
 
 
 def _save(fig, path: Path) -> None:
-    import matplotlib.pyplot as plt
-
     fig.tight_layout()
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=100)
-    plt.close(fig)
+    pyplot().close(fig)
     atomic_write_bytes(path, buf.getvalue())
 
 
-def _pyplot():
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
 
 
 def plot_convergence(path: Path, task: str, setting: str, cell: dict, runs: dict, seeds: List[int]) -> None:
     """One line per encoder (mean dev metric over seeds at each logged step) with a min-max band."""
-    plt = _pyplot()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(7, 4.2))
     for i, enc in enumerate(cell["encoders"]):
         by_step = defaultdict(list)
@@ -317,7 +309,7 @@ def rewiring_info(cfg: StudyConfig) -> dict:
 
 
 def plot_rewiring_loss(path: Path, loss: dict) -> None:
-    plt = _pyplot()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(7, 4))
     for i, (view, info) in enumerate(loss.items()):
         steps, vals = [p[0] for p in info["curve"]], [p[1] for p in info["curve"]]
@@ -335,7 +327,7 @@ def plot_rewiring_loss(path: Path, loss: dict) -> None:
 
 def plot_isotropy(path: Path, rows: List[dict]) -> None:
     """Per layer: I(W) on a log scale (it spans orders of magnitude), average cosine and IsoScore."""
-    plt = _pyplot()
+    plt = pyplot()
     panels = [("iw", "I(W), log scale"), ("avg_cosine", "average cosine"), ("isoscore", "IsoScore")]
     fig, axes = plt.subplots(1, 3, figsize=(13, 3.9))
     encoders = list(dict.fromkeys(r["encoder"] for r in rows))

@@ -89,6 +89,9 @@ def test_train_py_from_repo_root(tiny_encoder_dir, corpus, tmp_path):
                           env=dict(os.environ, OMP_NUM_THREADS="1"))
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert json.loads((out / "result.json").read_text())["steps"] == 2
+    log = (out / "log.txt").read_text()
+    assert "ks: test accuracy" in log
+    assert "matplotlib.font_manager" not in log, "matplotlib's font-search DEBUG records fill the run's log.txt"
 
 
 def test_feature_cache_gives_same_training(tiny_encoder_dir, corpus, tmp_path):
