@@ -217,6 +217,7 @@ class TreeMemorySampler:
         self.peak_mib: Optional[float] = None
         self.peak_processes: list = []  # process_breakdown() at the peak
         self.last_processes: dict = {}
+        self.last_parents: dict = {}
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
 
@@ -257,6 +258,7 @@ class TreeMemorySampler:
                     total += rss[pid]
                     mine[pid] = rss[pid]
             self.last_processes = mine
+            self.last_parents = {pid: parents.get(pid) for pid in mine}
             return total / 2 ** 20
         except OSError:
             return None
@@ -266,13 +268,26 @@ class TreeMemorySampler:
             v = self.sample()
             if v is not None and (self.peak_mib is None or v > self.peak_mib):
                 self.peak_mib = v
-                self.peak_processes = process_breakdown(self.last_processes)
+                self.peak_processes = process_breakdown(self.last_processes, parents=self.last_parents)
             self._stop.wait(self.interval)
 
 
-def process_breakdown(sizes: dict, most: int = 8) -> list:
+def process_role(pid: int, parent: Optional[int], cmd: str, main_pid: int) -> str:
+    """What a study process is: the main process, the forkserver or the resource tracker (both started by
+    the main process), or a worker (by pid). Workers forked from the forkserver inherit its command line,
+    so only the parent tells the forkserver (a child of main) from its workers."""
+    if pid == main_pid:
+        return "main"
+    if parent == main_pid and "forkserver" in cmd:
+        return "forkserver"
+    if parent == main_pid and "resource_tracker" in cmd:
+        return "resource tracker"
+    return f"worker {pid}"
+
+
+def process_breakdown(sizes: dict, most: int = 8, parents: Optional[dict] = None) -> list:
     """[{"process": role, "mib": PSS}] of the largest processes at a peak, so that a report can say what was
-    resident: the study's main process, the forkserver, the resource tracker or a worker (by pid)."""
+    resident (`process_role`; `parents`: pid -> parent pid, read from /proc where not given)."""
     rows = []
     for pid, size in sorted(sizes.items(), key=lambda kv: -kv[1])[:most]:
         try:
@@ -280,10 +295,17 @@ def process_breakdown(sizes: dict, most: int = 8) -> list:
                 cmd = f.read().replace(b"\0", b" ").decode(errors="replace")
         except OSError:
             cmd = ""
-        role = ("main" if pid == os.getpid() else "forkserver" if "forkserver" in cmd and "spawn_main" not in cmd
-                else "resource tracker" if "resource_tracker" in cmd else f"worker {pid}")
-        rows.append({"process": role, "mib": round(size / 2 ** 20, 1)})
+        parent = (parents or {}).get(pid, _parent_pid(pid))
+        rows.append({"process": process_role(pid, parent, cmd, os.getpid()), "mib": round(size / 2 ** 20, 1)})
     return rows
+
+
+def _parent_pid(pid: int) -> Optional[int]:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return int(f.read().rsplit(")", 1)[1].split()[1])
+    except (OSError, IndexError, ValueError):
+        return None
 
 
 REPO_PREFIX = "<repo>/"

@@ -86,3 +86,16 @@ def test_stage_log_keeps_the_breakdown_of_the_kept_peak(tmp_path):
     entry = StageLog(tmp_path / "stages.json", {}).record(
         "downstream", "done", 0.1, {}, {"peak_processes": [{"process": "main", "mib": 600.0}]}, tree_peak_mib=700.0)
     assert entry["peak_processes"] == [{"process": "worker 7", "mib": 7000.0}]
+
+
+def test_workers_forked_from_the_forkserver_are_named_workers_not_forkserver():
+    from rewire_study.units import process_role
+
+    forkserver_cmd = "python -B -c from multiprocessing.forkserver import main; main(11, 12, ['rewire_study.stages'])"
+    assert process_role(10, 1, "python -m rewire_study", main_pid=10) == "main"
+    assert process_role(11, 10, forkserver_cmd, main_pid=10) == "forkserver"
+    # a worker inherits the forkserver's command line; its parent is the forkserver, not main
+    assert process_role(12, 11, forkserver_cmd, main_pid=10) == "worker 12"
+    assert process_role(13, 10, "python -B -c from multiprocessing.resource_tracker import main;main(5)",
+                        main_pid=10) == "resource tracker"
+    assert process_role(14, 10, "python recipes/asr/train.py", main_pid=10) == "worker 14"
