@@ -5,7 +5,7 @@ import argparse
 import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Dict, List, Optional
+from typing import Dict, List, NamedTuple, Optional
 
 from rewire_lib.paths import REPO_ROOT, cache_dir, data_dir, default_encoder_dir
 
@@ -25,12 +25,20 @@ CLASS_TASKS = {"ks", "ic", "sid", "er"}
 # Hparams file of each task's default data when it is not the recipe's baseline.yaml.
 TASK_HPARAMS = {"asr": "fsdd_connected", "pr": "fsdd_connected"}
 
-# Default data folder of each task (relative to the data dir) and the column that stratifies
-# capped subsets (None: not stratified).
+class TaskData(NamedTuple):
+    """A task's default data: its folder (relative to the data dir), the column that stratifies capped
+    subsets (None: not stratified) and the data_prep.prepare_all corpus that writes the folder."""
+    folder: str
+    stratify: Optional[str]
+    corpus: str
+
+
 TASK_DATA = {
-    "pr": ("fsdd/connected", None), "asr": ("fsdd/connected", None), "ks": ("speech_commands", "label"),
-    "ic": ("synth/ic", "action"), "sid": ("fsdd/speakers", "label"), "er": ("synth/er", "label"),
+    "pr": TaskData("fsdd/connected", None, "fsdd_connected"), "asr": TaskData("fsdd/connected", None, "fsdd_connected"),
+    "ks": TaskData("speech_commands", "label", "speech_commands"), "ic": TaskData("synth/ic", "action", "synth"),
+    "sid": TaskData("fsdd/speakers", "label", "fsdd"), "er": TaskData("synth/er", "label", "synth"),
 }
+REWIRE_CORPUS = "fsdd"  # the default rewiring and isotropy clips (data/fsdd/speakers)
 
 # Sweep presets. Training steps are an optimiser-step limit (number_of_epochs is set high so the
 # step limit binds): every encoder, fraction and seed of a task trains for the same number of steps.

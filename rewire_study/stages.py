@@ -18,8 +18,8 @@ from rewire_lib.atomic import atomic_write_json, atomic_write_text
 from rewire_lib.manifest import split_csv
 from rewire_lib.paths import shared_data_dir
 from rewire_lib.subsets import nested_subset, per_class_subset
-from rewire_study.config import (BASE, CLASS_TASKS, CONTROLS, REAL_CORPORA, TASK_DATA, TASK_HPARAMS,
-                                 StudyConfig)
+from rewire_study.config import (BASE, CLASS_TASKS, CONTROLS, REAL_CORPORA, REWIRE_CORPUS, TASK_DATA,
+                                 TASK_HPARAMS, StudyConfig)
 from rewire_study.launch import run_units
 from rewire_study.recipes import recipe_hparams
 from rewire_study.units import StageError, Unit, data_fingerprint, encoder_stamp, is_inside, quiet, shown_path
@@ -72,7 +72,7 @@ def task_source(cfg: StudyConfig, task: str) -> Dict[str, str]:
             if opt == "iemocap":
                 return {"folds_dir": str(cfg.data_dir / save)}
             return {"data_folder": str(cfg.data_dir / save)}
-    return {"data_folder": str(cfg.data_dir / TASK_DATA[task][0])}
+    return {"data_folder": str(cfg.data_dir / TASK_DATA[task].folder)}
 
 
 def study_data_folder(cfg: StudyConfig, task: str) -> Path:
@@ -209,12 +209,13 @@ def default_corpora_needed(cfg: StudyConfig) -> List[str]:
     clips; the eSpeak corpus is made only when a task (IC, ER) reads it."""
     from data_prep.prepare_all import CORPORA
 
-    folders = [TASK_DATA[t][0] for t in cfg.tasks
-               if task_source(cfg, t) == {"data_folder": str(cfg.data_dir / TASK_DATA[t][0])}]
+    needed = {TASK_DATA[t].corpus for t in cfg.tasks
+              if task_source(cfg, t) == {"data_folder": str(cfg.data_dir / TASK_DATA[t].folder)}}
     if not cfg.rewire_csv or not cfg.iso_manifest:
-        folders.append("fsdd/speakers")
-    needed = {"synth" if f.startswith("synth/") else "fsdd_connected" if f == "fsdd/connected" else
-              "fsdd" if f.startswith("fsdd/") else f for f in folders}
+        needed.add(REWIRE_CORPUS)
+    unknown = needed - set(CORPORA)
+    if unknown:  # a TASK_DATA entry naming a preparer prepare_all does not have: a programming error
+        raise StageError(f"TASK_DATA names corpora that data_prep.prepare_all does not prepare: {sorted(unknown)}")
     return [c for c in CORPORA if c in needed]
 
 
@@ -228,7 +229,7 @@ def make_study_manifests(cfg: StudyConfig) -> dict:
             sizes[task] = {"folds_dir": shown_path(src["folds_dir"], cfg.out), "preset": cfg.presets[task]}
             continue
         folder, dst = Path(src["data_folder"]), study_data_folder(cfg, task)
-        strat = TASK_DATA[task][1]
+        strat = TASK_DATA[task].stratify
         info = {"source": shown_path(folder, cfg.out), "preset": cfg.presets[task],
                 "train_cap": cfg.train_cap[task], "eval_cap": cfg.eval_cap[task]}
         fields, train = read_manifest(folder / "train.csv")
@@ -266,7 +267,7 @@ def write_settings(cfg: StudyConfig, task: str, dst: Path, fields: list, train: 
     """Each low-resource setting's training manifest (train_{setting}.csv), nested and distinct: a setting whose
     subset has as many utterances as the next larger one is the same subset, recorded as `same_as` it (the
     report says so, and its runs are not made)."""
-    strat = TASK_DATA[task][1]
+    strat = TASK_DATA[task].stratify
     strat_col = strat if train and strat in train[0] else None
     out: Dict[str, dict] = {}
     previous = None

@@ -18,6 +18,14 @@ def test_data_stage_prepares_what_the_tasks_read(argv, expected, tmp_path):
     assert default_corpora_needed(parse_args(argv + ["--out", str(tmp_path)])) == expected
 
 
+def test_every_task_names_a_corpus_that_prepare_all_makes():
+    from data_prep.prepare_all import CORPORA
+    from rewire_study.config import REWIRE_CORPUS, TASK_DATA
+
+    assert {d.corpus for d in TASK_DATA.values()} | {REWIRE_CORPUS} <= set(CORPORA)
+    assert all(d.folder.split("/")[0] in d.corpus for d in TASK_DATA.values())  # fsdd/..., synth/..., speech_commands
+
+
 def test_a_task_fed_by_the_users_folder_needs_no_default_corpus(tmp_path):
     folder = tmp_path / "mine"
     folder.mkdir()
