@@ -25,6 +25,7 @@ CLASS_TASKS = {"ks", "ic", "sid", "er"}
 # Hparams file of each task's default data when it is not the recipe's baseline.yaml.
 TASK_HPARAMS = {"asr": "fsdd_connected", "pr": "fsdd_connected"}
 
+
 class TaskData(NamedTuple):
     """A task's default data: its folder (relative to the data dir), the column that stratifies capped
     subsets (None: not stratified) and the data_prep.prepare_all corpus that writes the folder."""

@@ -64,8 +64,8 @@ def release_run_memory() -> None:
     """Free what a finished in-process run still holds. A SpeechBrain Brain and its Checkpointer refer to
     each other (the Brain registers itself as a recoverable), so a run's Brain, its modules and its
     in-memory feature cache outlive main() until Python's cyclic collector runs, and its oldest generation
-    runs rarely. Measured: a worker running one task's 10-30 runs grew by ~630 MiB per keyword-spotting
-    run, 1.5 -> 4.5 GiB over 15 runs; two such workers were the study's 8.6 GiB peak."""
+    runs rarely. Measured: one process running keyword-spotting runs grew by ~630 MiB a run, 1.5 -> 4.5 GiB
+    over 15 runs; two workers growing like that over their groups of 10-30 runs were the study's 8.6 GiB peak."""
     gc.collect()
 
 

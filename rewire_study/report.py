@@ -251,8 +251,6 @@ def _save(fig, path: Path) -> None:
     atomic_write_bytes(path, buf.getvalue())
 
 
-
-
 def plot_convergence(path: Path, task: str, setting: str, cell: dict, runs: dict, seeds: List[int]) -> None:
     """One line per encoder (mean dev metric over seeds at each logged step) with a min-max band."""
     plt = pyplot()

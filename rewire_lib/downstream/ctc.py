@@ -32,7 +32,8 @@ class CTCBrain(DownstreamBrain):
         """The best-dev checkpoint is loaded; with a `blank_penalty_grid`, the penalty used for test is
         the one whose dev metric is best on that checkpoint (ties: the smaller penalty)."""
         super().on_evaluate_start(max_key=max_key, min_key=min_key)
-        grid = sorted(check_blank_penalty(p, "blank_penalty_grid") for p in getattr(self.hparams, "blank_penalty_grid", None) or ())
+        grid = sorted(check_blank_penalty(p, "blank_penalty_grid")
+                      for p in getattr(self.hparams, "blank_penalty_grid", None) or ())
         if not grid or self.dev_set is None:
             return
         self.dev_by_blank_penalty = {}
