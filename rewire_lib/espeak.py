@@ -14,7 +14,9 @@ Reproducibility: the output of one call depends slightly on what the same proces
 (eSpeak keeps glottal-phase / pitch-flutter state across utterances, and neither re-initialising
 nor `espeak_ng_SetRandSeed` resets it), so a repeat in one process can differ by a few samples.
 A fresh process speaking the same sequence of calls gives the same bytes: deterministic corpora
-render fixed chunks of utterances in fresh (spawned) worker processes (see data_prep/synth.py).
+render fixed chunks of utterances in fresh (spawned) worker processes (see data_prep/synth.py), and
+`synthesize(..., fresh=True)` speaks each call from the engine's initial state (a child forked per call),
+which the TTS views use (rewire_lib.tts.ESpeakBackend): a rendering then depends only on its text.
 
 Voice names are eSpeak NG voice names, optionally with a variant after `+`
 ("en-us", "en+m2", "en-us+f3", "en-gb-x-rp+klatt").  A text that yields no audio gives an
@@ -164,29 +166,42 @@ class _Engine:
 
     def synthesize(self, text: str, voice: str = "en-us", rate: int = 175, pitch: int = 50,
                    pitch_range: int = 50, volume: int = 100, word_gap: int = 0,
-                   seed: Optional[int] = None) -> Tuple[np.ndarray, int]:
+                   seed: Optional[int] = None, fresh: bool = False) -> Tuple[np.ndarray, int]:
+        args = (text, voice, rate, pitch, pitch_range, volume, word_gap, seed)
+        with self.lock:
+            if fresh and hasattr(os, "fork"):
+                self._check_process()
+                self._set_voice(voice)  # loading a voice costs ~0.2 s: done once here, not in every child
+                return _in_forked_child(self._synthesize_in_child, args)
+            return self._synthesize_locked(*args)
+
+    def _synthesize_in_child(self, *args):
+        self.pid = os.getpid()  # the parent's initialised engine, copied by fork, is this child's own
+        return self._synthesize_locked(*args)
+
+    def _synthesize_locked(self, text, voice, rate, pitch, pitch_range, volume, word_gap, seed):
         data = text.encode("utf-8")
         if seed is None:
             seed = zlib.crc32(repr((text, voice, rate, pitch, pitch_range, volume, word_gap)).encode())
         seed = int(seed) & 0x7FFFFFFF
-        with self.lock:
-            self._check_process()
-            self._set_voice(voice)
-            self._set(espeakRATE, rate, "rate")
-            self._set(espeakPITCH, pitch, "pitch")
-            self._set(espeakRANGE, pitch_range, "pitch_range")
-            self._set(espeakVOLUME, volume, "volume")
-            self._set(espeakWORDGAP, word_gap, "word_gap")
-            self._chunks = []
-            self._srand(seed)
-            if self._set_seed_espeak is not None:
-                self._set_seed_espeak(seed)
-            buf = ctypes.create_string_buffer(data)
-            err = self.lib.espeak_Synth(buf, len(data) + 1, 0, POS_CHARACTER, 0,
-                                        espeakCHARS_UTF8 | espeakENDPAUSE, None, None)
-            chunks, self._chunks = self._chunks, []
-            if err != EE_OK:
-                raise EspeakError(f"espeak_Synth failed (error {err}) for text {text[:60]!r}")
+        # the caller holds self.lock
+        self._check_process()
+        self._set_voice(voice)
+        self._set(espeakRATE, rate, "rate")
+        self._set(espeakPITCH, pitch, "pitch")
+        self._set(espeakRANGE, pitch_range, "pitch_range")
+        self._set(espeakVOLUME, volume, "volume")
+        self._set(espeakWORDGAP, word_gap, "word_gap")
+        self._chunks = []
+        self._srand(seed)
+        if self._set_seed_espeak is not None:
+            self._set_seed_espeak(seed)
+        buf = ctypes.create_string_buffer(data)
+        err = self.lib.espeak_Synth(buf, len(data) + 1, 0, POS_CHARACTER, 0,
+                                    espeakCHARS_UTF8 | espeakENDPAUSE, None, None)
+        chunks, self._chunks = self._chunks, []
+        if err != EE_OK:
+            raise EspeakError(f"espeak_Synth failed (error {err}) for text {text[:60]!r}")
         wav = np.concatenate(chunks) if chunks else np.zeros(0, dtype=np.int16)
         if not wav.size or not np.any(wav):  # nothing spoken (empty text, punctuation only)
             return np.zeros(0, dtype=np.float32), self.sample_rate
@@ -213,6 +228,45 @@ class _Engine:
         return " ".join(p for p in parts if p)
 
 
+def _in_forked_child(fn, args):
+    """`fn(*args)` in a child forked for this one call; its result (or exception) comes back through a pipe.
+
+    Why: libespeak-ng keeps state across utterances that no API call resets (see the module docstring), so
+    a rendering depends on what the process spoke before. A child forked from a process that never
+    synthesised in place starts every call from the same state: the bytes then depend only on the text and
+    the settings, whichever worker or order renders it, as long as the forking process itself never speaks
+    in place. The child runs only eSpeak and numpy and leaves with os._exit (no atexit handlers, no
+    flushing of the parent's buffers)."""
+    import pickle
+
+    read_fd, write_fd = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # child
+        status = 1
+        try:
+            os.close(read_fd)
+            try:
+                payload = pickle.dumps(("ok", fn(*args)))
+            except BaseException as exc:  # noqa: BLE001 - handed to the parent, which raises it
+                payload = pickle.dumps(("error", EspeakError(f"{type(exc).__name__}: {exc}")
+                                        if not isinstance(exc, EspeakError) else exc))
+            with os.fdopen(write_fd, "wb") as pipe:
+                pipe.write(payload)
+            status = 0
+        finally:
+            os._exit(status)
+    os.close(write_fd)
+    with os.fdopen(read_fd, "rb") as pipe:
+        payload = pipe.read()
+    _, code = os.waitpid(pid, 0)
+    if not payload:
+        raise EspeakError(f"the eSpeak NG child process ended without a result (wait status {code})")
+    kind, value = pickle.loads(payload)
+    if kind == "error":
+        raise value
+    return value
+
+
 _ENGINE: Optional[_Engine] = None
 _ENGINE_LOCK = threading.Lock()
 
@@ -232,15 +286,18 @@ def sample_rate() -> int:
 
 
 def synthesize(text: str, voice: str = "en-us", rate: int = 175, pitch: int = 50, pitch_range: int = 50,
-               volume: int = 100, word_gap: int = 0, seed: Optional[int] = None) -> Tuple[np.ndarray, int]:
+               volume: int = 100, word_gap: int = 0, seed: Optional[int] = None,
+               fresh: bool = False) -> Tuple[np.ndarray, int]:
     """Speak `text`; returns (float32 samples in [-1, 1], sample rate 22050).
 
     rate: words per minute (80..450); pitch, pitch_range: 0..100; volume: 0..200 (100 normal);
     word_gap: extra pause between words in units of 10 ms. Empty array if nothing is spoken.
     seed: seeds the noise (breath, roughness) of voice variants; default derived from the arguments.
+    fresh: speak from the engine's initial state (in a child forked for the call), so the bytes do not
+    depend on what this process spoke before; where fork is missing, in this process.
     """
     return get_engine().synthesize(text, voice=voice, rate=rate, pitch=pitch, pitch_range=pitch_range,
-                                   volume=volume, word_gap=word_gap, seed=seed)
+                                   volume=volume, word_gap=word_gap, seed=seed, fresh=fresh)
 
 
 def phonemize(text: str, voice: str = "en-us") -> str:

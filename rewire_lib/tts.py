@@ -130,18 +130,23 @@ class ESpeakBackend(TTSBackend):
             raise TTSUnavailable(f"{ESPEAK_MISSING} ({exc})") from exc
         try:  # a wrong voice is a configuration error, not a per-text skip: fail now
             espeak.synthesize("a", voice=self.voice, rate=self.rate, pitch=self.pitch,
-                              pitch_range=self.pitch_range)
+                              pitch_range=self.pitch_range, fresh=True)
         except espeak.EspeakError as exc:
             raise ValueError(f"eSpeak NG backend: {exc}") from exc
 
     def settings(self) -> Dict:
-        return {"voice": self.voice, "rate": self.rate, "pitch": self.pitch, "pitch_range": self.pitch_range}
+        # "state": every text is rendered from eSpeak's initial state (synthesize(fresh=True)); renderings
+        # made before that (which depended on the texts rendered before them) live in another cache folder
+        return {"voice": self.voice, "rate": self.rate, "pitch": self.pitch, "pitch_range": self.pitch_range,
+                "state": "fresh"}
 
     def synthesize(self, text: str, tmp_dir: Optional[str] = None) -> np.ndarray:
         espeak = _espeak_module()
         try:
+            # fresh: each text from eSpeak's initial state, so a rendering depends only on its text and
+            # settings, not on which worker rendered it after which other texts (rewire_lib.espeak)
             wav, sr = espeak.synthesize(text, voice=self.voice, rate=self.rate, pitch=self.pitch,
-                                        pitch_range=self.pitch_range)
+                                        pitch_range=self.pitch_range, fresh=True)
         except espeak.EspeakError as exc:
             raise TTSFailure(str(exc)) from exc
         return to_16k(wav, sr)

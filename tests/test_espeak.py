@@ -57,3 +57,44 @@ def test_phonemize_tokens():
     assert "|" in toks and "tʃ" in toks
     assert not any(m in t for t in toks for m in "ˈˌ")
     assert "|" not in espeak.phonemize_tokens("hello church", word_boundary=False)
+
+
+def test_fresh_synthesis_does_not_depend_on_what_was_spoken_before():
+    first, _ = espeak.synthesize("seven", fresh=True)
+    espeak.synthesize("three four", fresh=True)
+    again, _ = espeak.synthesize("seven", fresh=True)
+    assert first.size > 0 and np.array_equal(first, again)
+
+
+_RENDER = """
+import hashlib, sys
+from rewire_lib.tts import make_backend
+backend = make_backend("espeak")
+for text in sys.argv[1:-1]:
+    backend.synthesize(text)
+print(hashlib.sha1(backend.synthesize(sys.argv[-1]).tobytes()).hexdigest())
+"""
+
+
+def test_tts_workers_render_a_text_the_same_whatever_they_rendered_before():
+    """The study's TTS stage shares texts between workers differently each run; the neutral view's audio
+    (and so the rewired encoder) must not depend on that."""
+    import subprocess
+    import sys
+
+    def render(*texts):
+        out = subprocess.run([sys.executable, "-c", _RENDER, *texts], capture_output=True, text=True, timeout=120)
+        assert out.returncode == 0, out.stderr[-2000:]
+        return out.stdout.strip()
+
+    assert render("seven") == render("three", "one two", "seven")
+
+
+def test_an_error_in_the_forked_child_reaches_the_caller():
+    def boom():
+        raise ValueError("boom")
+
+    with pytest.raises(espeak.EspeakError, match="ValueError: boom"):
+        espeak._in_forked_child(boom, ())
+    with pytest.raises(espeak.EspeakError, match="voice"):
+        espeak.synthesize("hello", voice="no-such-voice-xx", fresh=True)

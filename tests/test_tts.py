@@ -68,7 +68,7 @@ def test_espeak_backend_16k_plausible_length():
 
 def test_espeak_digits_and_non_ascii_do_not_crash():
     backend = ESpeakBackend(voice="en-us", rate=160, pitch=60)
-    assert backend.settings() == {"voice": "en-us", "rate": 160, "pitch": 60, "pitch_range": 50}
+    assert backend.settings() == {"voice": "en-us", "rate": 160, "pitch": 60, "pitch_range": 50, "state": "fresh"}
     digits = backend.synthesize("1999")
     assert len(digits) / 16000 > 0.5  # read as "nineteen ninety-nine"
     assert len(backend.synthesize("café naïve – “quoted” 日本")) > 0
