@@ -131,16 +131,16 @@ class StageLog:
     def record(self, name: str, status: str, seconds: float, settings: dict, counts: dict,
                tree_peak_mib: Optional[float] = None) -> dict:
         old = self.data["stages"].get(name, {})
+        new_peak = None if tree_peak_mib is None else round(tree_peak_mib, 1)
         entry = {
             "status": status, "wall_time_s": round(seconds, 2),
             "work_time_s": round(old.get("work_time_s", 0.0) + seconds, 2),
             "invocations": old.get("invocations", 0) + 1, "finished_at": time.strftime("%Y-%m-%d %H:%M:%S"),
             "peak_rss_mib": higher_peaks(old.get("peak_rss_mib"), peak_rss_mib()),
-            "peak_tree_pss_mib": _max_known(old.get("peak_tree_pss_mib"),
-                                            None if tree_peak_mib is None else round(tree_peak_mib, 1)),
+            "peak_tree_pss_mib": _max_known(old.get("peak_tree_pss_mib"), new_peak),
             "settings": settings, **counts,
         }
-        if entry["peak_tree_pss_mib"] != tree_peak_mib and "peak_processes" in old:
+        if entry["peak_tree_pss_mib"] != new_peak and "peak_processes" in old:
             entry["peak_processes"] = old["peak_processes"]  # what was resident at the peak that is kept
         self.data["stages"][name] = entry
         stages = self.data["stages"].values()
@@ -295,7 +295,7 @@ def process_breakdown(sizes: dict, most: int = 8, parents: Optional[dict] = None
                 cmd = f.read().replace(b"\0", b" ").decode(errors="replace")
         except OSError:
             cmd = ""
-        parent = (parents or {}).get(pid, _parent_pid(pid))
+        parent = parents[pid] if parents and pid in parents else _parent_pid(pid)
         rows.append({"process": process_role(pid, parent, cmd, os.getpid()), "mib": round(size / 2 ** 20, 1)})
     return rows
 

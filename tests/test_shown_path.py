@@ -90,6 +90,19 @@ def test_stage_log_keeps_the_breakdown_of_the_kept_peak(tmp_path):
     assert entry["peak_processes"] == [{"process": "worker 7", "mib": 7000.0}]
 
 
+def test_stage_log_takes_the_breakdown_of_a_new_higher_peak(tmp_path):
+    from rewire_study.units import StageLog
+
+    log = StageLog(tmp_path / "stages.json", {})
+    log.record("downstream", "done", 10.0, {}, {"peak_processes": [{"process": "main", "mib": 600.0}]},
+               tree_peak_mib=700.0)
+    entry = StageLog(tmp_path / "stages.json", {}).record(  # a sampled peak is not rounded
+        "downstream", "done", 10.0, {}, {"peak_processes": [{"process": "worker 7", "mib": 7000.0}]},
+        tree_peak_mib=8000.04321)
+    assert entry["peak_tree_pss_mib"] == 8000.0
+    assert entry["peak_processes"] == [{"process": "worker 7", "mib": 7000.0}]
+
+
 def test_workers_forked_from_the_forkserver_are_named_workers_not_forkserver():
     from rewire_study.units import process_role
 
