@@ -18,8 +18,9 @@ Run, from the repository root or from this folder:
     torchrun --nproc_per_node=2 recipes/asr/train.py recipes/asr/hparams/baseline.yaml   # DDP
 
 Keys people change (`--key value`): encoder, data_folder, train_fraction, seed, lr, batch_size,
-max_steps, eval_every_steps, token_unit, blank_penalty / blank_penalty_grid (decoding), specaugment, freeze_encoder (false fine-tunes: finetune_top_layers,
-encoder_lr, encoder_warmup_steps, freeze_cnn), feature_cache; the head's sizes in the YAML.
+max_steps, eval_every_steps, token_unit, blank_penalty / blank_penalty_grid (decoding), specaugment,
+freeze_encoder (false fine-tunes: finetune_top_layers, encoder_lr, encoder_warmup_steps, freeze_cnn),
+feature_cache; the head's sizes in the YAML.
 """
 import speechbrain as sb
 

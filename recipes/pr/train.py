@@ -17,7 +17,8 @@ Run, from the repository root or from this folder:
     torchrun --nproc_per_node=2 recipes/pr/train.py recipes/pr/hparams/baseline.yaml   # DDP
 
 Keys people change (`--key value`): encoder, data_folder, train_fraction, seed, lr, batch_size,
-max_steps, eval_every_steps, blank_penalty / blank_penalty_grid (decoding), freeze_encoder, feature_cache; the head's sizes in the YAML.
+max_steps, eval_every_steps, blank_penalty / blank_penalty_grid (decoding), freeze_encoder, feature_cache;
+the head's sizes in the YAML.
 """
 import speechbrain as sb
 

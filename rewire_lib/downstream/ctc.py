@@ -43,7 +43,6 @@ class CTCBrain(DownstreamBrain):
         self.blank_penalty = min(grid, key=lambda p: (self.dev_by_blank_penalty[p], p))
         logger.info("blank penalty for test: %g (dev %s by penalty: %s)", self.blank_penalty, self.metric,
                     ", ".join(f"{p:g}: {v:.2f}" for p, v in self.dev_by_blank_penalty.items()))
-        self.step = 0
 
     def write_result(self, task: str, datasets: dict, extra=None) -> dict:
         """result.json also names the blank penalty the test was decoded with (and dev per penalty)."""
