@@ -1,22 +1,29 @@
 """Connected digits from FSDD (real speech): strings of 2-5 digits spoken by one speaker, for ASR and PR.
 
     python data_prep/fsdd_connected.py [--data_folder ../shared/data/fsdd] --save_folder data/fsdd/connected \
-        [--utterances 1000 150 150] [--digits 2 5] [--gap 0.05 0.25] [--seed 0]
+        [--per_speaker 250] [--dev_utterances 150] [--digits 2 5] [--gap 0.05 0.25] [--seed 0]
 
 Each utterance is cut and joined from ONE speaker's isolated-digit recordings
 (`<data_folder>/recordings/{digit}_{speaker}_{take}.wav`, 8 kHz): every recording is trimmed of
 leading and trailing silence (10 ms frames below -30 dB of its loudest frame; 10 ms kept on each
 side, 5 ms fades at the cuts) and the digits are joined with short silent gaps drawn from `--gap`
 (seconds), with a gap's length of silence also before the first and after the last digit.
-Speakers are split as `fsdd.py` splits them (the same seed gives the same 4 / 1 / 1 speakers), so
-train, dev and test are speaker-disjoint. All choices (speaker, digits, takes, gaps) come from
-(seed, split, utterance number): the same arguments give the same bytes.
+Every speaker gets a pool of `--per_speaker` utterances; all choices (digits, takes, gaps) come from
+(seed, speaker, utterance number): the same arguments give the same bytes.
 
-Writes `<save_folder>/wav/<split>/<ID>.wav` (8 kHz mono 16-bit; recipes resample) and
-`{train,dev,test}.csv` with ID,duration,wav,spk_id,sample_rate,channels,wrd,phn,sources:
+Splits are speaker-disjoint, and every speaker is the test speaker of one fold:
+- `{train,dev,test}.csv`: `fsdd.py`'s speaker split for the seed (4 train speakers, their whole pools;
+  dev: the first `--dev_utterances` of the dev speaker's pool; test: the test speaker's whole pool).
+- `folds/fold{k}/{train,dev,test}.csv`, k = 1..6 (leave one speaker out): fold k tests speaker k of
+  a fixed rotation, develops on the next one and trains on the other four; fold1 is the split above.
+  Six speakers, six accents (speakers.csv): one test speaker says little about the others, so the
+  study's CTC tasks run every fold (`recipes/asr/train.py ... --folds_dir <save_folder>/folds` does too).
+
+Writes `<save_folder>/wav/<speaker>/<ID>.wav` (8 kHz mono 16-bit; recipes resample) and manifests with
+ID,duration,wav,spk_id,sample_rate,channels,wrd,phn,sources:
 `wrd` = the digit words ("three one four"), `phn` = their phonemes from a fixed ARPAbet lexicon
 (`LEXICON`, no stress, no word-boundary token), `sources` = the recordings used, in order. Plus
-nested `train_frac{F}.csv`, skipped.csv and prepared.json, as every preparer.
+nested `train_frac{F}.csv`, skipped.csv and prepared.json (with the folds' speakers), as every preparer.
 """
 from __future__ import annotations
 
@@ -28,12 +35,12 @@ from typing import Dict, List, Sequence
 import numpy as np
 
 from data_prep.common import (run_preparer, PrepError, finish, fingerprint, group_split, is_done, log, mark_done,
-                              require_dir)
+                              require_dir, validate_entries)
 from data_prep.fsdd import DIGITS, NAME
 from rewire_lib.audio import AudioError, load_audio, write_audio
 from rewire_lib.paths import shared_data_dir
 
-VERSION = 1  # bump when the generator changes (part of the fingerprint)
+VERSION = 2  # bump when the generator changes (part of the fingerprint); 2: per-speaker pools and folds
 SR = 8000
 SPLITS = ("train", "dev", "test")
 SPEAKER_RATIOS = (4 / 6, 1 / 6, 1 / 6)  # as data_prep/fsdd.py
@@ -41,7 +48,8 @@ LEXICON = {  # ARPAbet (CMUdict pronunciations, stress removed)
     "zero": "Z IH R OW", "one": "W AH N", "two": "T UW", "three": "TH R IY", "four": "F AO R",
     "five": "F AY V", "six": "S IH K S", "seven": "S EH V AH N", "eight": "EY T", "nine": "N AY N",
 }
-DEFAULT_UTTERANCES = (1000, 150, 150)  # train dev test
+PER_SPEAKER = 250  # utterances in each speaker's pool (4 training speakers: 1000 training utterances)
+DEV_UTTERANCES = 150  # of the dev speaker's pool: dev is evaluated many times a run, test once
 FRAME = SR // 100  # 10 ms
 TRIM_DB = -30.0
 FADE = SR // 200  # 5 ms
@@ -102,26 +110,69 @@ def make_utterance(rng: random.Random, speaker: str, recordings: Dict[int, List[
     return np.concatenate(parts), chosen, used
 
 
-def scaled_counts(scale: float) -> list:
-    """Utterances per split at `scale` (prepare_all's --scale): at least 2 each."""
-    return [max(2, int(round(n * scale))) for n in DEFAULT_UTTERANCES]
+def scaled_counts(scale: float) -> dict:
+    """prepare()'s pool sizes at `scale` (prepare_all's --scale): at least 2 each."""
+    return {"per_speaker": max(2, int(round(PER_SPEAKER * scale))),
+            "dev_utterances": max(2, int(round(DEV_UTTERANCES * scale)))}
+
+
+def fold_rotation(split_of: Dict[str, str]) -> List[str]:
+    """The speakers in fold order: fold k tests rotation[k-1] and develops on rotation[k % n]. It starts with
+    the default split's test then dev speaker (so fold1 is that split), then its training speakers."""
+    by = {s: sorted(k for k, v in split_of.items() if v == s) for s in SPLITS}
+    return by["test"] + by["dev"] + by["train"]
+
+
+def fold_plan(rotation: Sequence[str], k: int) -> Dict[str, List[str]]:
+    """{split: speakers} of fold k (1-based)."""
+    n = len(rotation)
+    test, dev = rotation[k - 1], rotation[k % n]
+    return {"train": sorted(s for s in rotation if s not in (test, dev)), "dev": [dev], "test": [test]}
+
+
+def speaker_pool(save_folder: Path, seed: int, speaker: str, recordings: Dict[int, List[Path]], count: int,
+                 digits: Sequence[int], gap: Sequence[float], failures: list) -> List[dict]:
+    """`count` connected-digit utterances of one speaker (wavs written), from (seed, speaker, number) alone."""
+    rows = []
+    for i in range(count):
+        rng = random.Random(f"{seed}:{speaker}:{i}")  # str seeds hash the same in every process
+        try:
+            wav, chosen, used = make_utterance(rng, speaker, recordings, digits, gap)
+        except AudioError as err:
+            failures.append(("", err.path, err.reason))
+            continue
+        words = [DIGITS[d] for d in chosen]
+        uid = f"{speaker}_{i:04d}_{''.join(map(str, chosen))}"
+        path = save_folder / "wav" / speaker / f"{uid}.wav"
+        write_audio(path, wav, SR)
+        rows.append(dict(ID=uid, wav=str(path.resolve()), spk_id=speaker, wrd=" ".join(words),
+                         phn=" ".join(LEXICON[w] for w in words), sources=" ".join(p.stem for p in used)))
+    return rows
+
+
+def split_rows(pools: Dict[str, List[dict]], plan: Dict[str, List[str]], dev_utterances: int) -> Dict[str, List[dict]]:
+    """A fold's manifests: the training speakers' whole pools, the first `dev_utterances` of the dev
+    speaker's, the test speaker's whole pool."""
+    return {"train": [r for s in plan["train"] for r in pools[s]],
+            "dev": [r for s in plan["dev"] for r in pools[s]][:dev_utterances],
+            "test": [r for s in plan["test"] for r in pools[s]]}
 
 
 def prepare(data_folder, save_folder, seed: int = 0, fractions=(0.1, 0.01), hours=(), force: bool = False,
-            utterances: Sequence[int] = DEFAULT_UTTERANCES, digits: Sequence[int] = (2, 5),
+            per_speaker: int = PER_SPEAKER, dev_utterances: int = DEV_UTTERANCES, digits: Sequence[int] = (2, 5),
             gap: Sequence[float] = (0.05, 0.25)) -> dict:
     data_folder = require_dir(data_folder, "FSDD")
     rec = require_dir(data_folder / "recordings", "FSDD recordings (expected <data_folder>/recordings)")
     save_folder = Path(save_folder)
-    if len(utterances) != 3 or min(utterances) < 1:
-        raise PrepError(f"--utterances: three counts >= 1 (train dev test) expected, got {list(utterances)}")
+    if per_speaker < 1 or dev_utterances < 1:
+        raise PrepError(f"--per_speaker and --dev_utterances: >= 1 expected, got {per_speaker} and {dev_utterances}")
     if not 1 <= digits[0] <= digits[1]:
         raise PrepError(f"--digits: MIN MAX with 1 <= MIN <= MAX expected, got {list(digits)}")
     if not 0 <= gap[0] <= gap[1]:
         raise PrepError(f"--gap: MIN MAX seconds with 0 <= MIN <= MAX expected, got {list(gap)}")
     fp = fingerprint(corpus="fsdd_connected", version=VERSION, data_folder=data_folder.resolve(), seed=seed,
-                     fractions=list(fractions), hours=list(hours), utterances=list(utterances), digits=list(digits),
-                     gap=list(gap))
+                     fractions=list(fractions), hours=list(hours), per_speaker=per_speaker,
+                     dev_utterances=dev_utterances, digits=list(digits), gap=list(gap))
     if not force and is_done(save_folder, fp):
         log.info("%s: already prepared; skipping", save_folder)
         return {}
@@ -129,37 +180,28 @@ def prepare(data_folder, save_folder, seed: int = 0, fractions=(0.1, 0.01), hour
     index = index_recordings(rec, failures)
     if len(index) < 3:
         raise PrepError(f"FSDD {rec}: {len(index)} speaker(s) found; speaker-disjoint splits need at least 3")
-    split_of = group_split(sorted(index), SPEAKER_RATIOS, seed)
-    plan = {s: sorted(k for k, v in split_of.items() if v == s) for s in SPLITS}
-    log.info("FSDD connected digits speaker split: %s", plan)
-    splits: Dict[str, List[dict]] = {}
-    for split, count in zip(SPLITS, utterances):
-        rows = []
-        for i in range(count):
-            rng = random.Random(f"{seed}:{split}:{i}")  # str seeds hash the same in every process
-            speaker = rng.choice(plan[split])
-            try:
-                wav, chosen, used = make_utterance(rng, speaker, index[speaker], digits, gap)
-            except AudioError as err:
-                failures.append(("", err.path, err.reason))
-                continue
-            words = [DIGITS[d] for d in chosen]
-            uid = f"{split}_{i:05d}_{speaker}_{''.join(map(str, chosen))}"
-            path = save_folder / "wav" / split / f"{uid}.wav"
-            write_audio(path, wav, SR)
-            rows.append(dict(ID=uid, wav=str(path.resolve()), spk_id=speaker, wrd=" ".join(words),
-                             phn=" ".join(LEXICON[w] for w in words), sources=" ".join(p.stem for p in used)))
-        splits[split] = rows
+    rotation = fold_rotation(group_split(sorted(index), SPEAKER_RATIOS, seed))
+    pools = {s: speaker_pool(save_folder, seed, s, index[s], per_speaker, digits, gap, failures) for s in rotation}
     _trimmed.cache_clear()
-    kept = finish(save_folder, splits, fractions=fractions, hours=hours, seed=seed, failures=failures,
-                  what="fsdd connected digits")
-    mark_done(save_folder, fp, speaker_split=plan, lexicon=LEXICON)
+    good, bad = validate_entries([r for s in rotation for r in pools[s]], desc="checking connected digits")
+    failures += bad  # once for every fold: each fold is a re-cut of the same pools
+    valid = {r["ID"]: r for r in good}  # validation adds duration, sample_rate, channels
+    pools = {s: [valid[r["ID"]] for r in rows if r["ID"] in valid] for s, rows in pools.items()}
+    folds = {f"fold{k}": fold_plan(rotation, k) for k in range(1, len(rotation) + 1)}
+    log.info("FSDD connected digits, speaker folds (fold1 is the default split): %s", folds)
+    kept = finish(save_folder, split_rows(pools, folds["fold1"], dev_utterances), fractions=fractions, hours=hours,
+                  seed=seed, failures=failures, validate=False, what="fsdd connected digits")
+    for name, plan in folds.items():
+        finish(save_folder / "folds" / name, split_rows(pools, plan, dev_utterances), fractions=fractions,
+               hours=hours, seed=seed, validate=False, what=f"fsdd connected digits {name}")
+    mark_done(save_folder, fp, speaker_split=folds["fold1"], folds=folds, lexicon=LEXICON)
     return kept
 
 
 def main(argv=None) -> None:
     run_preparer(prepare, __doc__.splitlines()[0], argv, data_folder_default=str(shared_data_dir() / "fsdd"), options=[
-        ("--utterances", dict(type=int, nargs=3, default=list(DEFAULT_UTTERANCES), metavar=("TRAIN", "DEV", "TEST"))),
+        ("--per_speaker", dict(type=int, default=PER_SPEAKER, help="utterances made of each speaker")),
+        ("--dev_utterances", dict(type=int, default=DEV_UTTERANCES, help="dev utterances (of the dev speaker's pool)")),
         ("--digits", dict(type=int, nargs=2, default=[2, 5], metavar=("MIN", "MAX"), help="digits per utterance")),
         ("--gap", dict(type=float, nargs=2, default=[0.05, 0.25], metavar=("MIN", "MAX"),
                        help="seconds of silence between digits (and at both ends)")),

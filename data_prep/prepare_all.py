@@ -5,7 +5,7 @@
 - `data/synth/`: the eSpeak NG corpus (asr, rewire, ks, ic, er, sid), `data_prep/synth.py`;
 - `data/fsdd/{digits,speakers}/`: FSDD from `../shared/data/fsdd`;
 - `data/fsdd/connected/`: connected digits (ASR/PR, real speech) joined from FSDD, `data_prep/fsdd_connected.py`
-  (its utterance counts scaled by `--scale` too);
+  (its pool sizes scaled by `--scale` too), with leave-one-speaker-out folds in `folds/fold1..fold6`;
 - `data/speech_commands/`: the Speech Commands v0.02 test set split speaker-disjointly.
 Each preparer writes `prepared.json` with a fingerprint of its arguments and is skipped when it
 matches (so a second call costs about a second); `--force` redoes everything.
@@ -37,7 +37,7 @@ def prepare_all(data_root=None, seed: int = 0, scale: float = 1.0, num_workers: 
         fsdd.prepare(shared / "fsdd", data_root / "fsdd", seed=seed, fractions=fractions, hours=hours, force=force)
     if "fsdd_connected" in corpora:
         fsdd_connected.prepare(shared / "fsdd", data_root / "fsdd" / "connected", seed=seed, fractions=fractions,
-                               hours=hours, force=force, utterances=fsdd_connected.scaled_counts(scale))
+                               hours=hours, force=force, **fsdd_connected.scaled_counts(scale))
     if "speech_commands" in corpora:
         speech_commands_test.prepare(shared / "speech_commands_v0.02_test", data_root / "speech_commands",
                                      seed=seed, fractions=fractions, hours=hours, force=force)

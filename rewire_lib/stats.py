@@ -6,6 +6,8 @@ comparison here is paired. See `docs/statistics.md` for the reasoning and refere
 - `paired_bootstrap_diff(base, other, ...)`: difference other - base of a corpus-level metric (accuracy, or a
   ratio such as WER = sum(errors) / sum(reference words)) with a percentile interval from a two-way bootstrap
   that resamples seeds and test utterances with replacement, the same draws for both encoders.
+- `paired_bootstrap_diff_nested(base, other, ...)`: the same for cross-validation folds, where each fold has
+  its own test utterances: folds resampled, then utterances within each drawn fold.
 - `verdict(result)`: "better" / "worse" / "no detectable difference" from the interval alone.
 - `steps_to_target(...)`: first evaluated step whose dev metric reaches a target, or None (censored).
 - `censored_median(times, censored_at)`: Kaplan-Meier median of steps-to-target with a 95 % interval
@@ -148,6 +150,63 @@ def paired_bootstrap_diff(base, other, n_boot: int = 10_000, seed: int = 0, ci: 
                          base=float(point_b), other=float(point_o), n_utts=int(n_utts), n_seeds=int(n_seeds),
                          n_boot=int(n_boot), ci=float(ci), higher_is_better=bool(higher_is_better), method=method)
 
+
+
+def paired_bootstrap_diff_nested(base, other, n_boot: int = 10_000, seed: int = 0, ci: float = 0.95,
+                                 higher_is_better: bool = True, base_den=None, other_den=None,
+                                 scale: float = 100.0) -> BootstrapDiff:
+    """Paired bootstrap interval for other - base when each run has its OWN test utterances (cross-validation
+    folds: fold k's test set is one held-out speaker), so seeds and utterances are nested, not crossed.
+
+    base, other: one 1-D array of per-utterance scores per fold (lengths may differ between folds; both
+    encoders' arrays of a fold are aligned utterance by utterance); base_den/other_den likewise (ratio
+    metrics), as in `paired_bootstrap_diff`. Each replicate is a two-stage (cluster) bootstrap: folds drawn
+    with replacement, then for every drawn copy of a fold its utterances drawn with replacement (a fold drawn
+    m times gets m*n independent draws: one multinomial), the same draws for both encoders.
+    """
+    b = [_as_scores(x, f"base fold {i}")[0] for i, x in enumerate(base)]
+    o = [_as_scores(x, f"other fold {i}")[0] for i, x in enumerate(other)]
+    if not b or len(b) != len(o) or any(x.shape != y.shape for x, y in zip(b, o)):
+        raise StatsError("base and other need the same folds, each with the same utterances: got fold sizes "
+                         f"{[len(x) for x in b]} and {[len(y) for y in o]}")
+    if not 0.0 < ci < 1.0 or n_boot < 1:
+        raise StatsError(f"ci must be in (0, 1) and n_boot >= 1, got {ci} and {n_boot}")
+    if other_den is not None and base_den is None:
+        raise StatsError("other_den given without base_den: give base_den (and other_den if it differs)")
+    ratio = base_den is not None
+
+    def dens(den, name):
+        if den is None:
+            return [np.ones_like(x) for x in b]
+        return [_as_denominator(d, f"{name} fold {i}", (1, len(x)))[0] for i, (d, x) in enumerate(zip(den, b))]
+
+    bd = dens(base_den, "base_den")
+    od = bd if other_den is None else dens(other_den, "other_den")
+    n_folds = len(b)
+    point_b = scale * sum(x.sum() for x in b) / sum(d.sum() for d in bd)
+    point_o = scale * sum(x.sum() for x in o) / sum(d.sum() for d in od)
+    rng = np.random.default_rng(seed)
+    diffs = np.empty(n_boot)
+    for start in range(0, n_boot, _CHUNK):
+        size = min(_CHUNK, n_boot - start)
+        fold_counts = rng.multinomial(n_folds, np.full(n_folds, 1.0 / n_folds), size=size)  # [size, n_folds]
+        sums = np.zeros((4, size))  # base, base_den, other, other_den
+        for f in range(n_folds):
+            n = len(b[f])
+            counts = rng.multinomial(fold_counts[:, f] * n, np.full(n, 1.0 / n)).astype(np.float64)  # [size, n]
+            sums += np.stack([counts @ b[f], counts @ bd[f], counts @ o[f], counts @ od[f]])
+        diffs[start:start + size] = scale * (sums[2] / sums[3] - sums[0] / sums[1])
+    alpha = (1.0 - ci) / 2.0
+    low, high = np.quantile(diffs, [alpha, 1.0 - alpha])
+    kind = ("ratio metric sum(errors)/sum(reference lengths) recomputed per replicate" if ratio
+            else "mean metric")
+    method = (f"paired two-stage bootstrap for cross-validation folds: folds resampled with replacement, then "
+              f"each drawn fold's own test utterances, the same draws for both encoders (Davison and Hinkley "
+              f"1997, sec. 3.8); {kind}; {n_boot} replicates, {100 * ci:g}% percentile interval")
+    return BootstrapDiff(diff=float(point_o - point_b), ci_low=float(low), ci_high=float(high),
+                         base=float(point_b), other=float(point_o), n_utts=int(sum(len(x) for x in b)),
+                         n_seeds=int(n_folds), n_boot=int(n_boot), ci=float(ci),
+                         higher_is_better=bool(higher_is_better), method=method)
 
 def verdict(result: BootstrapDiff, higher_is_better: Optional[bool] = None) -> str:
     """"better" / "worse" only when the whole interval lies strictly on one side of 0; else no difference.

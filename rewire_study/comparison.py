@@ -1,7 +1,8 @@
 """Each encoder row against the base encoder in one task x setting cell, from the runs' own files.
 
 - Final metric: the difference to base with a 95 % paired bootstrap interval over seeds and test utterances
-  (rewire_lib.stats.paired_bootstrap_diff on every run's test_predictions.csv: per utterance errors and
+  (rewire_lib.stats.paired_bootstrap_diff; for speaker folds, each with its own test set,
+  paired_bootstrap_diff_nested) on every run's test_predictions.csv: per utterance errors and
   reference length; accuracy = correct / total, WER/PER = errors / reference words), and its verdict.
 - Speed: steps until the dev metric first reaches the base's best dev metric (same seed); runs that never
   get there are censored at their last evaluated step, counted, and enter a Kaplan-Meier median with an
@@ -62,19 +63,43 @@ def paired_arrays(base: Dict[int, dict], other: Dict[int, dict]):
             "seeds": seeds, "n_utts": len(ids), "dropped_utts": len(union) - len(ids)}
 
 
+def fold_arrays(base: Dict[int, dict], other: Dict[int, dict]):
+    """Per fold (run index) both encoders have, the errors and lengths of the utterances both runs of that fold
+    have (each fold its own test set): lists of 1-D arrays; also the folds and the dropped count."""
+    folds = sorted(set(base) & set(other))
+    out = {"b_err": [], "b_len": [], "o_err": [], "o_len": [], "seeds": folds, "n_utts": 0, "dropped_utts": 0}
+    for f in folds:
+        ids = sorted(set(base[f]) & set(other[f]))
+        out["dropped_utts"] += len(set(base[f]) | set(other[f])) - len(ids)
+        if not ids:
+            return None
+        for key, preds, k in (("b_err", base, 0), ("b_len", base, 1), ("o_err", other, 0), ("o_len", other, 1)):
+            out[key].append(np.array([preds[f][u][k] for u in ids], dtype=np.float64))
+        out["n_utts"] += len(ids)
+    return out if folds else None
+
+
 def compare_final(base: Dict[int, dict], other: Dict[int, dict], higher_is_better: bool,
-                  n_boot: int = N_BOOT, seed: int = 0) -> dict:
+                  n_boot: int = N_BOOT, seed: int = 0, folds: bool = False) -> dict:
     """The paired bootstrap difference other - base in metric points, with its verdict; {"na": reason} when the
-    runs lack per-utterance files or share no seed."""
-    arrays = paired_arrays(base, other)
+    runs lack per-utterance files or share no seed. `folds`: the runs are cross-validation folds, each with its
+    own test utterances (rewire_lib.stats.paired_bootstrap_diff_nested); else seeds on one test set."""
+    if folds:
+        return _compare(fold_arrays(base, other), base, other, higher_is_better, n_boot, seed,
+                        stats.paired_bootstrap_diff_nested, lambda a, b: [x - y for x, y in zip(a, b)])
+    return _compare(paired_arrays(base, other), base, other, higher_is_better, n_boot, seed,
+                    stats.paired_bootstrap_diff, lambda a, b: a - b)
+
+
+def _compare(arrays, base, other, higher_is_better, n_boot, seed, bootstrap, minus) -> dict:
     if arrays is None:
         return {"na": NO_FILE if not (base and other) else "n/a: no seed or utterance in common"}
     if higher_is_better:  # accuracy = sum(correct) / sum(length): scores are the correct counts
-        b, o = arrays["b_len"] - arrays["b_err"], arrays["o_len"] - arrays["o_err"]
+        b, o = minus(arrays["b_len"], arrays["b_err"]), minus(arrays["o_len"], arrays["o_err"])
     else:  # error rate = sum(errors) / sum(reference length)
         b, o = arrays["b_err"], arrays["o_err"]
-    res = stats.paired_bootstrap_diff(b, o, n_boot=n_boot, seed=seed, higher_is_better=higher_is_better,
-                                      base_den=arrays["b_len"], other_den=arrays["o_len"])
+    res = bootstrap(b, o, n_boot=n_boot, seed=seed, higher_is_better=higher_is_better,
+                    base_den=arrays["b_len"], other_den=arrays["o_len"])
     return {"diff": res.diff, "ci_low": res.ci_low, "ci_high": res.ci_high, "base": res.base, "other": res.other,
             "verdict": stats.verdict(res), "n_seeds": res.n_seeds, "n_utts": res.n_utts,
             "dropped_utts": arrays["dropped_utts"], "method": res.method}

@@ -98,7 +98,7 @@ def compute(cfg: StudyConfig, runs: Dict[tuple, dict]) -> dict:
                     if len(preds) < len(per_seed) or len(base_preds) < len(base_runs):
                         e["compare"] = {"na": NO_FILE}
                     else:
-                        e["compare"] = compare_final(base_preds, preds, hib)
+                        e["compare"] = compare_final(base_preds, preds, hib, folds=bool(cfg.folds.get(task)))
                 cell["encoders"][enc] = e
             cells[(task, setting)] = cell
     return cells
@@ -389,7 +389,7 @@ def what_ran(cfg: StudyConfig) -> List[str]:
          "|---|---|---|---|---|---|---|---|"]
     used = lambda info, k: (f"{info[k]} of {info[k + '_available']}" if f"{k}_available" in info  # noqa: E731
                             else str(info.get(k, "n/a")))
-    same = []
+    same, fold_notes = [], []
     for task in cfg.tasks:
         info = sizes.get(task, {})
         if "folds_dir" in info:
@@ -399,9 +399,14 @@ def what_ran(cfg: StudyConfig) -> List[str]:
         sets = info.get("settings", {})
         shown = ", ".join(f"{setting_label(k)}: {v['utterances']}" for k, v in sets.items())
         same += [f"{task} {setting_label(k)} = {setting_label(v['same_as'])}" for k, v in sets.items() if v["same_as"]]
+        folds = info.get("folds", {})
+        each = f" each of {len(folds)} folds" if folds else ""
         L.append(f"| {task} | {info.get('preset', cfg.presets.get(task))} | {info.get('source', 'n/a')} | "
-                 f"{used(info, 'train')} | {used(info, 'dev')} | {used(info, 'test')} | {shown or 'n/a'} | "
-                 f"{_steps(cfg.max_steps[task])} |")
+                 f"{used(info, 'train')}{each} | {used(info, 'dev')}{each} | {used(info, 'test')}{each} | "
+                 f"{shown or 'n/a'} | {_steps(cfg.max_steps[task])} |")
+        if folds:
+            fold_notes.append(f"{task}: " + ", ".join(f"{name} {'+'.join(f.get('test_speakers', []))}"
+                                                       for name, f in folds.items()))
     if "rewire" in sizes:
         r = sizes["rewire"]
         L.append(f"| rewiring | {r.get('preset')} | {r.get('source')} | {r.get('train')} of "
@@ -409,6 +414,10 @@ def what_ran(cfg: StudyConfig) -> List[str]:
                  f"{cfg.rewire_lr if cfg.rewire_lr is not None else 'of the recipe'} | "
                  + ", ".join(f"{v} {cfg.rewire_epochs.get(v, 1)} epoch(s)" for v in cfg.views) + " |")
     L.append("")
+    if fold_notes:
+        L.append("Speaker folds (leave one speaker out): the k-th run of each encoder and setting trains on fold k "
+                 "with seed k-1 and is tested on that fold's held-out speaker, so a cell covers every speaker; the "
+                 "test speaker of each fold: " + "; ".join(fold_notes) + ".\n")
     if same:
         L.append("Settings that are the same subset as a larger one (no runs of their own; their rows are the "
                  "larger setting's): " + "; ".join(same) + ".\n")
@@ -422,7 +431,8 @@ def verdict_lines(cfg: StudyConfig, cells: dict) -> List[str]:
          f"Per task and setting, the test metric of each encoder row minus that of `{BASE}`, with a 95 % interval "
          "from a paired bootstrap over seeds and test utterances (rewire_lib.stats.paired_bootstrap_diff: each "
          "replicate draws seeds and, independently, test utterances with replacement, the same draw for both "
-         f"encoders; {N_BOOT} replicates). *better* / *worse* only when the whole interval lies on one side of 0; "
+         f"encoders; {N_BOOT} replicates; tasks run on speaker folds, each fold with its own test speaker, draw "
+         "folds and then each drawn fold's utterances: paired_bootstrap_diff_nested). *better* / *worse* only when the whole interval lies on one side of 0; "
          "otherwise (ties included) *no detectable difference*.\n"]
     for enc in encoder_paths(cfg):
         if enc == BASE:
@@ -445,11 +455,18 @@ def verdict_lines(cfg: StudyConfig, cells: dict) -> List[str]:
 
 
 def seeds_note(cfg: StudyConfig) -> str:
-    few = {t: len(cfg.seeds_of(t)) for t in cfg.tasks if len(cfg.seeds_of(t)) < 5}
-    if not few:
+    folds = {t: cfg.folds[t] for t in cfg.tasks if cfg.folds.get(t)}
+    few = {t: len(cfg.seeds_of(t)) for t in cfg.tasks if len(cfg.seeds_of(t)) < 5 and t not in folds}
+    parts = []
+    if folds:
+        parts.append("Speaker folds for " + ", ".join(f"{t} ({n})" for t, n in folds.items())
+                     + ", one run per fold (fold k: seed k-1)")
+    if few:
+        parts.append(("f" if parts else "F") + "ewer than 5 seeds for " + ", ".join(f"{t} ({n})" for t, n in few.items()) + ": the budget of "
+                     "this preset did not allow more there; those intervals are wider")
+    if not parts:
         return f"{len(cfg.seeds)} seeds for every task."
-    return ("Fewer than 5 seeds for " + ", ".join(f"{t} ({n})" for t, n in few.items()) + ": the budget of this "
-            "preset did not allow more there; those intervals are wider.")
+    return "; ".join(parts) + "."
 
 
 def write_markdown(path: Path, cfg: StudyConfig, cells: dict, iso_rows: List[dict], stages: dict,
@@ -477,7 +494,7 @@ def write_markdown(path: Path, cfg: StudyConfig, cells: dict, iso_rows: List[dic
     L.append("## Downstream results and convergence\n")
     L.append("Test metric of the best-dev checkpoint: mean ± standard deviation over seeds (n). Difference to base: "
              "paired bootstrap, 95 % interval. Steps to base's best: training steps until the row's dev metric first "
-             f"reaches the best dev metric `{BASE}` reaches in its run of the same seed; runs that never reach it are "
+             f"reaches the best dev metric `{BASE}` reaches in its run of the same seed (or fold); runs that never reach it are "
              "censored at their last evaluated step and counted; Kaplan-Meier median with its 95 % interval "
              "(rewire_lib.stats.censored_median; ∞: beyond the observed steps). Speed-up: base median / row median "
              "with a paired bootstrap interval over seeds (rewire_lib.stats.speedup).\n")

@@ -94,14 +94,21 @@ def setting_csv_name(setting: str) -> str:
     return "train.csv" if setting == ALL else f"train_{setting}.csv"
 
 
-def task_manifests(cfg: StudyConfig, task: str, setting: str = ALL) -> List[Path]:
-    """The manifests a downstream run of `task` reads (what its data fingerprint covers)."""
+def task_manifests(cfg: StudyConfig, task: str, setting: str = ALL, seed: Optional[int] = None) -> List[Path]:
+    """The manifests a downstream run of `task` (with `seed`: of that run's fold) reads (what its data
+    fingerprint covers)."""
     src = task_source(cfg, task)
     if "folds_dir" in src:
         return sorted(Path(src["folds_dir"]).rglob("*.csv"))
-    folder = study_data_folder(cfg, task)
+    folder = run_data_folder(cfg, task, seed)
     files = [folder / "train.csv", folder / "dev.csv", folder / "test.csv"]
     return files + ([folder / setting_csv_name(setting)] if setting != ALL else [])
+
+
+def run_data_folder(cfg: StudyConfig, task: str, seed: Optional[int] = None) -> Path:
+    """The study's manifests a run reads: the task's folder, or its fold's (`StudyConfig.fold_of`)."""
+    fold = cfg.fold_of(task, seed) if seed is not None else None
+    return study_data_folder(cfg, task) / fold if fold else study_data_folder(cfg, task)
 
 
 def rewire_source_csv(cfg: StudyConfig) -> Path:
@@ -228,22 +235,15 @@ def make_study_manifests(cfg: StudyConfig) -> dict:
         if "folds_dir" in src:
             sizes[task] = {"folds_dir": shown_path(src["folds_dir"], cfg.out), "preset": cfg.presets[task]}
             continue
-        folder, dst = Path(src["data_folder"]), study_data_folder(cfg, task)
-        strat = TASK_DATA[task].stratify
-        info = {"source": shown_path(folder, cfg.out), "preset": cfg.presets[task],
+        info = {"source": shown_path(src["data_folder"], cfg.out), "preset": cfg.presets[task],
                 "train_cap": cfg.train_cap[task], "eval_cap": cfg.eval_cap[task]}
-        fields, train = read_manifest(folder / "train.csv")
-        info["train_available"] = len(train)
-        train = cap_rows(train, cfg.train_cap[task], cfg.seed, strat)
-        write_manifest_if_changed(dst / "train.csv", fields, train)
-        info["train"] = len(train)
-        for split in ("dev", "test"):  # a source's dev split may be named valid.csv; the study's copy is dev.csv
-            f2, rows = read_manifest(split_csv(folder, split, must_exist=False))
-            info[f"{split}_available"] = len(rows)
-            rows = cap_rows(rows, cfg.eval_cap[task], cfg.seed, strat)
-            write_manifest_if_changed(dst / f"{split}.csv", f2, rows)
-            info[split] = len(rows)
-        info["settings"] = write_settings(cfg, task, dst, fields, train)
+        if cfg.folds.get(task):
+            folds = fold_sources(cfg, task)
+            info["folds"] = {name: study_split(cfg, task, folder, study_data_folder(cfg, task) / name, {})
+                             for name, folder in folds.items()}
+            info.update({k: v for k, v in info["folds"]["fold1"].items()})  # sizes of one fold (all alike)
+        else:
+            study_split(cfg, task, Path(src["data_folder"]), study_data_folder(cfg, task), info)
         sizes[task] = info
         print(f"  {task}: {info}", flush=True)
     if cfg.views:
@@ -261,6 +261,39 @@ def make_study_manifests(cfg: StudyConfig) -> dict:
     print(f"  isotropy: {sizes['isotropy']}", flush=True)
     atomic_write_json(cfg.work / "data" / "sizes.json", sizes)
     return {"sizes": sizes}
+
+
+def study_split(cfg: StudyConfig, task: str, folder: Path, dst: Path, info: dict) -> dict:
+    """The capped train/dev/test copies of one prepared folder in `dst` and its settings' subsets; `info`
+    gets the sizes (and is returned)."""
+    strat = TASK_DATA[task].stratify
+    fields, train = read_manifest(folder / "train.csv")
+    info["train_available"] = len(train)
+    train = cap_rows(train, cfg.train_cap[task], cfg.seed, strat)
+    write_manifest_if_changed(dst / "train.csv", fields, train)
+    info["train"] = len(train)
+    for split in ("dev", "test"):  # a source's dev split may be named valid.csv; the study's copy is dev.csv
+        f2, rows = read_manifest(split_csv(folder, split, must_exist=False))
+        info[f"{split}_available"] = len(rows)
+        rows = cap_rows(rows, cfg.eval_cap[task], cfg.seed, strat)
+        write_manifest_if_changed(dst / f"{split}.csv", f2, rows)
+        info[split] = len(rows)
+        if split == "test" and cfg.folds.get(task):
+            info["test_speakers"] = sorted({r.get("spk_id", "") for r in rows})
+    info["settings"] = write_settings(cfg, task, dst, fields, train)
+    return info
+
+
+def fold_sources(cfg: StudyConfig, task: str) -> Dict[str, Path]:
+    """{fold name: prepared folder} of the first `cfg.folds[task]` folds of the task's default data."""
+    root = Path(task_source(cfg, task)["data_folder"]) / TASK_DATA[task].folds
+    n = cfg.folds[task]
+    folds = {f"fold{k}": root / f"fold{k}" for k in range(1, n + 1)}
+    missing = [name for name, f in folds.items() if not (f / "train.csv").is_file()]
+    if missing:
+        raise StageError(f"{task}: --folds {task}={n} but {root} lacks {', '.join(missing)} (its preparer writes "
+                         f"fold1..foldK: python data_prep/prepare_all.py; or fewer folds)")
+    return folds
 
 
 def write_settings(cfg: StudyConfig, task: str, dst: Path, fields: list, train: List[dict]) -> Dict[str, dict]:
@@ -497,7 +530,8 @@ def stage_isotropy(cfg: StudyConfig) -> dict:
 
 # ---------------------------------------------------------------------- 5. downstream sweep
 def run_folder(cfg: StudyConfig, task: str, enc_name: str, setting: str, seed: int) -> Path:
-    return cfg.work / "runs" / task / enc_name / setting / f"seed{seed}"
+    """runs/<task>/<encoder row>/<setting>/seed<S> (fold tasks: fold<K>, trained with seed K-1)."""
+    return cfg.work / "runs" / task / enc_name / setting / (cfg.fold_of(task, seed) or f"seed{seed}")
 
 
 def task_hparams(cfg: StudyConfig, task: str) -> Path:
@@ -520,18 +554,20 @@ def downstream_units(cfg: StudyConfig) -> List[tuple]:
     stamps = {n: encoder_stamp(r["path"]) for n, r in rows.items()}
     for task in cfg.tasks:
         src = task_source(cfg, task)
-        data = {"folds_dir": src["folds_dir"]} if "folds_dir" in src else \
-            {"data_folder": str(study_data_folder(cfg, task))}
         settings = run_settings(cfg, task) if "folds_dir" not in src else [ALL]
-        fingerprints = {st: data_fingerprint(*task_manifests(cfg, task, st)) for st in settings}
+        seeds = cfg.seeds_of(task)
+        fingerprints = {(st, seed): data_fingerprint(*task_manifests(cfg, task, st, seed))
+                        for st in settings for seed in seeds}
         for name, row in rows.items():
             for setting in settings:
-                train_csv = None if (setting == ALL or "folds_dir" in data) else \
-                    str(study_data_folder(cfg, task) / setting_csv_name(setting))
-                for seed in cfg.seeds_of(task):
+                for seed in seeds:
+                    data = {"folds_dir": src["folds_dir"]} if "folds_dir" in src else \
+                        {"data_folder": str(run_data_folder(cfg, task, seed))}
+                    train_csv = None if (setting == ALL or "folds_dir" in data) else \
+                        str(run_data_folder(cfg, task, seed) / setting_csv_name(setting))
                     spec = {"task": task, "hparams": task_hparams(cfg, task).name, "encoder": row["path"],
                             "encoder_stamp": stamps[name], **data, "train_csv": train_csv,
-                            "data_fingerprint": fingerprints[setting], "device": cfg.device,
+                            "data_fingerprint": fingerprints[(setting, seed)], "device": cfg.device,
                             "setting": setting, "seed": seed, "max_steps": cfg.max_steps[task],
                             "eval_every_steps": cfg.eval_every_of(task),
                             "overrides": row["overrides"] + cfg.task_overrides.get("all", []) +
@@ -587,8 +623,9 @@ def stage_downstream(cfg: StudyConfig) -> dict:
     ensure_controls(cfg)
     units = downstream_units(cfg)
     todo = [u for u in units if not u[4].is_done()]
+    runs_per_cell = ", ".join(f"{t} {len(cfg.seeds_of(t))} {'folds' if cfg.folds.get(t) else 'seeds'}" for t in cfg.tasks)
     print(f"  {len(units)} runs ({len(cfg.tasks)} tasks x {len(encoder_paths(cfg))} encoder rows x "
-          f"their settings x {len(cfg.seeds)} seeds); {len(units) - len(todo)} done before, "
+          f"their settings x {runs_per_cell}); {len(units) - len(todo)} done before, "
           f"{len(todo)} to run in {cfg.jobs} worker(s); each run's log: <run folder>/console.txt", flush=True)
     groups = {}
     for u in todo:  # one group per task and model, whole training set first (it fills the feature cache);

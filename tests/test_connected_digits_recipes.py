@@ -12,7 +12,7 @@ from tests.test_finetune import fast_env_log  # noqa: F401 (autouse: no pip free
 @pytest.fixture(scope="module")
 def connected(tmp_path_factory, fsdd_files):
     folder = tmp_path_factory.mktemp("connected")
-    fsdd_connected.prepare(shared_data_dir() / "fsdd", folder, utterances=(8, 3, 3), fractions=())
+    fsdd_connected.prepare(shared_data_dir() / "fsdd", folder, per_speaker=2, dev_utterances=2, fractions=())
     return folder
 
 
@@ -23,7 +23,7 @@ def test_connected_digits_hparams_run(task, column, connected, tiny_encoder_dir,
             "--encoder", str(tiny_encoder_dir), "--data_folder", str(connected), "--output_folder", str(out),
             "--max_steps", "4", "--eval_every_steps", "2", "--batch_size", "4"]
     result = run_task(task, argv)
-    assert result["steps"] == 4 and result["num_train"] == 8 and result["num_test"] == 3
+    assert result["steps"] == 4 and result["num_train"] == 8 and result["num_test"] == 2
     assert [int(r["step"]) for r in read_csv(out / "curve.csv")] == [2, 4]
     rows = read_csv(out / "test_predictions.csv")
     refs = {r["ID"]: r[column].upper().split() for r in read_csv(connected / "test.csv")}
@@ -45,3 +45,18 @@ def test_asr_token_unit_is_part_of_the_run_stamp(connected, tiny_encoder_dir, tm
     run_task("asr", argv)
     with pytest.raises(RunFolderMismatch, match="token_unit word -> char"):
         run_task("asr", argv + ["--token_unit", "char"])
+
+
+def test_asr_runs_speaker_folds_and_averages_them(connected, tiny_encoder_dir, tmp_path):
+    """--folds_dir: one run per fold (each on its own held-out speaker), result.json the mean of the folds."""
+    out = tmp_path / "asr"
+    argv = [str(REPO_ROOT / "recipes" / "asr" / "hparams" / "fsdd_connected.yaml"), "--noprogressbar",
+            "--encoder", str(tiny_encoder_dir), "--folds_dir", str(connected / "folds"), "--folds", "[fold1, fold3]",
+            "--output_folder", str(out), "--max_steps", "2", "--eval_every_steps", "2", "--batch_size", "4"]
+    result = run_task("asr", argv)
+    assert result["folds"] == ["fold1", "fold3"]
+    per_fold = [result["fold_results"][f]["test_wer"] for f in ("fold1", "fold3")]
+    assert result["test_wer"] == pytest.approx(sum(per_fold) / 2)
+    tested = {f: {r["ID"].split("_")[0] for r in read_csv(out / f / "test_predictions.csv")} for f in ("fold1", "fold3")}
+    expected = {f: {r["spk_id"] for r in read_csv(connected / "folds" / f / "test.csv")} for f in ("fold1", "fold3")}
+    assert tested == expected and len(tested["fold1"] | tested["fold3"]) == 2  # two different held-out speakers

@@ -12,24 +12,27 @@ FSDD = shared_data_dir() / "fsdd"
 SPLITS = ("train", "dev", "test")
 
 
+COLUMNS = ("ID", "duration", "wav", "spk_id", "wrd", "phn", "sources")
+
+
 def _prepare(out, seed=0):
-    fc.prepare(FSDD, out, seed=seed, utterances=(6, 2, 2), fractions=[0.5])
-    return {s: read_manifest(out / f"{s}.csv", required=("ID", "duration", "wav", "spk_id", "wrd", "phn", "sources"))
-            for s in SPLITS}
+    fc.prepare(FSDD, out, seed=seed, per_speaker=3, dev_utterances=2, fractions=[0.5])
+    return {s: read_manifest(out / f"{s}.csv", required=COLUMNS) for s in SPLITS}
 
 
 def test_connected_digits_are_deterministic_speaker_disjoint_and_transcribed(tmp_path, fsdd_files):
     a = _prepare(tmp_path / "a")
     b = _prepare(tmp_path / "b")
     strip = lambda rows: [{k: v for k, v in r.items() if k != "wav"} for r in rows]  # noqa: E731
-    assert all(strip(a[s]) == strip(b[s]) for s in SPLITS) and [len(a[s]) for s in SPLITS] == [6, 2, 2]
+    # 4 training speakers x 3, the first 2 of the dev speaker's 3, the test speaker's 3
+    assert all(strip(a[s]) == strip(b[s]) for s in SPLITS) and [len(a[s]) for s in SPLITS] == [12, 2, 3]
     for s in SPLITS:
         for ra, rb in zip(a[s], b[s]):
             assert open(ra["wav"], "rb").read() == open(rb["wav"], "rb").read()
     # speaker-disjoint, with fsdd.py's speaker split for the same seed
     speakers = {s: {r["spk_id"] for r in a[s]} for s in SPLITS}
     plan = json.loads((tmp_path / "a" / "prepared.json").read_text())["speaker_split"]
-    assert all(speakers[s] <= set(plan[s]) for s in SPLITS)
+    assert all(speakers[s] == set(plan[s]) for s in SPLITS)
     assert not (set(plan["train"]) & set(plan["dev"]) or set(plan["train"]) & set(plan["test"])
                 or set(plan["dev"]) & set(plan["test"]))
     assert plan == {s: sorted(k for k, v in fc.group_split(["george", "jackson", "lucas", "nicolas", "theo", "yweweler"],
@@ -53,7 +56,31 @@ def test_connected_digits_are_deterministic_speaker_disjoint_and_transcribed(tmp
     # another seed, other utterances; the same command again is skipped
     c = _prepare(tmp_path / "c", seed=1)
     assert strip(c["train"]) != strip(a["train"])
-    assert fc.prepare(FSDD, tmp_path / "a", seed=0, utterances=(6, 2, 2), fractions=[0.5]) == {}
+    assert fc.prepare(FSDD, tmp_path / "a", seed=0, per_speaker=3, dev_utterances=2, fractions=[0.5]) == {}
+
+
+def test_speaker_folds_hold_out_every_speaker_once_and_fold1_is_the_default_split(tmp_path, fsdd_files):
+    default = _prepare(tmp_path)
+    folds = {f"fold{k}": {s: read_manifest(tmp_path / "folds" / f"fold{k}" / f"{s}.csv", required=COLUMNS)
+                          for s in SPLITS} for k in range(1, 7)}
+    assert sorted(p.name for p in (tmp_path / "folds").iterdir()) == sorted(folds)
+    assert all(folds["fold1"][s] == default[s] for s in SPLITS)
+    speakers = lambda rows: {r["spk_id"] for r in rows}  # noqa: E731
+    tests = [speakers(f["test"]) for f in folds.values()]
+    devs = [speakers(f["dev"]) for f in folds.values()]
+    everyone = {"george", "jackson", "lucas", "nicolas", "theo", "yweweler"}
+    assert all(len(t) == 1 and len(d) == 1 for t, d in zip(tests, devs))
+    assert set().union(*tests) == everyone and set().union(*devs) == everyone  # each speaker tested once, dev once
+    for f in folds.values():
+        assert speakers(f["train"]) == everyone - speakers(f["test"]) - speakers(f["dev"])
+        assert [len(f[s]) for s in SPLITS] == [12, 2, 3]
+    # a speaker's utterances are the same files in every fold (one pool, re-cut): the test pool of a fold
+    # is the training pool of that speaker elsewhere
+    test3 = folds["fold3"]["test"]
+    spk = test3[0]["spk_id"]
+    assert [r for r in folds["fold1"]["train"] if r["spk_id"] == spk] == test3
+    plan = json.loads((tmp_path / "prepared.json").read_text())["folds"]
+    assert {k: v["test"] for k, v in plan.items()} == {k: sorted(t) for k, t in zip(folds, tests)}
 
 
 def test_trim_silence_removes_quiet_ends():

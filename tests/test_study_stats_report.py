@@ -72,7 +72,7 @@ def known_study(tmp_path: Path):
     cfg = parse_args(["--out", str(tmp_path / "results"), "--encoders", f"base={tmp_path / 'enc'}",
                       "--tasks", "ks,pr", "--views", "twin,neutral", "--controls", "none", "--per-class", "none",
                       "--fractions", "1.0", "--seeds", ",".join(map(str, SEEDS)), "--eval-every", "10",
-                      "--data-dir", str(tmp_path / "data")])
+                      "--folds", "none", "--data-dir", str(tmp_path / "data")])
     for task, enc, setting, seed, unit in downstream_units(cfg):
         write_run(unit, task, enc, seed, with_predictions=not (task == "pr" and enc == "neutral" and seed == 1))
     return cfg
@@ -137,6 +137,72 @@ def test_report_statistics_match_the_library_on_known_runs(tmp_path):
     # no absolute machine path in the report files (relative ones such as ../../tmp/... are fine)
     for name in ("summary.md", "summary.csv"):
         assert not re.search(r"(^|[\s`(,'\"=|])" + re.escape(str(tmp_path)), (cfg.out / name).read_text()), name
+
+
+def _fold_manifests(data: Path, n_folds: int, n_test: int) -> None:
+    """data/fsdd/connected/folds/fold{k}: speaker s{k} held out for test, s{k+1} for dev, 2 training speakers."""
+    for k in range(1, n_folds + 1):
+        spk = {"test": f"s{k}", "dev": f"s{k % n_folds + 1}"}
+        for split, n in (("train", 6), ("dev", 2), ("test", n_test)):
+            path = data / "fsdd" / "connected" / "folds" / f"fold{k}" / f"{split}.csv"
+            path.parent.mkdir(parents=True, exist_ok=True)
+            with open(path, "w", newline="") as f:
+                w = csv.writer(f)
+                w.writerow(["ID", "duration", "wav", "spk_id", "wrd", "phn"])
+                for i in range(n):
+                    who = spk.get(split, f"t{i % 2}")
+                    w.writerow([f"{who}_{split}_{i:03d}", 1.0, f"{who}_{i}.wav", who, "one", "W AH N"])
+
+
+def test_speaker_fold_runs_are_compared_fold_by_fold_with_the_nested_bootstrap(tmp_path):
+    """PR on 3 speaker folds: run k reads fold k's manifests (seed k-1), each fold has its own test speaker, and
+    the interval is the library's two-stage (folds, then utterances) bootstrap on exactly those utterances."""
+    data, n_test = tmp_path / "data", 20
+    _fold_manifests(data, 3, n_test)
+    iso = tmp_path / "iso.csv"
+    _manifest(iso, 2, 2)
+    cfg = parse_args(["--out", str(tmp_path / "results"), "--encoders", f"base={tmp_path / 'enc'}", "--tasks", "pr",
+                      "--views", "twin", "--controls", "none", "--folds", "pr=3", "--eval-every", "10",
+                      "--data-dir", str(data), "--iso-manifest", str(iso), "--rewire-csv", str(iso)])
+    assert cfg.seeds_of("pr") == [0, 1, 2] and cfg.fold_of("pr", 2) == "fold3"
+    make_study_manifests(cfg)
+    units = [u for u in downstream_units(cfg) if u[2] == "all"]
+    assert sorted((u[1], u[3], u[4].folder.name) for u in units) == sorted(
+        (e, s, f"fold{s + 1}") for e in ("base", "twin") for s in range(3))
+    errors = {}
+    for task, enc, setting, seed, unit in units:
+        assert unit.spec["data_folder"].endswith(f"fold{seed + 1}") and unit.spec["seed"] == seed
+        test_ids = [r["ID"] for r in csv.DictReader(open(Path(unit.spec["data_folder"]) / "test.csv"))]
+        assert {i.split("_")[0] for i in test_ids} == {f"s{seed + 1}"}
+        # base: 3 errors of 10 phonemes everywhere; twin: 1 fewer on fold 1 only (others equal)
+        errs = [2 if (enc == "twin" and seed == 0) else 3 for _ in test_ids]
+        errors[(enc, seed)] = errs
+        unit.folder.mkdir(parents=True)
+        with open(unit.folder / "test_predictions.csv", "w", newline="") as f:
+            w = csv.writer(f)
+            w.writerow(["ID", "errors", "ref_len", "prediction", "target"])
+            w.writerows([i, e, 10, "p", "t"] for i, e in zip(test_ids, errs))
+        with open(unit.folder / "curve.csv", "w", newline="") as f:
+            csv.writer(f).writerows([["step", "dev_per"], [10, 50], [20, 40]])
+        (unit.folder / "result.json").write_text(json.dumps(
+            {"task": "pr", "metric": "per", "higher_is_better": False, "test_per": 10.0 * np.mean(errs),
+             "num_train": 6, "steps": 20, "seed": seed}))
+        unit.finish()
+    out = write_report(cfg, {})
+    got = out["cells"][("pr", "all")]["encoders"]["twin"]["compare"]
+    tens = [np.full(n_test, 10.0)] * 3
+    direct = stats.paired_bootstrap_diff_nested([np.array(errors[("base", s)], float) for s in range(3)],
+                                                [np.array(errors[("twin", s)], float) for s in range(3)],
+                                                n_boot=N_BOOT, seed=0, higher_is_better=False, base_den=tens,
+                                                other_den=tens)
+    assert got["diff"] == pytest.approx(-10 / 3) and got["diff"] == pytest.approx(direct.diff)
+    assert (got["ci_low"], got["ci_high"]) == pytest.approx((direct.ci_low, direct.ci_high))
+    assert got["n_seeds"] == 3 and got["n_utts"] == 3 * n_test and "two-stage" in got["method"]
+    # one fold of three improves: folds drawn without it give 0, so the interval reaches 0 -> no difference
+    assert got["ci_high"] == pytest.approx(0.0) and got["verdict"] == stats.NO_DIFFERENCE
+    md = (cfg.out / "summary.md").read_text()
+    assert "pr: fold1 s1, fold2 s2, fold3 s3" in md and "Speaker folds for pr (3), one run per fold" in md
+    assert "| pr | default | ../data/fsdd/connected | 6 of 6 each of 3 folds |" in md
 
 
 def direct_ci(c: dict) -> str:

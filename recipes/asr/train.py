@@ -22,13 +22,15 @@ max_steps, eval_every_steps, token_unit, blank_penalty / blank_penalty_grid (dec
 freeze_encoder (false fine-tunes: finetune_top_layers, encoder_lr, encoder_warmup_steps, freeze_cnn),
 feature_cache; the head's sizes in the YAML.
 """
+import sys
+
 import speechbrain as sb
 
 from rewire_lib.downstream.ctc import CTCBrain, add_ctc_pipeline
 from rewire_lib.downstream.data import split_datasets
 from rewire_lib.downstream.hparams import create_run_folder, load_hparams
 from rewire_lib.downstream.metrics import normalize_text
-from rewire_lib.downstream.run import SCHEMA, prepare_run, run_as_script
+from rewire_lib.downstream.run import SCHEMA, prepare_run, run_as_script, run_folds
 from rewire_lib.recipe import init_ddp_once
 
 
@@ -89,11 +91,14 @@ def dataio_prep(hparams):
 
 def main(argv=None) -> dict:
     """Train the ASR head (CTC over characters), test its best-dev checkpoint; returns what result.json holds."""
+    argv = list(sys.argv[1:] if argv is None else argv)
     hparams_file, run_opts, overrides = sb.parse_arguments(argv)  # HPARAMS.yaml, --device/--precision/..., --key value
     init_ddp_once(run_opts)  # speechbrain ddp_init_group under torchrun (once per process)
     hparams, record = load_hparams(hparams_file, overrides, run_opts, SCHEMA)  # load_hyperpyyaml, extends chain
     prepare_run(hparams)  # run_on_main(the per-dataset preparer); manifests; run-folder stamp
     create_run_folder(hparams, record)  # sb.create_experiment_directory, once the folder is known to be this run's
+    if hparams["folds_dir"]:  # each fold is this same recipe on fold<k>/{train,dev,test}.csv
+        return run_folds(hparams, argv, main)
     datasets, tokenizer = dataio_prep(hparams)
     head = hparams["head"](vocab_size=len(tokenizer))  # output size: the tokens of the training transcripts
     asr_brain = SpeechRecognitionBrain(modules=dict(hparams["modules"], head=head), hparams=hparams,

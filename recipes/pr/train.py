@@ -20,12 +20,14 @@ Keys people change (`--key value`): encoder, data_folder, train_fraction, seed, 
 max_steps, eval_every_steps, blank_penalty / blank_penalty_grid (decoding), freeze_encoder, feature_cache;
 the head's sizes in the YAML.
 """
+import sys
+
 import speechbrain as sb
 
 from rewire_lib.downstream.ctc import CTCBrain, add_ctc_pipeline
 from rewire_lib.downstream.data import split_datasets
 from rewire_lib.downstream.hparams import create_run_folder, load_hparams
-from rewire_lib.downstream.run import SCHEMA, prepare_run, run_as_script
+from rewire_lib.downstream.run import SCHEMA, prepare_run, run_as_script, run_folds
 from rewire_lib.recipe import init_ddp_once
 
 
@@ -64,11 +66,14 @@ def dataio_prep(hparams):
 
 def main(argv=None) -> dict:
     """Train the phoneme recogniser (CTC over phonemes), test its best-dev checkpoint; returns what result.json holds."""
+    argv = list(sys.argv[1:] if argv is None else argv)
     hparams_file, run_opts, overrides = sb.parse_arguments(argv)  # HPARAMS.yaml, --device/--precision/..., --key value
     init_ddp_once(run_opts)  # speechbrain ddp_init_group under torchrun (once per process)
     hparams, record = load_hparams(hparams_file, overrides, run_opts, SCHEMA)  # load_hyperpyyaml, extends chain
     prepare_run(hparams)  # run_on_main(the per-dataset preparer); manifests; run-folder stamp
     create_run_folder(hparams, record)  # sb.create_experiment_directory, once the folder is known to be this run's
+    if hparams["folds_dir"]:  # each fold is this same recipe on fold<k>/{train,dev,test}.csv
+        return run_folds(hparams, argv, main)
     datasets, tokenizer = dataio_prep(hparams)
     modules = dict(hparams["modules"], head=hparams["head"](vocab_size=len(tokenizer)))
     brain = PhonemeRecognitionBrain(modules=modules, hparams=hparams, run_opts=run_opts,

@@ -131,7 +131,8 @@ def shared_feature_caches():
 def fold_names(folds_dir: str, folds: Optional[list]) -> List[str]:
     folder = Path(folds_dir)
     if not folder.is_dir():
-        raise HparamsError(f"folds_dir {folder} does not exist (IEMOCAP folds: python data_prep/iemocap.py ...)")
+        raise HparamsError(f"folds_dir {folder} does not exist (folds: python data_prep/iemocap.py ... for IEMOCAP, "
+                           "python data_prep/prepare_all.py for data/fsdd/connected/folds)")
     if folds:
         names = [str(f) for f in folds]
     else:
