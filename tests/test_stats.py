@@ -5,7 +5,8 @@ import numpy as np
 import pytest
 
 from rewire_lib.stats import (BETTER, NO_DIFFERENCE, WORSE, StatsError, best_checkpoint, censored_median,
-                              paired_bootstrap_diff, speedup, steps_to_target, verdict)
+                              paired_bootstrap_diff, paired_bootstrap_diff_nested, speedup, steps_to_target,
+                              verdict)
 
 
 # ---------------------------------------------------------------------------------------- paired bootstrap
@@ -54,6 +55,43 @@ def test_interval_is_paired_its_width_matches_the_paired_standard_error():
     se = 100 * np.std(other - base, ddof=1) / math.sqrt(n)
     assert (res.ci_high - res.ci_low) / 2 == pytest.approx(1.96 * se, rel=0.15)
     assert res.ci_low < res.diff < res.ci_high
+
+
+# ------------------------------------------------------------------------- nested (cross-validation folds)
+def test_nested_bootstrap_on_folds_of_different_sizes_ties_and_gains():
+    rng = np.random.default_rng(7)
+    base = [(rng.random(n) < 0.6).astype(float) for n in (120, 80, 100)]  # each fold its own test utterances
+    tie = paired_bootstrap_diff_nested(base, [b.copy() for b in base], n_boot=500)
+    assert (tie.diff, tie.ci_low, tie.ci_high) == (0.0, 0.0, 0.0) and verdict(tie) == NO_DIFFERENCE
+    assert (tie.n_seeds, tie.n_utts) == (3, 300) and "folds" in tie.method
+    gain = paired_bootstrap_diff_nested(base, [b + 0.05 for b in base], n_boot=500)
+    assert gain.diff == pytest.approx(5.0) and gain.ci_low == pytest.approx(5.0) == gain.ci_high
+    assert verdict(gain) == BETTER
+
+
+def test_nested_bootstrap_resamples_folds_then_utterances_within_them():
+    """The difference is +10 points on every utterance of two folds and -10 on the third: resampling folds must
+    spread the interval over [-10, +10] (about the fold mix), and a ratio metric is pooled over the folds."""
+    base = [np.zeros(50), np.zeros(50), np.zeros(50)]
+    other = [np.full(50, 0.1), np.full(50, 0.1), np.full(50, -0.1)]
+    res = paired_bootstrap_diff_nested(base, other, n_boot=4000, seed=3)
+    assert res.diff == pytest.approx(10 / 3)
+    assert res.ci_low == pytest.approx(-10.0) and res.ci_high == pytest.approx(10.0) and verdict(res) == NO_DIFFERENCE
+    # WER-like: errors over reference words, folds of different lengths pooled as one corpus WER
+    errs_b, errs_o = [np.array([1.0, 1.0]), np.array([2.0])], [np.array([0.0, 1.0]), np.array([2.0])]
+    lens = [np.array([4.0, 4.0]), np.array([2.0])]
+    wer = paired_bootstrap_diff_nested(errs_b, errs_o, n_boot=200, higher_is_better=False, base_den=lens)
+    assert wer.base == pytest.approx(100 * 4 / 10) and wer.other == pytest.approx(100 * 3 / 10)
+
+
+def test_nested_bootstrap_needs_matching_folds():
+    with pytest.raises(StatsError, match="same folds"):
+        paired_bootstrap_diff_nested([np.zeros(3), np.zeros(4)], [np.zeros(3), np.zeros(5)])
+    with pytest.raises(StatsError, match="same folds"):
+        paired_bootstrap_diff_nested([np.zeros(3)], [np.zeros(3), np.zeros(3)])
+    with pytest.raises(StatsError, match="base_den fold 1"):
+        paired_bootstrap_diff_nested([np.ones(2), np.ones(2)], [np.ones(2), np.ones(2)],
+                                     base_den=[np.ones(2), np.zeros(2)])
 
 
 def test_seeds_are_resampled_too():

@@ -91,6 +91,8 @@ def test_help_shows_every_preset_value_and_the_active_one(capsys, tmp_path):
     (["--task-override", "kss:lr=1"], "--task-override: unknown task 'kss'; valid: pr, asr, ks, ic, sid, er, all"),
     (["--rewire-epochs", "twinn=3"], "--rewire-epochs: unknown view 'twinn'; valid: twin, neutral, mixed"),
     (["--data-folder", "ks2=/x"], "--data-folder: unknown task 'ks2'; valid: pr, asr, ks, ic, sid, er"),
+    (["--folds", "ks=3"], "--folds: unknown task with speaker folds 'ks'; valid: pr, asr"),
+    (["--folds", "asr=0"], "--folds: N >= 1 expected"),
 ])
 def test_misspelt_keys_are_one_line_errors(argv, words, capsys):
     with pytest.raises(SystemExit) as exc:
@@ -171,3 +173,31 @@ def test_ctc_tasks_evaluate_less_often_unless_the_user_sets_an_interval(tmp_path
     assert (cfg.eval_every_of("asr"), cfg.eval_every_of("pr"), cfg.eval_every_of("ks")) == (30, 30, 15)
     given = parse_args(["--out", str(tmp_path), "--eval-every", "10"])
     assert {given.eval_every_of(t) for t in ("asr", "pr", "ks", "sid")} == {10}
+
+
+def test_ctc_tasks_run_speaker_folds_by_default_and_not_on_user_data(tmp_path):
+    cfg = parse_args(["--out", str(tmp_path)])
+    assert cfg.folds == {"asr": 6, "pr": 6} and cfg.seeds_of("asr") == [0, 1, 2, 3, 4, 5]
+    assert [cfg.fold_of("pr", s) for s in (0, 5)] == ["fold1", "fold6"] and cfg.fold_of("ks", 0) is None
+    assert cfg.seeds_of("ks") == [0, 1, 2, 3, 4]
+    off = parse_args(["--out", str(tmp_path), "--folds", "none", "--seeds", "0,1"])
+    assert off.folds == {} and off.seeds_of("asr") == [0, 1] and off.fold_of("asr", 0) is None
+    some = parse_args(["--out", str(tmp_path), "--folds", "asr=2"])
+    assert some.folds == {"asr": 2} and some.seeds_of("pr") == [0, 1, 2, 3, 4]
+    mine = task_folder(tmp_path / "mine")
+    fed = parse_args(["--out", str(tmp_path), "--data-folder", f"asr={mine}"])  # the user's data has no folds
+    assert fed.folds == {"pr": 6}
+    quick = parse_args(["--out", str(tmp_path), "--quick", "--tasks", "asr"])
+    assert quick.folds == {}
+
+
+def test_a_missing_fold_folder_is_named_before_any_run(tmp_path):
+    folds = tmp_path / "data" / "fsdd" / "connected" / "folds"
+    for k in (1, 2):
+        task_folder(folds / f"fold{k}")
+    cfg = parse_args(base_argv(tmp_path, "--tasks", "asr", "--folds", "asr=3"))
+    with pytest.raises(st.StageError, match=r"--folds asr=3 but .*folds lacks fold3"):
+        st.make_study_manifests(cfg)
+    cfg = parse_args(base_argv(tmp_path, "--tasks", "asr", "--folds", "asr=2"))
+    sizes = st.make_study_manifests(cfg)["sizes"]["asr"]
+    assert sorted(sizes["folds"]) == ["fold1", "fold2"] and (cfg.work / "data" / "asr" / "fold2" / "test.csv").is_file()

@@ -17,7 +17,8 @@ Run, from the repository root or from this folder:
     python recipes/asr/train.py recipes/asr/hparams/librispeech.yaml --corpus_folder /corpora/LibriSpeech --device cuda --precision bf16
     torchrun --nproc_per_node=2 recipes/asr/train.py recipes/asr/hparams/baseline.yaml   # DDP
 
-Keys people change (`--key value`): encoder, data_folder, train_fraction, seed, lr, batch_size,
+Keys people change (`--key value`): encoder, data_folder or folds_dir (and folds: speaker folds, one run
+each, e.g. data/fsdd/connected/folds), train_fraction, seed, lr, batch_size,
 max_steps, eval_every_steps, token_unit, blank_penalty / blank_penalty_grid (decoding), specaugment,
 freeze_encoder (false fine-tunes: finetune_top_layers, encoder_lr, encoder_warmup_steps, freeze_cnn),
 feature_cache; the head's sizes in the YAML.

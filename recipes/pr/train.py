@@ -16,7 +16,8 @@ Run, from the repository root or from this folder:
     python recipes/pr/train.py recipes/pr/hparams/librispeech.yaml --corpus_folder /corpora/LibriSpeech
     torchrun --nproc_per_node=2 recipes/pr/train.py recipes/pr/hparams/baseline.yaml   # DDP
 
-Keys people change (`--key value`): encoder, data_folder, train_fraction, seed, lr, batch_size,
+Keys people change (`--key value`): encoder, data_folder or folds_dir (and folds: speaker folds, one run
+each, e.g. data/fsdd/connected/folds), train_fraction, seed, lr, batch_size,
 max_steps, eval_every_steps, blank_penalty / blank_penalty_grid (decoding), freeze_encoder, feature_cache;
 the head's sizes in the YAML.
 """

@@ -40,7 +40,7 @@ def prepare_data(hparams: dict) -> None:
                                "give --corpus_folder <the corpus folder>")
         run_on_main(prepare, kwargs={"data_folder": hparams["corpus_folder"], "save_folder": hparams["data_folder"],
                                      "seed": int(hparams["subset_seed"])})
-    if hparams.get("folds_dir"):  # ER
+    if hparams.get("folds_dir"):  # ER (IEMOCAP sessions), ASR and PR (connected-digit speakers)
         return  # checked fold by fold (rewire_lib.downstream.run.fold_names)
     require_manifests(hparams)
 

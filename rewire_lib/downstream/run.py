@@ -4,7 +4,7 @@
 Outputs in `output_folder` (written by `DownstreamBrain`): curve.csv (step, epoch, train_loss, dev_loss,
 dev_<metric>..., wall_time_s, eval_time_s), curve.png, result.json (test metric of the best-dev
 checkpoint, best dev metric and step, learned layer weights, settings), layer_weights.png, the label
-encoder / tokenizer, save/ (checkpoints). With `folds_dir` (ER on IEMOCAP), one sub-folder per fold
+encoder / tokenizer, save/ (checkpoints). With `folds_dir` (ER on IEMOCAP; ASR/PR on connected-digit speakers), one sub-folder per fold
 and an average over folds at the top.
 """
 from __future__ import annotations
@@ -91,7 +91,7 @@ def prepare_run(hparams: dict) -> None:
     from rewire_lib.downstream.feature_cache import encoder_fingerprint
 
     prepare_data(hparams)
-    if hparams.get("folds_dir"):  # ER
+    if hparams.get("folds_dir"):  # ER, ASR, PR
         return  # each fold is its own run, checked when it starts
     hparams["encoder_fingerprint"] = encoder_fingerprint(hparams["encoder_model"])
     settings = {k: hparams[k] for k in STAMP_KEYS if k in hparams}
@@ -118,7 +118,7 @@ def check_run_folder(hparams: dict, fingerprint: str, stamp_settings: dict) -> P
 @contextlib.contextmanager
 def shared_feature_caches():
     """Within this block, runs with the same encoder and cache settings share one FeatureCache
-    (the folds of one ER study see each utterance 5 times); outside, every run has its own."""
+    (the folds of one study see each utterance several times); outside, every run has its own."""
     from rewire_lib.downstream import brain
 
     brain.SHARED_CACHES = {}
