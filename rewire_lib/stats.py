@@ -139,16 +139,22 @@ def paired_bootstrap_diff(base, other, n_boot: int = 10_000, seed: int = 0, ci: 
         rb = scale * _drawn_sum(cs, b, cu) / _drawn_sum(cs, bd, cu)
         ro = scale * _drawn_sum(cs, o, cu) / _drawn_sum(cs, od, cu)
         diffs[start:start + size] = ro - rb
+    design = ("paired two-way bootstrap: seeds and test utterances resampled with replacement, the same draws "
+              "for both encoders (Owen 2007 pigeonhole bootstrap)")
+    return _bootstrap_result(diffs, point_b, point_o, ci, ratio, design, n_utts, n_seeds, higher_is_better)
+
+
+def _bootstrap_result(diffs: np.ndarray, point_b: float, point_o: float, ci: float, ratio: bool, design: str,
+                      n_utts: int, n_seeds: int, higher_is_better: bool) -> BootstrapDiff:
+    """The percentile interval of the replicates `diffs` around the observed difference, with its method."""
     alpha = (1.0 - ci) / 2.0
     low, high = np.quantile(diffs, [alpha, 1.0 - alpha])
     kind = ("ratio metric sum(errors)/sum(reference lengths) recomputed per replicate" if ratio
             else "mean metric")
-    method = (f"paired two-way bootstrap: seeds and test utterances resampled with replacement, the same draws "
-              f"for both encoders (Owen 2007 pigeonhole bootstrap); {kind}; {n_boot} replicates, "
-              f"{100 * ci:g}% percentile interval")
+    method = f"{design}; {kind}; {len(diffs)} replicates, {100 * ci:g}% percentile interval"
     return BootstrapDiff(diff=float(point_o - point_b), ci_low=float(low), ci_high=float(high),
                          base=float(point_b), other=float(point_o), n_utts=int(n_utts), n_seeds=int(n_seeds),
-                         n_boot=int(n_boot), ci=float(ci), higher_is_better=bool(higher_is_better), method=method)
+                         n_boot=len(diffs), ci=float(ci), higher_is_better=bool(higher_is_better), method=method)
 
 
 
@@ -196,17 +202,11 @@ def paired_bootstrap_diff_nested(base, other, n_boot: int = 10_000, seed: int = 
             counts = rng.multinomial(fold_counts[:, f] * n, np.full(n, 1.0 / n)).astype(np.float64)  # [size, n]
             sums += np.stack([counts @ b[f], counts @ bd[f], counts @ o[f], counts @ od[f]])
         diffs[start:start + size] = scale * (sums[2] / sums[3] - sums[0] / sums[1])
-    alpha = (1.0 - ci) / 2.0
-    low, high = np.quantile(diffs, [alpha, 1.0 - alpha])
-    kind = ("ratio metric sum(errors)/sum(reference lengths) recomputed per replicate" if ratio
-            else "mean metric")
-    method = (f"paired two-stage bootstrap for cross-validation folds: folds resampled with replacement, then "
-              f"each drawn fold's own test utterances, the same draws for both encoders (Davison and Hinkley "
-              f"1997, sec. 3.8); {kind}; {n_boot} replicates, {100 * ci:g}% percentile interval")
-    return BootstrapDiff(diff=float(point_o - point_b), ci_low=float(low), ci_high=float(high),
-                         base=float(point_b), other=float(point_o), n_utts=int(sum(len(x) for x in b)),
-                         n_seeds=int(n_folds), n_boot=int(n_boot), ci=float(ci),
-                         higher_is_better=bool(higher_is_better), method=method)
+    design = ("paired two-stage bootstrap for cross-validation folds: folds resampled with replacement, then each "
+              "drawn fold's own test utterances, the same draws for both encoders (Davison and Hinkley 1997, "
+              "sec. 3.8)")
+    return _bootstrap_result(diffs, point_b, point_o, ci, ratio, design, sum(len(x) for x in b), n_folds,
+                             higher_is_better)
 
 def verdict(result: BootstrapDiff, higher_is_better: Optional[bool] = None) -> str:
     """"better" / "worse" only when the whole interval lies strictly on one side of 0; else no difference.
