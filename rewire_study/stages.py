@@ -600,7 +600,7 @@ def _downstream_one(cfg: StudyConfig, item) -> dict:
     from rewire_study.launch import run_recipe
 
     task, name, setting, seed, unit = item
-    label = f"{task} {name} {setting} seed{seed}"
+    label = f"{task} {name} {setting} {unit.folder.name}"  # seed<S>, or fold<K> for a fold task
     unit.start()
     t0 = time.time()
     try:
