@@ -469,6 +469,21 @@ def seeds_note(cfg: StudyConfig) -> str:
     return "; ".join(parts) + "."
 
 
+def per_fold_table(cfg: StudyConfig, task: str, task_cells: list) -> List[str]:
+    """A fold task's test metric per encoder row and held-out speaker (run k: fold k), every setting."""
+    path = cfg.work / "data" / "sizes.json"
+    folds = (json.loads(path.read_text()).get(task, {}) if path.is_file() else {}).get("folds", {})
+    seeds = cfg.seeds_of(task)
+    names = [cfg.fold_of(task, s) for s in seeds]
+    heads = [f"{n} ({'+'.join(folds.get(n, {}).get('test_speakers', [])) or '?'})" for n in names]
+    L = [f"Test {task_cells[0][1]['metric']} (%) of each held-out speaker (fold k: seed k-1):\n",
+         "| setting | encoder | " + " | ".join(heads) + " |", "|---|---|" + "---|" * len(heads)]
+    for setting, cell in task_cells:
+        for enc, e in cell["encoders"].items():
+            L.append(f"| {setting_label(setting)} | {enc} | " + " | ".join(fmt(e["tests"].get(s), 1) for s in seeds) + " |")
+    return L + [""]
+
+
 def write_markdown(path: Path, cfg: StudyConfig, cells: dict, iso_rows: List[dict], stages: dict,
                    figures: Dict[str, str], rewiring: Optional[dict] = None) -> None:
     rewiring = rewiring or {"loss": {}, "embedding": {}}
@@ -521,6 +536,8 @@ def write_markdown(path: Path, cfg: StudyConfig, cells: dict, iso_rows: List[dic
                 L.append(f"| {setting_label(setting)} | {enc} | {ntr} | {test} | {diff} | {verdict} | "
                          f"{conv_text(e.get('conv'))} | {up} |")
         L.append("")
+        if cfg.folds.get(task):
+            L += per_fold_table(cfg, task, task_cells)
         for setting, _ in task_cells:
             fig = figures.get(f"{task}|{setting}")
             if fig:

@@ -203,6 +203,8 @@ def test_speaker_fold_runs_are_compared_fold_by_fold_with_the_nested_bootstrap(t
     md = (cfg.out / "summary.md").read_text()
     assert "pr: fold1 s1, fold2 s2, fold3 s3" in md and "Speaker folds for pr (3), one run per fold" in md
     assert "| pr | default | ../data/fsdd/connected | 6 of 6 each of 3 folds |" in md
+    assert "| setting | encoder | fold1 (s1) | fold2 (s2) | fold3 (s3) |" in md
+    assert "| all | base | 30.0 | 30.0 | 30.0 |" in md and "| all | twin | 20.0 | 30.0 | 30.0 |" in md
 
 
 def direct_ci(c: dict) -> str:
