@@ -251,8 +251,9 @@ def _save(fig, path: Path) -> None:
     atomic_write_bytes(path, buf.getvalue())
 
 
-def plot_convergence(path: Path, task: str, setting: str, cell: dict, runs: dict, seeds: List[int]) -> None:
-    """One line per encoder (mean dev metric over seeds at each logged step) with a min-max band."""
+def plot_convergence(path: Path, task: str, setting: str, cell: dict, runs: dict, seeds: List[int],
+                     over: str = "seeds") -> None:
+    """One line per encoder (mean dev metric over seeds, or folds, at each logged step) with a min-max band."""
     plt = pyplot()
     fig, ax = plt.subplots(figsize=(7, 4.2))
     for i, enc in enumerate(cell["encoders"]):
@@ -275,7 +276,7 @@ def plot_convergence(path: Path, task: str, setting: str, cell: dict, runs: dict
     ax.set_xlabel("training step")
     ax.set_ylabel(f"dev {cell['metric']} (%)" + (" - higher is better" if cell["higher_is_better"] else
                                                   " - lower is better"))
-    ax.set_title(f"{task.upper()}, {setting_label(setting)}: dev metric vs steps (band: min-max over seeds)")
+    ax.set_title(f"{task.upper()}, {setting_label(setting)}: dev metric vs steps (band: min-max over {over})")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7)
     _save(fig, path)
@@ -638,7 +639,8 @@ def write_report(cfg: StudyConfig, stages: Optional[dict] = None) -> dict:
     (out / "figures").mkdir(parents=True, exist_ok=True)
     for (task, setting), cell in cells.items():
         name = f"figures/convergence_{task}_{setting}.png"
-        plot_convergence(out / name, task, setting, cell, runs, cfg.seeds_of(task))
+        plot_convergence(out / name, task, setting, cell, runs, cfg.seeds_of(task),
+                         over="speaker folds" if cfg.folds.get(task) else "seeds")
         figures[f"{task}|{setting}"] = name
     if rewiring["loss"]:
         plot_rewiring_loss(out / "figures" / "rewiring_loss.png", rewiring["loss"])
