@@ -8,11 +8,11 @@ deterministic.
 """
 import os
 import shutil
-import subprocess
 
 import pytest
 import torch
 
+from ddp_helpers import run_torchrun
 from downstream_helpers import make_tiny_corpus
 from rewire_lib.encoder import SpeechEncoder
 from rewire_lib.paths import REPO_ROOT
@@ -53,13 +53,7 @@ def test_two_process_finetuning_equals_one_process_with_the_global_batch(tmp_pat
         [str(REPO_ROOT), str(REPO_ROOT / "tests"), os.environ.get("PYTHONPATH", "")]))
     command = [TORCHRUN, "--standalone", "--nproc_per_node=2", str(tmp_path / "driver.py"),
                *ks_argv(encoder, corpus, ddp, batch_size=2, **FINETUNE)]
-    proc = subprocess.run(command, cwd=REPO_ROOT, capture_output=True, text=True, timeout=600, env=env)
-    if proc.returncode != 0 and "SIGABRT" in proc.stderr:
-        # Seen once (2026-11-29, full suite on the 2-core machine): a gloo worker aborted with SIGABRT and no
-        # Python error, and the rerun passed. One fresh attempt; a deterministic failure fails again, and any
-        # other failure is reported at once.
-        shutil.rmtree(ddp, ignore_errors=True)
-        proc = subprocess.run(command, cwd=REPO_ROOT, capture_output=True, text=True, timeout=600, env=env)
+    proc = run_torchrun(command, REPO_ROOT, env, fresh=[ddp])  # once more on a teardown SIGABRT
     errors = [line for line in proc.stderr.splitlines() if "Error" in line and "ChildFailedError" not in line]
     assert proc.returncode == 0, "\n".join(errors[:6]) + "\n...\n" + proc.stderr[-2000:]
 

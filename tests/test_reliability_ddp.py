@@ -11,11 +11,11 @@ import csv
 import json
 import os
 import shutil
-import subprocess
 import sys
 
 import pytest
 
+from ddp_helpers import run_torchrun
 from downstream_helpers import make_tiny_corpus
 from downstream_helpers import run_task
 from rewire_lib.paths import REPO_ROOT
@@ -67,8 +67,8 @@ def test_two_processes_match_one_process_with_the_global_batch(tmp_path, tiny_en
     (tmp_path / "driver.py").write_text(code)
     torchrun = shutil.which("torchrun") or str(REPO_ROOT / ".venv" / "bin" / "torchrun")
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(REPO_ROOT))
-    proc = subprocess.run([torchrun, "--standalone", "--nproc_per_node=2", str(tmp_path / "driver.py")],
-                          cwd=REPO_ROOT, capture_output=True, text=True, timeout=600, env=env)
+    proc = run_torchrun([torchrun, "--standalone", "--nproc_per_node=2", str(tmp_path / "driver.py")], REPO_ROOT, env,
+                        fresh=[ddp])  # once more on a teardown SIGABRT
     assert proc.returncode == 0, proc.stderr[-4000:]
 
     # rewiring: the NT-Xent loss of every step (the global batch's loss, logged by rank 0)
