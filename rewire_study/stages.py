@@ -448,13 +448,15 @@ def continue_by_hand(cfg: StudyConfig, in_report: bool = False) -> str:
     outside = not is_inside(cfg.out.resolve(), REPO_ROOT.resolve())
     results = "OUT/study/rewire" if in_report and outside else shown_path(cfg.work / "rewire", REPO_ROOT)
     task = cfg.tasks[0] if cfg.tasks else "ks"
+    hparams = task_hparams(cfg, task).name  # the study's own file (e.g. connected digits), else baseline.yaml
     lines = [f"  continue by hand (from the repository root): the rewired encoders are under {results}/<view>/encoder"]
     for view in cfg.views:
-        if view == "twin":
+        if view == "twin" and hparams == "baseline.yaml":
             lines.append(f"    python recipes/{task}/train.py recipes/{task}/hparams/rewired.yaml "
                          f"--rewire_results {results}")
-        else:
-            lines.append(f"    python recipes/{task}/train.py recipes/{task}/hparams/rewired.yaml "
+        else:  # rewired.yaml extends baseline.yaml: the default data's own file takes the encoder by --encoder
+            yaml = "rewired.yaml" if hparams == "baseline.yaml" else hparams
+            lines.append(f"    python recipes/{task}/train.py recipes/{task}/hparams/{yaml} "
                          f"--encoder {results}/{view}/encoder")
     return "\n".join(lines)
 

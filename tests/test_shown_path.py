@@ -41,6 +41,9 @@ def test_report_commands_name_a_scratch_study_folder_as_OUT(tmp_path):
     assert "OUT/" not in console and "study/rewire" in console
     inside = parse_args(["--out", str(REPO_ROOT / "results"), "--tasks", "ks", "--views", "twin"])
     assert "--rewire_results results/study/rewire" in continue_by_hand(inside, in_report=True)
+    # a task whose study data has its own hparams file (PR on connected digits): that file, with --encoder
+    pr = continue_by_hand(parse_args(["--out", str(tmp_path / "r"), "--tasks", "pr", "--views", "twin"]), in_report=True)
+    assert "python recipes/pr/train.py recipes/pr/hparams/fsdd_connected.yaml --encoder OUT/study/rewire/twin/encoder" in pr
 
 
 def test_stage_log_keeps_the_peak_of_the_work_when_a_resumed_run_skips_it(tmp_path):
