@@ -157,7 +157,6 @@ def _bootstrap_result(diffs: np.ndarray, point_b: float, point_o: float, ci: flo
                          n_boot=len(diffs), ci=float(ci), higher_is_better=bool(higher_is_better), method=method)
 
 
-
 def paired_bootstrap_diff_nested(base, other, n_boot: int = 10_000, seed: int = 0, ci: float = 0.95,
                                  higher_is_better: bool = True, base_den=None, other_den=None,
                                  scale: float = 100.0) -> BootstrapDiff:
@@ -207,6 +206,7 @@ def paired_bootstrap_diff_nested(base, other, n_boot: int = 10_000, seed: int = 
               "sec. 3.8)")
     return _bootstrap_result(diffs, point_b, point_o, ci, ratio, design, sum(len(x) for x in b), n_folds,
                              higher_is_better)
+
 
 def verdict(result: BootstrapDiff, higher_is_better: Optional[bool] = None) -> str:
     """"better" / "worse" only when the whole interval lies strictly on one side of 0; else no difference.

@@ -53,7 +53,7 @@ REWIRE_CORPUS = "fsdd"  # the default rewiring and isotropy clips (data/fsdd/spe
 # utterances per class (classification tasks) and fractions (CTC tasks), each a distinct nested subset.
 # Speaker folds (`folds`, tasks whose default data has them: ASR/PR on connected digits, 6 speakers): run k of a
 # task x encoder x setting cell trains on fold k (one held-out test speaker, another for dev) with seed k-1, so the
-# cell's result covers every speaker instead of one (measured: test WER 40-60 % depending on the speaker).
+# cell's result covers every speaker instead of one (measured: test WER 33-59 % depending on the speaker).
 # Rewiring: short real clips (rewire_source, relative to the data dir), rewire_epochs x rewire_utts / rewire_batch
 # optimiser steps at rewire_lr.
 PRESETS = {

@@ -17,7 +17,7 @@ from rewire_lib.stats import BETTER, NO_DIFFERENCE as NO_DIFF, WORSE
 from rewire_study.config import BASE, CONTROLS, StudyConfig
 from rewire_study.comparison import N_BOOT, NO_FILE, PREDICTIONS, compare_final, convergence, read_predictions
 from rewire_study.convergence import mean_std
-from rewire_study.stages import (continue_by_hand, downstream_units, encoder_paths, model_paths,
+from rewire_study.stages import (continue_by_hand, downstream_units, encoder_paths, model_paths, read_sizes,
                                  task_settings)
 from rewire_study.units import portable, shown_path
 
@@ -380,8 +380,7 @@ def shown_command(cfg: StudyConfig) -> str:
 def what_ran(cfg: StudyConfig) -> List[str]:
     """The data sizes actually used per task (from the data stage's sizes.json), each setting's training
     utterances, and which settings are the same subset."""
-    path = cfg.work / "data" / "sizes.json"
-    sizes = json.loads(path.read_text()) if path.is_file() else {}
+    sizes = read_sizes(cfg)
     L = ["## What ran\n",
          "Training utterances per task (of those available) and per low-resource setting; dev and test sets are "
          "used whole unless a cap was set. Each setting is a distinct nested subset (k per class: the first k of "
@@ -433,8 +432,8 @@ def verdict_lines(cfg: StudyConfig, cells: dict) -> List[str]:
          "from a paired bootstrap over seeds and test utterances (rewire_lib.stats.paired_bootstrap_diff: each "
          "replicate draws seeds and, independently, test utterances with replacement, the same draw for both "
          f"encoders; {N_BOOT} replicates; tasks run on speaker folds, each fold with its own test speaker, draw "
-         "folds and then each drawn fold's utterances: paired_bootstrap_diff_nested). *better* / *worse* only when the whole interval lies on one side of 0; "
-         "otherwise (ties included) *no detectable difference*.\n"]
+         "folds and then each drawn fold's utterances: paired_bootstrap_diff_nested). *better* / *worse* only when "
+         "the whole interval lies on one side of 0; otherwise (ties included) *no detectable difference*.\n"]
     for enc in encoder_paths(cfg):
         if enc == BASE:
             continue
@@ -458,22 +457,19 @@ def verdict_lines(cfg: StudyConfig, cells: dict) -> List[str]:
 def seeds_note(cfg: StudyConfig) -> str:
     folds = {t: cfg.folds[t] for t in cfg.tasks if cfg.folds.get(t)}
     few = {t: len(cfg.seeds_of(t)) for t in cfg.tasks if len(cfg.seeds_of(t)) < 5 and t not in folds}
-    parts = []
+    notes = []
     if folds:
-        parts.append("Speaker folds for " + ", ".join(f"{t} ({n})" for t, n in folds.items())
-                     + ", one run per fold (fold k: seed k-1)")
+        notes.append("Speaker folds for " + ", ".join(f"{t} ({n})" for t, n in folds.items())
+                     + ", one run per fold (fold k: seed k-1).")
     if few:
-        parts.append(("f" if parts else "F") + "ewer than 5 seeds for " + ", ".join(f"{t} ({n})" for t, n in few.items()) + ": the budget of "
-                     "this preset did not allow more there; those intervals are wider")
-    if not parts:
-        return f"{len(cfg.seeds)} seeds for every task."
-    return "; ".join(parts) + "."
+        notes.append("Fewer than 5 seeds for " + ", ".join(f"{t} ({n})" for t, n in few.items()) + ": the budget "
+                     "of this preset did not allow more there; those intervals are wider.")
+    return " ".join(notes) or f"{len(cfg.seeds)} seeds for every task."
 
 
 def per_fold_table(cfg: StudyConfig, task: str, task_cells: list) -> List[str]:
     """A fold task's test metric per encoder row and held-out speaker (run k: fold k), every setting."""
-    path = cfg.work / "data" / "sizes.json"
-    folds = (json.loads(path.read_text()).get(task, {}) if path.is_file() else {}).get("folds", {})
+    folds = read_sizes(cfg).get(task, {}).get("folds", {})
     seeds = cfg.seeds_of(task)
     names = [cfg.fold_of(task, s) for s in seeds]
     heads = [f"{n} ({'+'.join(folds.get(n, {}).get('test_speakers', [])) or '?'})" for n in names]
@@ -481,7 +477,8 @@ def per_fold_table(cfg: StudyConfig, task: str, task_cells: list) -> List[str]:
          "| setting | encoder | " + " | ".join(heads) + " |", "|---|---|" + "---|" * len(heads)]
     for setting, cell in task_cells:
         for enc, e in cell["encoders"].items():
-            L.append(f"| {setting_label(setting)} | {enc} | " + " | ".join(fmt(e["tests"].get(s), 1) for s in seeds) + " |")
+            values = " | ".join(fmt(e["tests"].get(s), 1) for s in seeds)
+            L.append(f"| {setting_label(setting)} | {enc} | {values} |")
     return L + [""]
 
 
@@ -510,8 +507,8 @@ def write_markdown(path: Path, cfg: StudyConfig, cells: dict, iso_rows: List[dic
     L.append("## Downstream results and convergence\n")
     L.append("Test metric of the best-dev checkpoint: mean ± standard deviation over seeds (n). Difference to base: "
              "paired bootstrap, 95 % interval. Steps to base's best: training steps until the row's dev metric first "
-             f"reaches the best dev metric `{BASE}` reaches in its run of the same seed (or fold); runs that never reach it are "
-             "censored at their last evaluated step and counted; Kaplan-Meier median with its 95 % interval "
+             f"reaches the best dev metric `{BASE}` reaches in its run of the same seed (or fold); runs that never "
+             "reach it are censored at their last evaluated step and counted; Kaplan-Meier median with its 95 % interval "
              "(rewire_lib.stats.censored_median; ∞: beyond the observed steps). Speed-up: base median / row median "
              "with a paired bootstrap interval over seeds (rewire_lib.stats.speedup).\n")
     for task in cfg.tasks:

@@ -241,7 +241,7 @@ def make_study_manifests(cfg: StudyConfig) -> dict:
             folds = fold_sources(cfg, task)
             info["folds"] = {name: study_split(cfg, task, folder, study_data_folder(cfg, task) / name, {})
                              for name, folder in folds.items()}
-            info.update({k: v for k, v in info["folds"]["fold1"].items()})  # sizes of one fold (all alike)
+            info.update(info["folds"]["fold1"])  # sizes of one fold (all alike)
         else:
             study_split(cfg, task, Path(src["data_folder"]), study_data_folder(cfg, task), info)
         sizes[task] = info
@@ -259,7 +259,7 @@ def make_study_manifests(cfg: StudyConfig) -> dict:
     write_manifest_if_changed(cfg.work / "data" / "isotropy.csv", fields, rows)
     sizes["isotropy"] = {"source": shown_path(iso_source_csv(cfg), cfg.out), "utterances": len(rows)}
     print(f"  isotropy: {sizes['isotropy']}", flush=True)
-    atomic_write_json(cfg.work / "data" / "sizes.json", sizes)
+    atomic_write_json(sizes_path(cfg), sizes)
     return {"sizes": sizes}
 
 
@@ -325,11 +325,19 @@ def write_settings(cfg: StudyConfig, task: str, dst: Path, fields: list, train: 
     return out
 
 
+def sizes_path(cfg: StudyConfig) -> Path:
+    return cfg.work / "data" / "sizes.json"
+
+
+def read_sizes(cfg: StudyConfig) -> dict:
+    """What the data stage wrote (sizes, settings, folds per task); {} before it has run."""
+    path = sizes_path(cfg)
+    return json.loads(path.read_text()) if path.is_file() else {}
+
+
 def run_settings(cfg: StudyConfig, task: str) -> List[str]:
     """The settings that get runs: those whose subset is not the same as a larger setting's."""
-    path = cfg.work / "data" / "sizes.json"
-    info = json.loads(path.read_text()).get(task, {}) if path.is_file() else {}
-    same = info.get("settings", {})
+    same = read_sizes(cfg).get(task, {}).get("settings", {})
     return [s for s in task_settings(cfg, task) if not same.get(s, {}).get("same_as")]
 
 
@@ -558,8 +566,12 @@ def downstream_units(cfg: StudyConfig) -> List[tuple]:
         src = task_source(cfg, task)
         settings = run_settings(cfg, task) if "folds_dir" not in src else [ALL]
         seeds = cfg.seeds_of(task)
-        fingerprints = {(st, seed): data_fingerprint(*task_manifests(cfg, task, st, seed))
-                        for st in settings for seed in seeds}
+        fingerprints = {}  # (setting, data folder) -> hash of its manifests: once a folder, not once a seed
+        for st in settings:
+            for seed in seeds:
+                key = (st, run_data_folder(cfg, task, seed))
+                if key not in fingerprints:
+                    fingerprints[key] = data_fingerprint(*task_manifests(cfg, task, st, seed))
         for name, row in rows.items():
             for setting in settings:
                 for seed in seeds:
@@ -569,7 +581,8 @@ def downstream_units(cfg: StudyConfig) -> List[tuple]:
                         str(run_data_folder(cfg, task, seed) / setting_csv_name(setting))
                     spec = {"task": task, "hparams": task_hparams(cfg, task).name, "encoder": row["path"],
                             "encoder_stamp": stamps[name], **data, "train_csv": train_csv,
-                            "data_fingerprint": fingerprints[(setting, seed)], "device": cfg.device,
+                            "data_fingerprint": fingerprints[(setting, run_data_folder(cfg, task, seed))],
+                            "device": cfg.device,
                             "setting": setting, "seed": seed, "max_steps": cfg.max_steps[task],
                             "eval_every_steps": cfg.eval_every_of(task),
                             "overrides": row["overrides"] + cfg.task_overrides.get("all", []) +
@@ -625,7 +638,8 @@ def stage_downstream(cfg: StudyConfig) -> dict:
     ensure_controls(cfg)
     units = downstream_units(cfg)
     todo = [u for u in units if not u[4].is_done()]
-    runs_per_cell = ", ".join(f"{t} {len(cfg.seeds_of(t))} {'folds' if cfg.folds.get(t) else 'seeds'}" for t in cfg.tasks)
+    runs_per_cell = ", ".join(f"{t} {len(cfg.seeds_of(t))} {'folds' if cfg.folds.get(t) else 'seeds'}"
+                              for t in cfg.tasks)
     print(f"  {len(units)} runs ({len(cfg.tasks)} tasks x {len(encoder_paths(cfg))} encoder rows x "
           f"their settings x {runs_per_cell}); {len(units) - len(todo)} done before, "
           f"{len(todo)} to run in {cfg.jobs} worker(s); each run's log: <run folder>/console.txt", flush=True)
