@@ -612,10 +612,12 @@ def downstream_argv(cfg: StudyConfig, unit: Unit) -> List[str]:
 def _downstream_one(cfg: StudyConfig, item) -> dict:
     """In a worker or job: one downstream run through the task recipe's own main(); a failure is
     reported, not raised."""
+    from rewire_lib.downstream.run import share_feature_caches_within
     from rewire_study.launch import run_recipe
 
     task, name, setting, seed, unit = item
     label = f"{task} {name} {setting} {unit.folder.name}"  # seed<S>, or fold<K> for a fold task
+    share_feature_caches_within((task, unit.spec["encoder"]))  # a group's runs load its features once
     unit.start()
     t0 = time.time()
     try:
@@ -635,6 +637,8 @@ def _downstream_one(cfg: StudyConfig, item) -> dict:
 
 
 def stage_downstream(cfg: StudyConfig) -> dict:
+    from rewire_lib.downstream.run import share_feature_caches_within
+
     ensure_controls(cfg)
     units = downstream_units(cfg)
     todo = [u for u in units if not u[4].is_done()]
@@ -647,7 +651,10 @@ def stage_downstream(cfg: StudyConfig) -> dict:
     for u in todo:  # one group per task and model, whole training set first (it fills the feature cache);
         # the centre/whiten rows read the base's cached features, so they join the base's group
         groups.setdefault((u[0], u[4].spec["encoder"]), []).append(u)
-    msgs = run_units(_downstream_one, cfg, list(groups.values()), "downstream", failures="report")
+    try:
+        msgs = run_units(_downstream_one, cfg, list(groups.values()), "downstream", failures="report")
+    finally:
+        share_feature_caches_within(None)  # runs made in this process (one worker) free their features
     failed = [{"unit": m["unit"], "error": m["error"]} for m in msgs if m.get("failed")]
     secs = [m["seconds"] for m in msgs if not m.get("failed")]
     return {"units": len(units), "units_run": len(msgs) - len(failed), "units_skipped": len(units) - len(todo),

@@ -38,3 +38,47 @@ def test_finished_recipe_runs_leave_no_brain_or_feature_cache_alive(tiny_encoder
             assert _alive(FeatureCache) == caches_before, f"run {seed}'s feature cache is still in memory"
     finally:
         gc.enable()
+
+
+def _ks_argv(encoder, corpus, out, seed, features):
+    """One whole epoch: every training utterance is read, so a second run can find them all in memory."""
+    return [str(REPO_ROOT / "recipes" / "ks" / "hparams" / "baseline.yaml"), "--encoder", str(encoder),
+            "--data_folder", str(corpus), "--output_folder", str(out), "--seed", str(seed),
+            "--batch_size", "4", "--number_of_epochs", "1", "--max_steps", "1000", "--eval_every_steps", "4",
+            "--feature_cache", "disk", "--feature_cache_dir", str(features), "--noprogressbar"]
+
+
+def test_a_study_groups_runs_share_their_features_and_free_them_at_the_end(tiny_encoder_dir, tmp_path, monkeypatch):
+    """The study's runs of one task and encoder (one group) read the features once: the second run touches
+    no cache file; a new group or the end of the stage drops them. Without sharing, the same second run
+    reads every utterance from the disk cache again (the control that shows the check can fail)."""
+    from rewire_lib.downstream.run import share_feature_caches_within
+
+    corpus = make_tiny_corpus(tmp_path / "corpus")
+    cfg = SimpleNamespace(launcher="local", slurm={})
+    reads = []
+    original = FeatureCache._file
+    monkeypatch.setattr(FeatureCache, "_file", lambda self, key: reads.append(key) or original(self, key))
+    results = {}
+    for mode in ("separate", "shared"):
+        for seed in (0, 1):
+            if mode == "shared":
+                share_feature_caches_within(("ks", str(tiny_encoder_dir)))
+            out = tmp_path / mode / f"run{seed}"
+            reads.clear()
+            results[mode, seed] = launch.run_recipe(cfg, "ks", _ks_argv(tiny_encoder_dir, corpus, out, seed,
+                                                                        tmp_path / "features"), out / "console.txt")
+            if seed == 1:
+                if mode == "shared":
+                    assert reads == [], f"the group's second run read {len(reads)} cache files instead of memory"
+                else:
+                    assert reads, "a separate run is expected to read the disk cache"
+    gc.collect()
+    assert _alive(FeatureCache) == 1  # the group's one shared cache, kept for its next run
+    share_feature_caches_within(("ks", "another encoder"))
+    gc.collect()
+    assert _alive(FeatureCache) == 0
+    share_feature_caches_within(None)
+    for seed in (0, 1):  # sharing changes where features come from, not what a run computes
+        assert results["shared", seed]["test_accuracy"] == results["separate", seed]["test_accuracy"]
+        assert results["shared", seed]["best_dev_accuracy"] == results["separate", seed]["best_dev_accuracy"]

@@ -49,7 +49,7 @@ from rewire_lib.stats import best_checkpoint
 
 logger = logging.getLogger(__name__)
 
-SHARED_CACHES: Optional[dict] = None  # a dict within run.shared_feature_caches() (ER folds): one cache per setting
+SHARED_CACHES: Optional[dict] = None  # a dict within run.shared_feature_caches() (folds) or a study group: one cache per setting
 CACHE_DTYPES = {"float32": torch.float32, "float16": torch.float16}
 # settings copied into result.json (the ones that change results; absent keys are left out)
 RESULT_SETTINGS = ("batch_size", "lr", "number_of_epochs", "max_steps", "eval_every_steps", "freeze_encoder",

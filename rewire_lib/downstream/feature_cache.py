@@ -73,7 +73,7 @@ class FeatureCache:
         self.settings = json.dumps(dict(settings or {}, dtype=str(dtype), format=CACHE_FORMAT), sort_keys=True)
         self.folder = Path(cache_dir) / encoder_fp[:16] if mode == "disk" else None
         self._memory: Dict[str, torch.Tensor] = {}
-        self._keys: Dict[str, str] = {}  # wav path -> key, for this cache's life (one run, or one recipe's folds)
+        self._keys: Dict[str, str] = {}  # wav path -> key, for this cache's life (one run, a recipe's folds, a study group)
         self.hits = 0
         self.misses = 0
         self.bad_files = 0

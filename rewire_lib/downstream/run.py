@@ -128,6 +128,24 @@ def shared_feature_caches():
         brain.SHARED_CACHES = None
 
 
+_SHARED_GROUP = None  # the key of the runs now sharing caches (share_feature_caches_within)
+
+
+def share_feature_caches_within(group) -> None:
+    """Let the runs this process makes next share their FeatureCaches while `group` stays the same (a
+    study's runs of one task and encoder: every run of the group reads the same utterances, and reloading
+    them from the disk cache cost ~1-2 s a run); a new group drops the previous one's, None drops them all.
+    Memory: one group's features, which one run of it holds anyway."""
+    global _SHARED_GROUP
+    from rewire_lib.downstream import brain
+
+    if group is None:
+        brain.SHARED_CACHES = None
+    elif group != _SHARED_GROUP or brain.SHARED_CACHES is None:
+        brain.SHARED_CACHES = {}
+    _SHARED_GROUP = group
+
+
 def fold_names(folds_dir: str, folds: Optional[list]) -> List[str]:
     folder = Path(folds_dir)
     if not folder.is_dir():
