@@ -21,14 +21,15 @@ if [ "$(cat "$stamp" 2>/dev/null || true)" != "$want" ]; then
   echo "[setup] installing requirements.txt into .venv (first time: a few minutes)"
   # torch's Linux wheels from PyPI are CUDA builds: with their nvidia-* packages about 6 GB in .venv. Say so
   # before pip runs out of disk half-way, and keep no second copy in pip's cache (--no-cache-dir).
-  free_mib=$(df -Pm . | awk 'NR == 2 {print $4}')
-  if [ -n "$free_mib" ] && [ "$free_mib" -lt 8192 ]; then
-    echo "[setup] warning: $free_mib MiB free on the disk of $(pwd); installing torch and its CUDA libraries" \
+  free_mib() { df -Pm . | awk 'NR == 2 {print $4}'; }
+  free_now=$(free_mib)
+  if [ -n "$free_now" ] && [ "$free_now" -lt 8192 ]; then
+    echo "[setup] warning: $free_now MiB free on the disk of $(pwd); installing torch and its CUDA libraries" \
          "needs about 6 GiB (8 GiB to be safe)" >&2
   fi
   if ! .venv/bin/python -m pip install -q --no-cache-dir --disable-pip-version-check -r requirements.txt; then
     echo "[setup] error: pip could not install requirements.txt into .venv (disk free now:" \
-         "$(df -Pm . | awk 'NR == 2 {print $4}') MiB; the full install needs about 6 GiB)" >&2
+         "$(free_mib) MiB; the full install needs about 6 GiB)" >&2
     exit 1
   fi
   echo "[setup] installing this checkout in editable mode (pip install -e . --no-deps)"

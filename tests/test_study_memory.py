@@ -60,6 +60,21 @@ def test_a_study_groups_runs_share_their_features_and_free_them_at_the_end(tiny_
     original = FeatureCache._file
     monkeypatch.setattr(FeatureCache, "_file", lambda self, key: reads.append(key) or original(self, key))
     results = {}
+    try:
+        _run_separate_then_shared(tiny_encoder_dir, corpus, cfg, tmp_path, reads, results, share_feature_caches_within)
+        gc.collect()
+        assert _alive(FeatureCache) == 1  # the group's one shared cache, kept for its next run
+        share_feature_caches_within(("ks", "another encoder"))
+        gc.collect()
+        assert _alive(FeatureCache) == 0
+    finally:
+        share_feature_caches_within(None)  # never leave sharing on for the tests that follow
+    for seed in (0, 1):  # sharing changes where features come from, not what a run computes
+        assert results["shared", seed]["test_accuracy"] == results["separate", seed]["test_accuracy"]
+        assert results["shared", seed]["best_dev_accuracy"] == results["separate", seed]["best_dev_accuracy"]
+
+
+def _run_separate_then_shared(tiny_encoder_dir, corpus, cfg, tmp_path, reads, results, share_feature_caches_within):
     for mode in ("separate", "shared"):
         for seed in (0, 1):
             if mode == "shared":
@@ -73,12 +88,3 @@ def test_a_study_groups_runs_share_their_features_and_free_them_at_the_end(tiny_
                     assert reads == [], f"the group's second run read {len(reads)} cache files instead of memory"
                 else:
                     assert reads, "a separate run is expected to read the disk cache"
-    gc.collect()
-    assert _alive(FeatureCache) == 1  # the group's one shared cache, kept for its next run
-    share_feature_caches_within(("ks", "another encoder"))
-    gc.collect()
-    assert _alive(FeatureCache) == 0
-    share_feature_caches_within(None)
-    for seed in (0, 1):  # sharing changes where features come from, not what a run computes
-        assert results["shared", seed]["test_accuracy"] == results["separate", seed]["test_accuracy"]
-        assert results["shared", seed]["best_dev_accuracy"] == results["separate", seed]["best_dev_accuracy"]

@@ -121,11 +121,12 @@ def shared_feature_caches():
     (the folds of one study see each utterance several times); outside, every run has its own."""
     from rewire_lib.downstream import brain
 
-    brain.SHARED_CACHES = {}
+    outer = brain.SHARED_CACHES  # inside a study group (share_feature_caches_within): keep sharing with it
+    brain.SHARED_CACHES = {} if outer is None else outer
     try:
         yield
     finally:
-        brain.SHARED_CACHES = None
+        brain.SHARED_CACHES = outer
 
 
 _SHARED_GROUP = None  # the key of the runs now sharing caches (share_feature_caches_within)
