@@ -6,7 +6,10 @@
 - `data/fsdd/{digits,speakers}/`: FSDD from `../shared/data/fsdd`;
 - `data/fsdd/connected/`: connected digits (ASR/PR, real speech) joined from FSDD, `data_prep/fsdd_connected.py`
   (its pool sizes scaled by `--scale` too), with leave-one-speaker-out folds in `folds/fold1..fold6`;
-- `data/speech_commands/`: the Speech Commands v0.02 test set split speaker-disjointly.
+- `data/speech_commands/`: the Speech Commands v0.02 test set split speaker-disjointly;
+- `data/librispeech_short/`: the shipped LibriSpeech test-clean short utterances (read sentences with transcripts,
+  the study's rewiring corpus), split by speaker into train (rewiring) and dev/test (held-out speakers),
+  `data_prep/librispeech.py`.
 Each preparer writes `prepared.json` with a fingerprint of its arguments and is skipped when it
 matches (so a second call costs about a second); `--force` redoes everything.
 """
@@ -14,12 +17,14 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from data_prep import fsdd, fsdd_connected, speech_commands_test, synth
+from data_prep import fsdd, fsdd_connected, librispeech, speech_commands_test, synth
 from data_prep.common import DEFAULT_FRACTIONS, setup_logging
 from rewire_lib.paths import data_dir, shared_data_dir
 
 
-CORPORA = ("synth", "fsdd", "fsdd_connected", "speech_commands")
+CORPORA = ("synth", "fsdd", "fsdd_connected", "speech_commands", "librispeech_short")
+# The shipped LibriSpeech subset, in its published layout under ../shared/data
+LIBRISPEECH_SHORT = "librispeech_test_clean_short"
 
 
 def prepare_all(data_root=None, seed: int = 0, scale: float = 1.0, num_workers: int = 2, fractions=DEFAULT_FRACTIONS,
@@ -41,6 +46,9 @@ def prepare_all(data_root=None, seed: int = 0, scale: float = 1.0, num_workers: 
     if "speech_commands" in corpora:
         speech_commands_test.prepare(shared / "speech_commands_v0.02_test", data_root / "speech_commands",
                                      seed=seed, fractions=fractions, hours=hours, force=force)
+    if "librispeech_short" in corpora:
+        librispeech.prepare(shared / LIBRISPEECH_SHORT, data_root / "librispeech_short", seed=seed, fractions=fractions,
+                            hours=hours, force=force)
 
 
 def main(argv=None) -> None:

@@ -42,7 +42,10 @@ TASK_DATA = {
     "ks": TaskData("speech_commands", "label", "speech_commands"), "ic": TaskData("synth/ic", "action", "synth"),
     "sid": TaskData("fsdd/speakers", "label", "fsdd"), "er": TaskData("synth/er", "label", "synth"),
 }
-REWIRE_CORPUS = "fsdd"  # the default rewiring and isotropy clips (data/fsdd/speakers)
+# The default rewiring corpus: read English sentences with transcripts (LibriSpeech test-clean's short utterances,
+# the corpus family the method's authors rewired on), split by speaker: rewiring on train, isotropy and embedding
+# geometry on held-out speakers. No recording, speaker or transcript of it is in any task's data (the audit checks).
+REWIRE_CORPUS = "librispeech_short"
 
 # Sweep presets. Training steps are an optimiser-step limit (number_of_epochs is set high so the
 # step limit binds): every encoder, fraction and seed of a task trains for the same number of steps.
@@ -54,8 +57,12 @@ REWIRE_CORPUS = "fsdd"  # the default rewiring and isotropy clips (data/fsdd/spe
 # Speaker folds (`folds`, tasks whose default data has them: ASR/PR on connected digits, 6 speakers): run k of a
 # task x encoder x setting cell trains on fold k (one held-out test speaker, another for dev) with seed k-1, so the
 # cell's result covers every speaker instead of one (measured: test WER 33-59 % depending on the speaker).
-# Rewiring: short real clips (rewire_source, relative to the data dir), rewire_epochs x rewire_utts / rewire_batch
-# optimiser steps at rewire_lr.
+# Rewiring: real read sentences (rewire_source, relative to the data dir), rewire_epochs x rewire_utts /
+# rewire_batch optimiser steps at rewire_lr. The authors' length rules, scaled to a 2-core CPU: an utterance
+# longer than rewire_max_s seconds is skipped, one longer than rewire_split_s is cut in half and one half kept
+# (halves alternate; a neutral pair takes the matching half of its TTS rendering). The shipped sentences last
+# 1.3-6 s (median 3.7), so most become 1-3 s halves: a pair costs about a third of a whole sentence's forward
+# and backward pass. Isotropy and embedding geometry are measured on held-out speakers (iso_source).
 PRESETS = {
     "default": dict(
         tasks=DEFAULT_TASKS, fractions=[1.0], per_class=[5], seeds=[0, 1, 2, 3, 4], folds={"asr": 6, "pr": 6},
@@ -63,8 +70,9 @@ PRESETS = {
         task_eval_every={"asr": 30, "pr": 30},  # a CTC dev pass costs more than a classification one
         train_cap={"ks": 1000, "sid": 1000, "er": 300, "ic": 1000}, eval_cap=0, min_train=16,
         max_steps={**{t: 150 for t in TASKS}, "asr": 300, "pr": 300}, task_overrides={},
-        eval_every=15, rewire_utts=1920, rewire_epochs={"twin": 1, "neutral": 1, "mixed": 1}, rewire_batch=16,
-        rewire_lr=0.0002, rewire_source="fsdd/speakers/train.csv",
+        eval_every=15, rewire_utts=768, rewire_epochs={"twin": 1, "neutral": 1, "mixed": 1}, rewire_batch=8,
+        rewire_lr=0.0002, rewire_source="librispeech_short/train.csv", rewire_max_s=6.0, rewire_split_s=2.0,
+        iso_source="librispeech_short/test.csv",
         iso_utts=200, iso_max_vectors=4000,
     ),
     "quick": dict(
@@ -72,13 +80,16 @@ PRESETS = {
         views=["twin"],
         controls=["whiten"], train_cap={"ks": 600, "sid": 600}, eval_cap=0, min_train=16,
         max_steps={t: 100 for t in TASKS}, task_overrides={},
-        eval_every=20, rewire_utts=480, rewire_epochs={"twin": 1, "neutral": 1, "mixed": 1}, rewire_batch=16,
-        rewire_lr=0.0002, rewire_source="fsdd/speakers/train.csv",
+        eval_every=20, rewire_utts=240, rewire_epochs={"twin": 1, "neutral": 1, "mixed": 1}, rewire_batch=8,
+        rewire_lr=0.0002, rewire_source="librispeech_short/train.csv", rewire_max_s=6.0, rewire_split_s=2.0,
+        iso_source="librispeech_short/test.csv",
         iso_utts=100, iso_max_vectors=2000,
     ),
 }
 # What a real corpus or user data gets instead of the embedded default's caps (None: the recipe's epochs).
-REAL_CORPUS = dict(train_cap=0, eval_cap=0, rewire_utts=0, max_steps=None, task_overrides={})
+# Rewiring on a real corpus keeps the authors' own length rules (11.25 s skip, 5.625 s halving).
+REAL_CORPUS = dict(train_cap=0, eval_cap=0, rewire_utts=0, max_steps=None, task_overrides={}, rewire_max_s=11.25,
+                   rewire_split_s=5.625)
 REAL = "real-corpus"
 
 # Real corpora: option -> (preparer module, save folder under the data dir, tasks it feeds)
@@ -130,8 +141,12 @@ class StudyConfig:
     task_eval_every: Dict[str, int] = field(default_factory=dict)  # task -> dev every K steps (else eval_every)
     per_class: List[int] = field(default_factory=list)  # classification tasks: k labelled utterances per class
     controls: List[str] = field(default_factory=list)  # from CONTROLS
+    in_domain: List[str] = field(default_factory=list)  # tasks also rewired on their own training split, per fold
     rewire_lr: Optional[float] = None  # None: the rewiring recipe's own lr
     rewire_source: Optional[str] = None  # manifest (relative to data_dir) rewired on by default
+    rewire_max_s: Optional[float] = None  # rewiring skips longer utterances (None: no limit)
+    rewire_split_s: Optional[float] = None  # rewiring halves longer utterances (None: never)
+    iso_source: Optional[str] = None  # manifest (relative to data_dir) of the isotropy clips by default
     command: List[str] = field(default_factory=list)  # the command line that made this study (shown in the report)
     jobs: int = 2
     threads: int = 1
@@ -238,7 +253,8 @@ def user_data_tasks(corpora: Dict[str, str], data_folders: Dict[str, str]) -> Di
 def presets_help(active: str, fed: Dict[str, str]) -> str:
     """Every preset value, and which preset each task takes with the options given so far."""
     keys = ["tasks", "fractions", "per_class", "seeds", "folds", "task_seeds", "views", "controls", "train_cap", "eval_cap", "min_train", "max_steps",
-            "eval_every", "task_eval_every", "rewire_utts", "rewire_epochs", "rewire_batch", "rewire_lr", "rewire_source", "iso_utts", "iso_max_vectors",
+            "eval_every", "task_eval_every", "rewire_utts", "rewire_epochs", "rewire_batch", "rewire_lr", "rewire_source", "rewire_max_s",
+            "rewire_split_s", "iso_source", "iso_utts", "iso_max_vectors",
             "task_overrides"]
     lines = ["Presets (an option given on the command line replaces the preset value; caps: 0 = all):"]
     lines.append(f"  {'key':<16}{'default':<44}{'quick':<44}{REAL}")
@@ -295,6 +311,10 @@ def build_parser(active: str = "default", fed: Optional[Dict[str, str]] = None) 
     p.add_argument("--controls", default=None, help=f"control encoder rows from {','.join(CONTROLS)} "
                    "(centre/whiten: base features centred/whitened at the head; random: random init); none: no controls")
     p.add_argument("--rewire-lr", type=float, default=None, help="learning rate of the rewiring")
+    p.add_argument("--in-domain-rewiring", default=None, metavar="TASKS",
+                   help="also rewire the base on these tasks' own training splits (e.g. pr,asr), once per speaker "
+                        "fold without the fold's dev/test speakers; adds the rows <view>-in-domain for those tasks "
+                        "(rewire_study/in_domain.py). Default: none (rewiring on the preset's corpus only)")
     p.add_argument("--seeds", default=None, help="seeds, e.g. 0,1,2 (tasks with speaker folds: see --folds)")
     p.add_argument("--folds", default=None, help="speaker folds run per cell by the tasks whose default data has "
                    "them (asr, pr: connected digits, 6 speakers): task=N,... (run k: fold k, seed k-1); none: "
@@ -318,7 +338,8 @@ def build_parser(active: str = "default", fed: Optional[Dict[str, str]] = None) 
                    help="extra override for a downstream recipe (repeatable), e.g. asr:lr=0.002 or all:batch_size=8")
     p.add_argument("--iso-utts", type=int, default=None, help="utterances for the isotropy measurement")
     p.add_argument("--iso-max-vectors", type=int, default=None, help="vectors sampled per layer and level")
-    p.add_argument("--iso-manifest", default=None, help="manifest for isotropy (default: FSDD speakers dev)")
+    p.add_argument("--iso-manifest", default=None, help="manifest for isotropy and embedding geometry "
+                   "(default: the preset's iso_source, speakers the rewiring never heard)")
     p.add_argument("--rewire-csv", default=None, help="manifest to rewire on (default: Speech Commands train clips, "
                                                         "or LibriSpeech train with --librispeech)")
     p.add_argument("--data-dir", default=str(data_dir()), help="generated corpora and manifests (default: data/)")
@@ -440,6 +461,10 @@ def parse_args(argv=None) -> StudyConfig:
             given = {k: _int(v, "--rewire-epochs") for k, v in _pairs(a.rewire_epochs, "--rewire-epochs").items()}
             check_names(given, VIEWS, "--rewire-epochs", "view")
             rewire_epochs.update(given)
+        in_domain = _list(a.in_domain_rewiring) if a.in_domain_rewiring not in (None, "", "none") else []
+        check_names(in_domain, tasks, "--in-domain-rewiring", "task of this study (--tasks)")
+        if in_domain and not views:
+            raise argparse.ArgumentTypeError("--in-domain-rewiring needs at least one view (--views)")
         stages = _list(a.stages)
         check_names(stages, STAGES, "--stages", "stage")
         data_folders = _pairs(",".join(a.data_folder), "--data-folder") if a.data_folder else {}
@@ -482,9 +507,10 @@ def parse_args(argv=None) -> StudyConfig:
     folds = {t: n for t, n in folds.items() if t in tasks and t not in fed}  # the default data's folds only
     return StudyConfig(
         out=Path(a.out).resolve(), mode=mode, encoders=encoders, tasks=tasks, fractions=fractions, seeds=seeds,
-        per_class=per_class, controls=controls, task_seeds={} if a.seeds else dict(pre["task_seeds"]), folds=folds,
+        per_class=per_class, controls=controls, in_domain=in_domain, task_seeds={} if a.seeds else dict(pre["task_seeds"]), folds=folds,
         task_eval_every={} if a.eval_every is not None else dict(pre["task_eval_every"]), rewire_lr=a.rewire_lr if a.rewire_lr is not None else pre["rewire_lr"],
-        rewire_source=pre["rewire_source"], command=["./run_all.sh", *argv],
+        rewire_source=pre["rewire_source"], iso_source=pre["iso_source"], command=["./run_all.sh", *argv],
+        rewire_max_s=size("rewire", "rewire_max_s"), rewire_split_s=size("rewire", "rewire_split_s"),
         views=views, train_cap=train_cap, eval_cap=eval_cap,
         min_train=pick(a.min_train, "min_train"), max_steps=max_steps,
         eval_every=pick(a.eval_every, "eval_every"), rewire_utts=rewire_utts,

@@ -35,7 +35,8 @@ def _settings(cfg: StudyConfig, name: str) -> dict:
         return {"views": st.tts_views(cfg), **st.tts_choice(cfg), "cache": str(cfg.cache_dir / "tts")}
     if name == "rewire":
         return {"base": cfg.encoders[BASE], "views": cfg.views, "epochs": cfg.rewire_epochs, "lr": cfg.rewire_lr,
-                "source": str(st.rewire_source_csv(cfg)), "controls": cfg.controls,
+                "source": str(st.rewire_source_csv(cfg)), "controls": cfg.controls, "in_domain": cfg.in_domain,
+                "length_rules": st.length_rules(cfg),
                 "utterances": cfg.rewire_utts, "batch_size": cfg.rewire_batch, "overrides": cfg.rewire_overrides,
                 "tts": st.tts_choice(cfg), "encoders_written": str(cfg.work / "rewire")}
     if name == "isotropy":

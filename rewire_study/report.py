@@ -17,7 +17,7 @@ from rewire_lib.stats import BETTER, NO_DIFFERENCE as NO_DIFF, WORSE
 from rewire_study.config import BASE, CONTROLS, StudyConfig
 from rewire_study.comparison import N_BOOT, NO_FILE, PREDICTIONS, compare_final, convergence, read_predictions
 from rewire_study.convergence import mean_std
-from rewire_study.stages import (continue_by_hand, downstream_units, encoder_paths, model_paths, read_sizes,
+from rewire_study.stages import (continue_by_hand, downstream_units, encoder_paths, model_paths, read_sizes, row_names,
                                  task_settings)
 from rewire_study.units import portable, shown_path
 
@@ -65,9 +65,9 @@ def cell_settings(cfg: StudyConfig, task: str) -> List[str]:
 def compute(cfg: StudyConfig, runs: Dict[tuple, dict]) -> dict:
     """Per task and setting: metric info, per-encoder test stats, the paired comparison with base and the
     censored convergence (rewire_study.comparison)."""
-    encoders = list(encoder_paths(cfg))
     cells = {}
     for task in cfg.tasks:
+        encoders = row_names(cfg, task)
         for setting in cell_settings(cfg, task):
             present = {k: v for k, v in runs.items() if k[0] == task and k[2] == setting}
             if not present:
@@ -434,13 +434,15 @@ def verdict_lines(cfg: StudyConfig, cells: dict) -> List[str]:
          f"encoders; {N_BOOT} replicates; tasks run on speaker folds, each fold with its own test speaker, draw "
          "folds and then each drawn fold's utterances: paired_bootstrap_diff_nested). *better* / *worse* only when "
          "the whole interval lies on one side of 0; otherwise (ties included) *no detectable difference*.\n"]
-    for enc in encoder_paths(cfg):
+    for enc in row_names(cfg):
         if enc == BASE:
             continue
         groups = defaultdict(list)
         for (task, setting), cell in cells.items():
             e = cell["encoders"].get(enc)
-            c = (e or {}).get("compare")
+            if e is None:  # a row of some tasks only (in-domain rewiring)
+                continue
+            c = e.get("compare")
             key = "n/a" if not c or "na" in c else c["verdict"]
             groups[key].append(f"{task} @ {setting_label(setting)}")
         total = sum(len(v) for k, v in groups.items() if k != "n/a")
@@ -494,6 +496,12 @@ def write_markdown(path: Path, cfg: StudyConfig, cells: dict, iso_rows: List[dic
              f"{fmt(stages.get('peak_tree_pss_mib'), 0)} MiB. Every number below is read from the files under "
              "`study/`; paths are relative to this report's folder.\n")
     L.append("**Encoder rows**: " + ", ".join(f"`{n}` = `{shown_path(p, cfg.out)}`" for n, p in encs.items()) + ". ")
+    if cfg.in_domain:
+        L.append(f"In-domain rows (`--in-domain-rewiring {','.join(cfg.in_domain)}`): "
+                 + ", ".join(f"`{n}`" for n in row_names(cfg, cfg.in_domain[0])[len(encs):])
+                 + " = the base rewired with that view on the task's own training split, once per speaker fold, "
+                 "without the fold's dev and test speakers (`study/rewire/in-domain/<set>/<view>/encoder`); their "
+                 "isotropy is not measured.  ")
     if cfg.controls:
         L.append("Controls: `base+centre` / `base+whiten` are the base encoder with its frozen features centred / "
                  "whitened at the head's input (fit on the training split: downstream `feature_transform`), "

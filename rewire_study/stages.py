@@ -20,6 +20,7 @@ from rewire_lib.paths import shared_data_dir
 from rewire_lib.subsets import nested_subset, per_class_subset
 from rewire_study.config import (BASE, CLASS_TASKS, CONTROLS, REAL_CORPORA, REWIRE_CORPUS, TASK_DATA,
                                  TASK_HPARAMS, StudyConfig)
+from rewire_study import in_domain
 from rewire_study.launch import run_units
 from rewire_study.recipes import recipe_hparams
 from rewire_study.units import StageError, Unit, data_fingerprint, encoder_stamp, is_inside, quiet, shown_path
@@ -120,7 +121,7 @@ def rewire_source_csv(cfg: StudyConfig) -> Path:
 
 
 def iso_source_csv(cfg: StudyConfig) -> Path:
-    return Path(cfg.iso_manifest).resolve() if cfg.iso_manifest else cfg.data_dir / "fsdd" / "speakers" / "dev.csv"
+    return Path(cfg.iso_manifest).resolve() if cfg.iso_manifest else cfg.data_dir / cfg.iso_source
 
 
 def random_encoder_dir(cfg: StudyConfig) -> Path:
@@ -139,6 +140,12 @@ def encoder_rows(cfg: StudyConfig) -> Dict[str, dict]:
     for view in cfg.views:
         rows[view] = {"path": str(cfg.work / "rewire" / view / "encoder"), "overrides": []}
     return rows
+
+
+def row_names(cfg: StudyConfig, task: Optional[str] = None) -> List[str]:
+    """The encoder rows compared (on `task`, when given): `encoder_rows` plus the in-domain rows of the tasks
+    rewired in-domain, whose encoder depends on the run's fold (rewire_study.in_domain)."""
+    return list(encoder_rows(cfg)) + in_domain.row_names(cfg, task)
 
 
 def encoder_paths(cfg: StudyConfig) -> Dict[str, str]:
@@ -254,6 +261,8 @@ def make_study_manifests(cfg: StudyConfig) -> dict:
         sizes["rewire"] = {"source": shown_path(rewire_source_csv(cfg), cfg.out), "preset": cfg.presets["rewire"],
                            "cap": cfg.rewire_utts, "train_available": available, "train": len(rows)}
         print(f"  rewire: {sizes['rewire']}", flush=True)
+    for d in in_domain.domains(cfg):
+        sizes.setdefault("rewire_in_domain", {})[d.name] = write_in_domain_manifest(cfg, d)
     fields, rows = read_manifest(iso_source_csv(cfg))
     rows = cap_rows(rows, cfg.iso_utts, cfg.seed, "label")
     write_manifest_if_changed(cfg.work / "data" / "isotropy.csv", fields, rows)
@@ -261,6 +270,22 @@ def make_study_manifests(cfg: StudyConfig) -> dict:
     print(f"  isotropy: {sizes['isotropy']}", flush=True)
     atomic_write_json(sizes_path(cfg), sizes)
     return {"sizes": sizes}
+
+
+def write_in_domain_manifest(cfg: StudyConfig, d: "in_domain.Domain") -> dict:
+    """An in-domain rewiring set's manifest: the training split its tasks' runs read, capped at `rewire_utts`; the
+    neutral and mixed views need its transcripts (`wrd`)."""
+    fields, rows = read_manifest(d.train_csv)
+    needs_text = [v for v in cfg.views if v in ("neutral", "mixed")]
+    if needs_text and "wrd" not in fields:
+        raise StageError(f"--in-domain-rewiring {','.join(d.tasks)}: views {needs_text} render transcripts, but "
+                         f"{shown_path(d.train_csv, cfg.out)} has no 'wrd' column (use --views twin for this task)")
+    kept = cap_rows(rows, cfg.rewire_utts, cfg.seed, None)
+    write_manifest_if_changed(d.manifest(cfg), fields, kept)
+    info = {"tasks": list(d.tasks), "fold": d.fold, "source": shown_path(d.train_csv, cfg.out),
+            "train_available": len(rows), "train": len(kept)}
+    print(f"  rewire in-domain {d.name}: {info}", flush=True)
+    return info
 
 
 def study_split(cfg: StudyConfig, task: str, folder: Path, dst: Path, info: dict) -> dict:
@@ -378,15 +403,15 @@ def stage_tts(cfg: StudyConfig) -> dict:
     from rewire_lib.tts import TTSCache, TTSUnavailable, make_backend, read_manifest_texts
 
     choice = tts_choice(cfg)
-    manifest = cfg.work / "data" / "rewire" / "train.csv"
+    manifests = [cfg.work / "data" / "rewire" / "train.csv"] + [d.manifest(cfg) for d in in_domain.domains(cfg)]
     try:
         backend = make_backend(choice["backend"], **choice["settings"])
     except (TTSUnavailable, ValueError) as err:
         raise StageError(f"TTS backend {choice['backend']!r} (--rewire-override tts_backend=...): {err}") from None
     cache = TTSCache(cfg.cache_dir / "tts", backend)
-    print(f"  {choice['backend']} renderings of {shown_path(manifest, cfg.out)}'s transcripts for {views} -> "
-          f"{shown_path(cache.folder, cfg.out)} (cached texts are skipped)", flush=True)
-    texts = read_manifest_texts(manifest)
+    print(f"  {choice['backend']} renderings of {', '.join(shown_path(m, cfg.out) for m in manifests)}'s transcripts "
+          f"for {views} -> {shown_path(cache.folder, cfg.out)} (cached texts are skipped)", flush=True)
+    texts = list(dict.fromkeys(t for m in manifests for t in read_manifest_texts(m)))
     with quiet(None):
         stats = cache.synthesize_missing(texts, num_workers=2, progress=False)
     return {"texts": len(texts), "backend": choice["backend"], "synthesised": stats.done, "cached": stats.cached,
@@ -394,14 +419,19 @@ def stage_tts(cfg: StudyConfig) -> dict:
 
 
 # ---------------------------------------------------------------------- 3. rewiring
-def rewire_unit(cfg: StudyConfig, view: str) -> Unit:
+def rewire_unit(cfg: StudyConfig, view: str, domain: Optional[str] = None) -> Unit:
+    """The rewiring of `base` with one view: on the study's rewiring corpus, or (`domain`: an in-domain set's
+    name, rewire_study.in_domain) on a task's own training split."""
     base = cfg.encoders[BASE]
-    csv_path = cfg.work / "data" / "rewire" / "train.csv"
+    csv_path, folder = cfg.work / "data" / "rewire" / "train.csv", cfg.work / "rewire" / view
+    if domain is not None:
+        d = next(d for d in in_domain.domains(cfg) if d.name == domain)
+        csv_path, folder = d.manifest(cfg), d.folder(cfg, view)
     spec = {"view": view, "encoder": base, "encoder_stamp": encoder_stamp(base), "train_csv": str(csv_path),
             "data_fingerprint": data_fingerprint(csv_path),
             "epochs": cfg.rewire_epochs.get(view, 1), "batch_size": cfg.rewire_batch, "lr": cfg.rewire_lr,
-            "overrides": cfg.rewire_overrides, "tts_cache_dir": str(cfg.cache_dir / "tts"), "device": cfg.device}
-    return Unit(cfg.work / "rewire" / view, spec, outputs=["encoder/config.json"])
+            "length_rules": length_rules(cfg), "overrides": cfg.rewire_overrides, "tts_cache_dir": str(cfg.cache_dir / "tts"), "device": cfg.device}
+    return Unit(folder, spec, outputs=["encoder/config.json"])
 
 
 def rewire_argv(cfg: StudyConfig, unit: Unit) -> List[str]:
@@ -410,39 +440,65 @@ def rewire_argv(cfg: StudyConfig, unit: Unit) -> List[str]:
             "--train_csv", s["train_csv"], "--output_folder", str(unit.folder),
             "--number_of_epochs", str(s["epochs"]), "--batch_size", str(s["batch_size"]),
             "--tts_cache_dir", s["tts_cache_dir"], "--device", cfg.device, "--noprogressbar"] + \
-        (["--lr", str(s["lr"])] if s.get("lr") is not None else []) + _overrides(cfg.rewire_overrides)
+        (["--lr", str(s["lr"])] if s.get("lr") is not None else []) + _length_rule_argv(s.get("length_rules")) + \
+        _overrides(cfg.rewire_overrides)
 
 
-def _rewire_one(cfg: StudyConfig, view: str) -> dict:
-    """In a worker or job: rewire `base` with one view (the recipe's own main(), its console to console.txt)."""
+def length_rules(cfg: StudyConfig) -> Optional[dict]:
+    """The rewiring's length rules in samples (rewire_lib.pairs.LengthRules), None when the preset sets none."""
+    if cfg.rewire_max_s is None and cfg.rewire_split_s is None:
+        return None
+    samples = lambda s: None if s is None else int(round(s * 16000))  # noqa: E731
+    return {"max_samples": samples(cfg.rewire_max_s), "split_samples": samples(cfg.rewire_split_s)}
+
+
+def _length_rule_argv(rules: Optional[dict]) -> List[str]:
+    if not rules:
+        return []
+    return ["--length_rules", "True"] + [a for k, v in rules.items() for a in (f"--{k}", "null" if v is None else str(v))]
+
+
+def _rewire_one(cfg: StudyConfig, item) -> dict:
+    """In a worker or job: rewire `base` with one view, on the corpus (`item` a view) or in-domain (`item` a
+    (view, domain name) pair); the recipe's own main(), its console to console.txt."""
     from rewire_study.launch import run_recipe
 
-    unit = rewire_unit(cfg, view)
+    view, domain = (item, None) if isinstance(item, str) else item
+    unit = rewire_unit(cfg, view, domain)
     unit.start()
     t0 = time.time()
     run_recipe(cfg, "rewire", rewire_argv(cfg, unit), unit.folder / "console.txt")
     seconds = round(time.time() - t0, 2)
     unit.finish(seconds=seconds)
-    return {"text": f"  {view}: rewired in {seconds:.1f} s -> {shown_path(unit.folder / 'encoder', cfg.out)}",
+    label = view if domain is None else f"{view} in-domain {domain}"
+    return {"text": f"  {label}: rewired in {seconds:.1f} s -> {shown_path(unit.folder / 'encoder', cfg.out)}",
             "seconds": seconds}
+
+
+def rewire_items(cfg: StudyConfig) -> List:
+    """Every rewiring of the study: each view on the corpus, then each view on each in-domain set."""
+    return list(cfg.views) + [(v, d.name) for d in in_domain.domains(cfg) for v in cfg.views]
 
 
 def stage_rewire(cfg: StudyConfig) -> dict:
     ensure_controls(cfg)
     todo = []
-    for view in cfg.views:
-        unit = rewire_unit(cfg, view)
+    items = rewire_items(cfg)
+    for item in items:
+        view, domain = (item, None) if isinstance(item, str) else item
+        label = view if domain is None else f"{view} in-domain {domain}"
+        unit = rewire_unit(cfg, view, domain)
         if unit.is_done():
-            print(f"  {view}: already rewired ({shown_path(unit.folder / 'encoder', cfg.out)}), skipped", flush=True)
+            print(f"  {label}: already rewired ({shown_path(unit.folder / 'encoder', cfg.out)}), skipped", flush=True)
             continue
         s = unit.spec
-        print(f"  {view}: rewiring {s['encoder']} for {s['epochs']} epoch(s), {s['batch_size']} pairs a step, "
+        print(f"  {label}: rewiring {s['encoder']} for {s['epochs']} epoch(s), {s['batch_size']} pairs a step, "
               f"on {shown_path(s['train_csv'], cfg.out)} (log: {shown_path(unit.folder / 'console.txt', cfg.out)})",
               flush=True)
-        todo.append(view)
+        todo.append(item)
     msgs = run_units(_rewire_one, cfg, [[v] for v in todo], "rewire", isolate=True) if todo else []
     print(continue_by_hand(cfg), flush=True)
-    return {"units_run": len(msgs), "units_skipped": len(cfg.views) - len(todo),
+    return {"units_run": len(msgs), "units_skipped": len(items) - len(todo),
             "unit_seconds": [m["seconds"] for m in msgs], "worker_peak_rss_mib": _worker_peak(msgs)}
 
 
@@ -561,7 +617,7 @@ def downstream_units(cfg: StudyConfig) -> List[tuple]:
     first (it fills the feature cache that the smaller subsets then hit)."""
     units = []
     rows = encoder_rows(cfg)
-    stamps = {n: encoder_stamp(r["path"]) for n, r in rows.items()}
+    stamps = {}  # encoder path -> stamp, each read once
     for task in cfg.tasks:
         src = task_source(cfg, task)
         settings = run_settings(cfg, task) if "folds_dir" not in src else [ALL]
@@ -572,15 +628,19 @@ def downstream_units(cfg: StudyConfig) -> List[tuple]:
                 key = (st, run_data_folder(cfg, task, seed))
                 if key not in fingerprints:
                     fingerprints[key] = data_fingerprint(*task_manifests(cfg, task, st, seed))
-        for name, row in rows.items():
+        for name in row_names(cfg, task):
+            row = rows.get(name, {"overrides": []})
             for setting in settings:
                 for seed in seeds:
+                    path = row["path"] if name in rows else in_domain.encoder_path(cfg, name, task, seed)
+                    if path not in stamps:
+                        stamps[path] = encoder_stamp(path)
                     data = {"folds_dir": src["folds_dir"]} if "folds_dir" in src else \
                         {"data_folder": str(run_data_folder(cfg, task, seed))}
                     train_csv = None if (setting == ALL or "folds_dir" in data) else \
                         str(run_data_folder(cfg, task, seed) / setting_csv_name(setting))
-                    spec = {"task": task, "hparams": task_hparams(cfg, task).name, "encoder": row["path"],
-                            "encoder_stamp": stamps[name], **data, "train_csv": train_csv,
+                    spec = {"task": task, "hparams": task_hparams(cfg, task).name, "encoder": path,
+                            "encoder_stamp": stamps[path], **data, "train_csv": train_csv,
                             "data_fingerprint": fingerprints[(setting, run_data_folder(cfg, task, seed))],
                             "device": cfg.device,
                             "setting": setting, "seed": seed, "max_steps": cfg.max_steps[task],

@@ -9,9 +9,9 @@ from rewire_study.stages import default_corpora_needed
 
 
 @pytest.mark.parametrize("argv,expected", [
-    ([], ["fsdd", "fsdd_connected", "speech_commands"]),  # real speech only: no eSpeak corpus
-    (["--quick"], ["fsdd", "speech_commands"]),
-    (["--tasks", "ks,er"], ["synth", "fsdd", "speech_commands"]),
+    ([], ["fsdd", "fsdd_connected", "speech_commands", "librispeech_short"]),  # real speech only: no eSpeak corpus
+    (["--quick"], ["fsdd", "speech_commands", "librispeech_short"]),
+    (["--tasks", "ks,er"], ["synth", "speech_commands", "librispeech_short"]),  # rewiring on LibriSpeech, not FSDD
     (["--tasks", "ic", "--rewire-csv", "r.csv", "--iso-manifest", "i.csv"], ["synth"]),
 ])
 def test_data_stage_prepares_what_the_tasks_read(argv, expected, tmp_path):

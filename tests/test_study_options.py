@@ -133,7 +133,7 @@ def test_report_files_hold_no_absolute_paths(tmp_path):
     enc.mkdir()
     (enc / "config.json").write_text("{}")
     task_folder(tmp_path / "data" / "speech_commands")
-    write_manifest(tmp_path / "data" / "fsdd" / "speakers" / "train.csv", 120)
+    write_manifest(tmp_path / "data" / "librispeech_short" / "train.csv", 120)
     argv = base_argv(tmp_path, "--encoders", f"base={enc}", "--views", "twin")
     st.make_study_manifests(parse_args(argv))
     assert main(argv + ["--stages", "report"]) == 0
@@ -145,7 +145,7 @@ def test_report_files_hold_no_absolute_paths(tmp_path):
     md = (res / "summary.md").read_text()
     assert ("| ks | default | ../data/speech_commands | 400 of 400 | 120 of 120 | 120 of 120 | all: 400, "
             "fraction 0.1: 40 | 150 |") in md
-    assert "| rewiring | default | ../data/fsdd/speakers/train.csv | 120 of 120 |" in md
+    assert "| rewiring | default | ../data/librispeech_short/train.csv | 120 of 120 |" in md
     assert "Made by `./run_all.sh --out . --data-dir ../data " in md  # the command, with no machine path
     # the command to continue by hand names the study's rewired encoders under OUT, the report's folder
     line = next(ln for ln in md.splitlines() if "hparams/rewired.yaml --rewire_results" in ln)
