@@ -2,8 +2,11 @@
 YAML, set up the experiment folder and DDP. Kept here so recipes stay short and identical in this."""
 from __future__ import annotations
 
+import io
 import logging
 import sys
+import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 
 import ruamel.yaml
@@ -43,30 +46,43 @@ def _load_overrides(text: str):
     return loaded if loaded is not None else ruamel.yaml.comments.CommentedMap()
 
 
-def resolve_extends(hparams_file: str, cli_overrides: str):
-    """Follow `extends: base.yaml` (relative to the file): returns (base file, merged overrides).
-
-    A recipe's baseline.yaml/rewired.yaml or twin.yaml/neutral.yaml hold only what differs from
-    their shared file; their keys are applied to it as overrides (which must name existing keys),
-    then the command line's. Chains of `extends` are followed.
-    """
-    merged = _load_overrides(cli_overrides)
-    current = Path(hparams_file)
-    seen = set()
+def extends_chain(hparams_file: str) -> list:
+    """The files of `hparams_file`'s `extends:` chain, the file itself first, the shared file last."""
+    chain, current = [], Path(hparams_file)
     while True:
-        doc = _load_overrides(current.read_text())
-        base = doc.pop("extends", None) if hasattr(doc, "pop") else None
-        if base is None:
-            return current, merged
-        if current.resolve() in seen:
+        if current.resolve() in {c.resolve() for c in chain}:
             raise HparamsError(f"{hparams_file}: 'extends' loops back to {current}")
-        seen.add(current.resolve())
-        for key, value in merged.items():
-            doc[key] = value
-        merged = doc
-        current = (current.parent / str(base))
+        chain.append(current)
+        base = _load_overrides(current.read_text()).get("extends")
+        if base is None:
+            return chain
+        current = current.parent / str(base)
         if not current.is_file():
             raise HparamsError(f"{hparams_file}: extends '{base}', which does not exist ({current})")
+
+
+def merged_hparams_text(hparams_file: str) -> str:
+    """The YAML a recipe runs: the shared file at the end of the `extends:` chain, each file above it replacing
+    its keys and adding its own (a task declares its head next to the shared objects; a view file sets `view`).
+    One rule for every recipe; the command line's overrides are applied on top by hyperpyyaml, and those must
+    name existing keys."""
+    chain = extends_chain(hparams_file)
+    yaml = ruamel.yaml.YAML()
+    doc = yaml.load(chain[-1].read_text())
+    for path in reversed(chain[:-1]):
+        for key, value in _load_overrides(path.read_text()).items():
+            if key != "extends":
+                doc[key] = value
+    out = io.StringIO()
+    yaml.dump(doc, out)
+    return out.getvalue()
+
+
+def hparams_value(hparams_file: str, key: str, cli_overrides: str = ""):
+    """One key's value as a recipe would see it, without building any object (unresolved tags stay as text)."""
+    merged = _load_overrides(merged_hparams_text(hparams_file))
+    merged.update(_load_overrides(cli_overrides))
+    return merged.get(key)
 
 
 def init_ddp_once(run_opts: dict) -> None:
@@ -76,50 +92,63 @@ def init_ddp_once(run_opts: dict) -> None:
         sb.utils.distributed.ddp_init_group(run_opts)
 
 
-def load_hparams_file(hparams_file: str, overrides: str, run_opts: dict, schema: dict | None = None,
-                      shown_name: str | None = None):
-    """`load_hyperpyyaml` of `hparams_file` (its `extends:` chain applied, `repo_root` injected) with the
-    command-line `overrides`, then the checks: unknown or mistyped keys and values of the wrong type are
-    errors naming the file (`shown_name`, default the file) and key, not a deep traceback.
-    Returns (hparams, yaml_file_to_record, override_dict)."""
-    shown = shown_name or hparams_file
+@dataclass
+class RunRecord:
+    """What `create_run_folder` saves as the run's hyperparams.yaml: the merged YAML and the overrides."""
+    hparams_file: str
+    yaml_text: str
+    overrides: dict
+
+
+def load_hparams(hparams_file: str, overrides: str, run_opts: dict, schema: dict | None = None):
+    """`load_hyperpyyaml` of `hparams_file`'s merged `extends:` chain (`merged_hparams_text`, `repo_root`
+    injected) with the command-line `overrides`, then the checks: unknown or mistyped keys and values of the
+    wrong type are errors naming the file and key, not a deep traceback. Nothing is written yet (the folder is
+    made by `create_run_folder`). Returns (hparams, RunRecord)."""
     if not Path(hparams_file).is_file():
-        raise HparamsError(f"Hyperparameter file '{shown}' does not exist")
-    base_file, override_dict = resolve_extends(hparams_file, overrides)
-    text = base_file.read_text()
+        raise HparamsError(f"Hyperparameter file '{hparams_file}' does not exist "
+                           "(usage: train.py hparams/<name>.yaml [--key value ...])")
+    text = merged_hparams_text(hparams_file)
+    override_dict = _load_overrides(overrides)
     if "repo_root" in text and "repo_root" not in override_dict:
         override_dict["repo_root"] = str(REPO_ROOT)
     try:
         hparams = load_hyperpyyaml(text, override_dict)
     except KeyError as err:
-        raise HparamsError(f"{shown}: {err.args[0] if err.args else err} "
+        raise HparamsError(f"{hparams_file}: {err.args[0] if err.args else err} "
                            "(is the key spelled as in the YAML file?)") from None
     except OSError as err:  # an object in the YAML (e.g. the Checkpointer) could not create its folder
         if err.filename is None:
             raise
-        raise output_error(err, err.filename, f"{shown}: output_folder") from err
-    _check_types(hparams, schema or {}, shown)
+        raise output_error(err, err.filename, f"{hparams_file}: output_folder") from err
+    _check_types(hparams, schema or {}, hparams_file)
     if (run_opts.get("device") or "cpu").startswith("cuda") and not torch.cuda.is_available():
         raise HparamsError("--device cuda was asked for but no GPU is visible; use --device cpu")
-    return hparams, base_file, override_dict
+    return hparams, RunRecord(hparams_file, text, dict(override_dict))
 
 
-def create_experiment_directory(hparams: dict, yaml_file, override_dict: dict, shown_name: str = "") -> None:
-    """SpeechBrain's `create_experiment_directory` after proving the folder writable (before any work,
-    not after); hyperparams.yaml is saved with every override applied: a complete record of the run."""
-    check_writable(hparams["output_folder"], f"{shown_name or yaml_file}: output_folder")
-    sb.create_experiment_directory(experiment_directory=hparams["output_folder"],
-                                   hyperparams_to_save=str(yaml_file), overrides=override_dict)
+def create_run_folder(hparams: dict, record: RunRecord) -> None:
+    """SpeechBrain's `create_experiment_directory` (log, env.log, hyperparams.yaml with every override applied:
+    a complete record of the run) after proving the folder writable, before any work."""
+    check_writable(hparams["output_folder"], f"{record.hparams_file}: output_folder")
+    # SpeechBrain copies the record from a file: the merged text goes through one temporary file
+    with tempfile.TemporaryDirectory(prefix="hparams-") as folder:
+        merged = Path(folder) / Path(record.hparams_file).name
+        merged.write_text(record.yaml_text)
+        sb.create_experiment_directory(experiment_directory=hparams["output_folder"],
+                                       hyperparams_to_save=str(merged), overrides=record.overrides)
 
 
 def load_recipe(argv: list[str] | None = None, schema: dict | None = None):
-    """Parse `train.py HPARAMS.yaml [--key value ...]`, load and check the YAML (`load_hparams_file`),
-    join the DDP group and create the experiment folder. `repo_root` is always injected so YAML paths
-    resolve the same from the recipe's folder or the repository root.
+    """The whole set-up in one call, for recipes without a run folder of their own to check first (rewiring,
+    pre-training) and for tools and tests: parse `train.py HPARAMS.yaml [--key value ...]`, join the DDP group,
+    load and check the YAML (`load_hparams`), create the experiment folder.
     Returns (hparams, run_opts, hparams_file, overrides)."""
     argv = sys.argv[1:] if argv is None else argv
+    if not argv or argv[0].startswith("--"):
+        raise HparamsError("usage: train.py hparams/<name>.yaml [--key value ...]")
     hparams_file, run_opts, overrides = sb.parse_arguments(argv)
-    hparams, yaml_file, override_dict = load_hparams_file(hparams_file, overrides, run_opts, schema)
     init_ddp_once(run_opts)
-    create_experiment_directory(hparams, yaml_file, override_dict, hparams_file)
-    return hparams, run_opts, hparams_file, override_dict
+    hparams, record = load_hparams(hparams_file, overrides, run_opts, schema)
+    create_run_folder(hparams, record)
+    return hparams, run_opts, hparams_file, record.overrides

@@ -374,15 +374,10 @@ def tts_views(cfg: StudyConfig) -> List[str]:
 def rewire_setting(cfg: StudyConfig, view: str, key: str):
     """A rewiring YAML key as the recipe will see it: the view's YAML (with its `extends:` base) under
     the study's `--rewire-override`s. Read from the YAML so that its default lives in one place."""
-    import ruamel.yaml
-
-    from rewire_lib.recipe import resolve_extends
+    from rewire_lib.recipe import hparams_value
 
     text = "".join(f"{k.strip()}: {v.strip()}\n" for k, v in (kv.split("=", 1) for kv in cfg.rewire_overrides))
-    base_file, merged = resolve_extends(str(recipe_hparams("rewire", view)), text)
-    if key in merged:
-        return merged[key]
-    return ruamel.yaml.YAML().load(base_file.read_text()).get(key)
+    return hparams_value(str(recipe_hparams("rewire", view)), key, text)
 
 
 def tts_choice(cfg: StudyConfig) -> dict:

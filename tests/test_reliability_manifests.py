@@ -165,8 +165,9 @@ YAML = REPO_ROOT / "recipes" / "ks" / "hparams" / "baseline.yaml"
 
 
 def test_yaml_file_errors_name_the_file_and_key(tmp_path, tiny_encoder_dir):
-    from rewire_lib.downstream.hparams import load_hparams_from_argv as load_hparams
     from rewire_lib.downstream.run import SCHEMA
+
+    load_hparams = load_recipe
 
     base = ["--encoder", str(tiny_encoder_dir), "--output_folder", str(tmp_path / "o")]
     with pytest.raises(HparamsError, match="lerning_rate"):  # unknown override key

@@ -28,7 +28,7 @@ from rewire_lib.recipe import HparamsError
 
 logger = logging.getLogger(__name__)
 
-# Keys every downstream YAML must have, with their types (checked by rewire_lib.recipe.load_recipe).
+# Keys every downstream YAML must have, with their types (checked by rewire_lib.recipe.load_hparams).
 SCHEMA = {
     "encoder": str, "train_csv": str, "valid_csv": str, "test_csv": str, "output_folder": str,
     "number_of_epochs": int, "max_steps": (int, type(None)), "train_fraction": float, "seed": int,
