@@ -256,7 +256,8 @@ def audit_markdown(cfg: StudyConfig, audit: Optional[dict]) -> List[str]:
             first = f" ({', '.join(p['first'])})" if p["first"] else ""
             spk = f"{len(p['shared_speakers'])}: {', '.join(p['shared_speakers'][:6])}" if p["shared_speakers"] else "0"
             L.append(f"| {task} | {split}{' ' + MARK if p['leak'] else ''} | {p['utterances']} | "
-                     f"{p['shared_utterances']}{folds}{first} | {p['shared_recordings']} | {spk} | {_share(p['word_share'])} |")
+                     f"{p['shared_utterances']}{folds}{first} | {p['shared_recordings']} | {spk} | "
+                     f"{_share(p['word_share'])} |")
         L.append("")
         consumed = e["transcripts"]
         if e["kind"] == REWIRING:
