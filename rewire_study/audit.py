@@ -143,7 +143,14 @@ def run_audit(cfg: StudyConfig) -> dict:
     cache = FingerprintCache(fingerprint_cache_path(cfg))
     splits: Dict[Path, RecordingSet] = {}
     sizes = read_sizes(cfg)
-    entries = [audit_source(cfg, s, cache, splits, sizes) for s in audit_sources(cfg)]
+    sources = audit_sources(cfg)
+    missing = sorted({str(m) for s in sources for m in s.manifests + [t.manifest for t in s.targets]
+                      if not Path(m).is_file()})
+    if missing:
+        raise StageError(f"leakage audit: {shown_path(missing[0], cfg.out)} does not exist"
+                         f"{f' (and {len(missing) - 1} more manifests)' if len(missing) > 1 else ''}; "
+                         "did the data stage run?")
+    entries = [audit_source(cfg, s, cache, splits, sizes) for s in sources]
     cache.save()
     seconds = round(time.time() - t0, 2)
     audit = {"allow_rewire_overlap": cfg.allow_rewire_overlap, "seconds": seconds,

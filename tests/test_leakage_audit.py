@@ -171,4 +171,10 @@ def test_pretraining_manifests_of_the_default_encoder(tmp_path):
     assert pre["train"] == [] and str(tmp_path / "fsdd" / "speakers" / "train.csv") in pre["missing"]
     assert str(tmp_path / "speech_commands" / "test.csv") in pre["missing"]
     assert pretraining_manifests(tmp_path, tmp_path) is None  # no training/ record: nothing to audit
+
+
+def test_audit_before_the_data_stage_says_so(tmp_path):
+    cfg = parse_args(["--out", str(tmp_path), "--tasks", "ks", "--views", "twin", "--encoders", f"base={tmp_path}"])
+    with pytest.raises(StageError, match="does not exist .*did the data stage run"):
+        run_audit(cfg)
     assert "--allow-rewire-overlap" in build_parser().format_help()
