@@ -20,9 +20,11 @@ Splits are speaker-disjoint, and every speaker is the test speaker of one fold:
   study's CTC tasks run every fold (`recipes/asr/train.py ... --folds_dir <save_folder>/folds` does too).
 
 Writes `<save_folder>/wav/<speaker>/<ID>.wav` (8 kHz mono 16-bit; recipes resample) and manifests with
-ID,duration,wav,spk_id,sample_rate,channels,wrd,phn,sources:
+ID,duration,wav,spk_id,sample_rate,channels,wrd,phn,sources,source_wavs:
 `wrd` = the digit words ("three one four"), `phn` = their phonemes from a fixed ARPAbet lexicon
-(`LEXICON`, no stress, no word-boundary token), `sources` = the recordings used, in order. Plus
+(`LEXICON`, no stress, no word-boundary token), `sources` = the recordings used, in order (their stems),
+`source_wavs` = the same recordings' paths, absolute like `wav`, joined by `|` (what
+rewire_lib.leakage reads: a stem alone does not say which folder it came from). Plus
 nested `train_frac{F}.csv`, skipped.csv and prepared.json (with the folds' speakers), as every preparer.
 """
 from __future__ import annotations
@@ -38,9 +40,11 @@ from data_prep.common import (run_preparer, PrepError, finish, fingerprint, grou
                               require_dir, validate_entries)
 from data_prep.fsdd import DIGITS, NAME
 from rewire_lib.audio import AudioError, load_audio, write_audio
+from rewire_lib.leakage import SOURCE_SEP
 from rewire_lib.paths import shared_data_dir
 
-VERSION = 2  # bump when the generator changes (part of the fingerprint); 2: per-speaker pools and folds
+VERSION = 3  # bump when the generator changes (part of the fingerprint); 2: per-speaker pools and folds;
+# 3: the `source_wavs` column (the leakage audit resolves an utterance's recordings from it)
 SR = 8000
 SPLITS = ("train", "dev", "test")
 SPEAKER_RATIOS = (4 / 6, 1 / 6, 1 / 6)  # as data_prep/fsdd.py
@@ -146,7 +150,8 @@ def speaker_pool(save_folder: Path, seed: int, speaker: str, recordings: Dict[in
         path = save_folder / "wav" / speaker / f"{uid}.wav"
         write_audio(path, wav, SR)
         rows.append(dict(ID=uid, wav=str(path.resolve()), spk_id=speaker, wrd=" ".join(words),
-                         phn=" ".join(LEXICON[w] for w in words), sources=" ".join(p.stem for p in used)))
+                         phn=" ".join(LEXICON[w] for w in words), sources=" ".join(p.stem for p in used),
+                         source_wavs=SOURCE_SEP.join(str(p.resolve()) for p in used)))
     return rows
 
 

@@ -4,6 +4,7 @@
   resampled, float32. Any format soundfile reads: WAV 8/16/24/32-bit integer or float, FLAC, ...
   Names with a doubled extension (`x.wav.wav`, as the Speech Commands test set ships them) are
   read by content, not by name.
+- `read_mono(path) -> (numpy float32 [samples], sample rate)`: the same checks and down-mix, no resampling.
 - `audio_info(path) -> AudioInfo(sample_rate, channels, frames, duration)` from the header only.
 - `write_audio(path, wav, sr)`: 16-bit PCM WAV, crash-safe (`rewire_lib.atomic`).
 
@@ -118,10 +119,10 @@ def resample(wav, orig_sr: int, target_sr: int):
     return AF.resample(wav, int(orig_sr), int(target_sr))
 
 
-def load_audio(path: PathLike, target_sr: int = 16000):
-    """Mono float32 waveform (torch.FloatTensor [samples]) of `path` at `target_sr` Hz (None keeps the file's rate)."""
-    import torch
-
+def read_mono(path: PathLike):
+    """(samples, sample rate) of `path`: a mono float32 numpy array (channels averaged) at the file's own
+    rate, checked (exists, complete, readable, not empty, finite). Without torch, for light readers (the
+    leakage audit's content fingerprints); `load_audio` is this plus resampling."""
     path = Path(path)
     _check_exists(path)
     _check_wav_complete(path)
@@ -138,7 +139,15 @@ def load_audio(path: PathLike, target_sr: int = 16000):
         data = data.mean(axis=1)
     else:
         data = data[:, 0]
-    wav = torch.from_numpy(np.ascontiguousarray(data, dtype=np.float32))
+    return np.ascontiguousarray(data, dtype=np.float32), int(sr)
+
+
+def load_audio(path: PathLike, target_sr: int = 16000):
+    """Mono float32 waveform (torch.FloatTensor [samples]) of `path` at `target_sr` Hz (None keeps the file's rate)."""
+    import torch
+
+    data, sr = read_mono(path)
+    wav = torch.from_numpy(data)
     if target_sr is not None and sr != target_sr:
         _note_once(("resample", sr, target_sr), f"resampling {sr} Hz -> {target_sr} Hz (first seen: {path})")
         wav = resample(wav, sr, target_sr)

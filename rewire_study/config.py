@@ -152,6 +152,7 @@ class StudyConfig:
     threads: int = 1
     launcher: str = "local"  # local | slurm | submitit-local
     slurm: Dict[str, object] = field(default_factory=dict)  # partition, gpus_per_job, time_min, extra
+    allow_rewire_overlap: bool = False  # rewire although the rewiring data holds dev/test recordings (audit)
 
     def eval_every_of(self, task: str) -> int:
         """Dev evaluation interval of a task's runs: its own where the preset sets one, else `eval_every`."""
@@ -340,6 +341,9 @@ def build_parser(active: str = "default", fed: Optional[Dict[str, str]] = None) 
     p.add_argument("--iso-max-vectors", type=int, default=None, help="vectors sampled per layer and level")
     p.add_argument("--iso-manifest", default=None, help="manifest for isotropy and embedding geometry "
                    "(default: the preset's iso_source, speakers the rewiring never heard)")
+    p.add_argument("--allow-rewire-overlap", action="store_true",
+                   help="rewire even when the leakage audit finds dev/test recordings (by audio content) in the "
+                        "rewiring data; by default that stops the rewire stage. The report marks the affected results")
     p.add_argument("--rewire-csv", default=None, help="manifest to rewire on (default: Speech Commands train clips, "
                                                         "or LibriSpeech train with --librispeech)")
     p.add_argument("--data-dir", default=str(data_dir()), help="generated corpora and manifests (default: data/)")
@@ -525,4 +529,5 @@ def parse_args(argv=None) -> StudyConfig:
         slurm={"partition": a.slurm_partition, "gpus_per_job": max(0, a.slurm_gpus_per_job),
                "cpus_per_job": a.slurm_cpus_per_job or max(1, a.threads), "time_min": a.slurm_time,
                "extra": slurm_extra},
+        allow_rewire_overlap=a.allow_rewire_overlap,
     )

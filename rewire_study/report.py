@@ -14,6 +14,7 @@ from typing import Dict, List, Optional, Tuple
 from rewire_lib.atomic import atomic_write_bytes, atomic_write_text
 from rewire_lib.logs import pyplot
 from rewire_lib.stats import BETTER, NO_DIFFERENCE as NO_DIFF, WORSE
+from rewire_study.audit import MARK, audit_markdown, mark, marked_cells, read_audit, write_audit_csv
 from rewire_study.config import BASE, CONTROLS, StudyConfig
 from rewire_study.comparison import N_BOOT, NO_FILE, PREDICTIONS, compare_final, convergence, read_predictions
 from rewire_study.convergence import mean_std
@@ -426,7 +427,7 @@ def what_ran(cfg: StudyConfig) -> List[str]:
     return L
 
 
-def verdict_lines(cfg: StudyConfig, cells: dict) -> List[str]:
+def verdict_lines(cfg: StudyConfig, cells: dict, marks: Optional[Dict[tuple, List[str]]] = None) -> List[str]:
     L = ["## Verdict: difference to the base encoder\n",
          f"Per task and setting, the test metric of each encoder row minus that of `{BASE}`, with a 95 % interval "
          "from a paired bootstrap over seeds and test utterances (rewire_lib.stats.paired_bootstrap_diff: each "
@@ -451,6 +452,10 @@ def verdict_lines(cfg: StudyConfig, cells: dict) -> List[str]:
         line = f"- **{enc}** vs `{BASE}` over {total} cells: " + ("; ".join(parts) if parts else "no comparison") + "."
         if groups.get("n/a"):
             line += f" Not compared ({NO_FILE} or no run): {', '.join(groups['n/a'])}."
+        seen = sorted({t for t, _ in cells if (t, enc) in (marks or {})})
+        if seen:
+            line += (f" {MARK} Its training data held dev/test audio of {', '.join(seen)} "
+                     f"({'; '.join(f'{t}: ' + ', '.join(marks[(t, enc)]) for t in seen)}; What rewiring saw).")
         L.append(line)
     L.append("")
     return L
@@ -510,7 +515,10 @@ def write_markdown(path: Path, cfg: StudyConfig, cells: dict, iso_rows: List[dic
              "**steps per run**: " + ", ".join(f"{t} {_steps(cfg.max_steps[t])}" for t in cfg.tasks)
              + "; **dev every**: " + ", ".join(f"{t} {cfg.eval_every_of(t)}" for t in cfg.tasks) + " steps.\n")
     L += what_ran(cfg)
-    L += verdict_lines(cfg, cells)
+    audit = read_audit(cfg)
+    marks = marked_cells(audit)
+    L += audit_markdown(cfg, audit)
+    L += verdict_lines(cfg, cells, marks)
 
     L.append("## Downstream results and convergence\n")
     L.append("Test metric of the best-dev checkpoint: mean ± standard deviation over seeds (n). Difference to base: "
@@ -539,6 +547,7 @@ def write_markdown(path: Path, cfg: StudyConfig, cells: dict, iso_rows: List[dic
                 ntr = "/".join(str(x) for x in e["num_train"])
                 test = f"{fmt(e['mean'])} ± {fmt(e['std'])} (n={e['n']})"
                 up = "—" if enc == BASE else speedup_text(e.get("conv"))
+                verdict += mark(marks, task, enc)  # its encoder saw this task's dev/test audio
                 L.append(f"| {setting_label(setting)} | {enc} | {ntr} | {test} | {diff} | {verdict} | "
                          f"{conv_text(e.get('conv'))} | {up} |")
         L.append("")
@@ -654,6 +663,7 @@ def write_report(cfg: StudyConfig, stages: Optional[dict] = None) -> dict:
         plot_isotropy(out / "figures" / "isotropy_per_layer.png", iso)
         figures["isotropy"] = "figures/isotropy_per_layer.png"
     write_csv(out / "summary.csv", cfg, cells, iso, stages, rewiring)
+    write_audit_csv(out / "audit.csv", read_audit(cfg))
     write_markdown(out / "summary.md", cfg, cells, iso, stages, figures, rewiring)
     return {"cells": cells, "runs": runs, "figures": figures, "isotropy": iso, "rewiring": rewiring}
 

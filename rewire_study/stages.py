@@ -476,6 +476,9 @@ def rewire_items(cfg: StudyConfig) -> List:
 
 
 def stage_rewire(cfg: StudyConfig) -> dict:
+    from rewire_study.audit import run_audit
+
+    audit = run_audit(cfg)  # before any rewiring: a dev/test recording in the rewiring data stops here
     ensure_controls(cfg)
     todo = []
     items = rewire_items(cfg)
@@ -494,7 +497,7 @@ def stage_rewire(cfg: StudyConfig) -> dict:
     msgs = run_units(_rewire_one, cfg, [[v] for v in todo], "rewire", isolate=True) if todo else []
     print(continue_by_hand(cfg), flush=True)
     return {"units_run": len(msgs), "units_skipped": len(items) - len(todo),
-            "unit_seconds": [m["seconds"] for m in msgs], "worker_peak_rss_mib": _worker_peak(msgs)}
+            "unit_seconds": [m["seconds"] for m in msgs], "worker_peak_rss_mib": _worker_peak(msgs), **audit}
 
 
 def continue_by_hand(cfg: StudyConfig, in_report: bool = False) -> str:

@@ -41,6 +41,7 @@ def test_connected_digits_are_deterministic_speaker_disjoint_and_transcribed(tmp
     for s in SPLITS:
         for r in a[s]:
             sources = r["sources"].split()
+            assert [p.rsplit("/", 1)[-1][:-4] for p in r["source_wavs"].split("|")] == sources  # resolvable paths
             assert 2 <= len(sources) <= 5
             assert r["wrd"].split() == [DIGITS[int(src.split("_")[0])] for src in sources]
             assert {src.split("_")[1] for src in sources} == {r["spk_id"]}

@@ -70,3 +70,16 @@ def test_a_text_view_on_a_split_without_transcripts_is_refused(tmp_path):
 
     with pytest.raises(StageError, match="views \\['neutral'\\] render transcripts, but .* has no 'wrd' column"):
         make_study_manifests(cfg)
+
+
+def test_the_audit_checks_each_fold_rewiring_against_that_folds_splits_only(tmp_path):
+    from rewire_study.audit import REWIRING, audit_sources
+
+    cfg = _cfg(tmp_path, "--in-domain-rewiring", "pr,asr")
+    make_study_manifests(cfg)
+    sources = {s.name: s for s in audit_sources(cfg)}
+    for d in in_domain.domains(cfg):
+        src = sources[f"{REWIRING} in-domain {d.name}"]
+        assert src.kind == REWIRING and src.manifests == [d.manifest(cfg)]
+        assert {(t.task, t.fold) for t in src.targets} == {("pr", d.fold), ("asr", d.fold)}
+        assert {t.split for t in src.targets} == {"train", "dev", "test"}
