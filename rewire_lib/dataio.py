@@ -33,16 +33,6 @@ class ManifestFormatError(ManifestError):
     """A manifest cannot be used by a recipe; the message names the file, line and column."""
 
 
-def check_manifest(csv_path, required: Iterable[str] = ("ID", "duration", "wav")) -> None:
-    """Fail early, naming the file, line and column, on what SpeechBrain's CSV reader would turn into a
-    bare KeyError/ValueError: missing file (with the command that makes it) or column, empty required
-    field, bad duration, duplicate ID."""
-    try:
-        read_manifest(csv_path, required=tuple(required))
-    except ManifestError as err:
-        raise ManifestFormatError(str(err)) from None
-
-
 def audio_dataset(csv_path, data_root: str | None = None, output_keys: Iterable[str] = ("id", "sig"),
                   sample_rate: int = 16000, min_samples: int = MIN_SAMPLES) -> DynamicItemDataset:
     """A DynamicItemDataset over a manifest whose `sig` item is the 16 kHz mono waveform of `wav`.

@@ -146,14 +146,13 @@ class SpeechEncoder(torch.nn.Module):
         apply_spec_augment: bool | None = None,
         layerdrop: float | None = None,
         gradient_checkpointing: bool = False,
-        freeze_feature_encoder: bool = False,
-        freeze_cnn: bool | None = None,
+        freeze_cnn: bool = False,
         **model_kwargs,
     ) -> "SpeechEncoder":
         """Load by hub id or local folder. `apply_spec_augment` (HF's own SpecAugment time masking) and
         `layerdrop` override the config when not None (the authors kept the stock values: LayerDrop 0.1,
         masking p 0.05; the recipes' YAML keys `encoder_spec_augment` / `encoder_layerdrop` feed them).
-        `freeze_cnn` is the recipes' name for `freeze_feature_encoder` (either freezes the CNN)."""
+        `freeze_cnn` freezes the convolutional feature encoder (HF's `freeze_feature_encoder`)."""
         resolved = _resolve_source(source)
         try:
             config = AutoConfig.from_pretrained(resolved)
@@ -177,7 +176,7 @@ class SpeechEncoder(torch.nn.Module):
             raise EncoderLoadError(f"Cannot load encoder weights from '{source}': {err}") from err
         if gradient_checkpointing:
             model.gradient_checkpointing_enable()
-        if freeze_feature_encoder or freeze_cnn:
+        if freeze_cnn:
             model.feature_extractor._freeze_parameters()
         try:
             extractor = AutoFeatureExtractor.from_pretrained(resolved)

@@ -208,6 +208,14 @@ def paired_bootstrap_diff_nested(base, other, n_boot: int = 10_000, seed: int = 
                              higher_is_better)
 
 
+def mean_std(values: Sequence[Optional[float]]) -> Tuple[Optional[float], Optional[float]]:
+    """Mean and sample standard deviation (ddof=1; 0 for one value) of the finite values, (None, None) for none."""
+    vals = [float(v) for v in values if v is not None and not math.isnan(float(v))]
+    if not vals:
+        return None, None
+    return float(np.mean(vals)), float(np.std(vals, ddof=1)) if len(vals) > 1 else 0.0
+
+
 def verdict(result: BootstrapDiff, higher_is_better: Optional[bool] = None) -> str:
     """"better" / "worse" only when the whole interval lies strictly on one side of 0; else no difference.
 

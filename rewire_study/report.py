@@ -13,11 +13,10 @@ from typing import Dict, List, Optional, Tuple
 
 from rewire_lib.atomic import atomic_write_bytes, atomic_write_text
 from rewire_lib.logs import pyplot
-from rewire_lib.stats import BETTER, NO_DIFFERENCE as NO_DIFF, WORSE
+from rewire_lib.stats import BETTER, NO_DIFFERENCE as NO_DIFF, WORSE, mean_std
 from rewire_study.audit import MARK, audit_markdown, mark, marked_cells, read_audit, write_audit_csv
 from rewire_study.config import BASE, CONTROLS, StudyConfig
 from rewire_study.comparison import N_BOOT, NO_FILE, PREDICTIONS, compare_final, convergence, read_predictions
-from rewire_study.convergence import mean_std
 from rewire_study.stages import (continue_by_hand, downstream_units, encoder_paths, model_paths, read_sizes, row_names,
                                  task_settings)
 from rewire_study.units import portable, shown_path
