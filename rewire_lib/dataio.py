@@ -185,9 +185,16 @@ class BucketBatchSampler(Sampler):
         return len(self._local_batches())  # pools may each leave a short batch: count them exactly
 
 
+# sha256 (first 16 hex digits) of `inspect.getsource(speechbrain.Brain._train_loader_specifics)` in SpeechBrain
+# 1.1.2, the private method ShardedBatchesDDP overrides (tests/test_speechbrain_mirrors.py checks it)
+MIRRORED_TRAIN_LOADER_SPECIFICS = "85c6175edb0c8c00"
+
+
 class ShardedBatchesDDP:
     """Brain mixin: a `BucketBatchSampler(ddp_shard=True)` given as `batch_sampler` already gives each
-    rank its slice of the global batch, so SpeechBrain must not wrap it in DistributedSamplerWrapper."""
+    rank its slice of the global batch, so SpeechBrain must not wrap it in DistributedSamplerWrapper.
+    SpeechBrain has no public hook for this, so the private `_train_loader_specifics` of SpeechBrain 1.1.x
+    (MIRRORED_TRAIN_LOADER_SPECIFICS) is overridden for that one case and left to SpeechBrain otherwise."""
 
     def _train_loader_specifics(self, dataset, loader_kwargs):
         sampler = loader_kwargs.get("batch_sampler")

@@ -22,6 +22,13 @@ Under DDP the "is it finite" decision is all-reduced, so every rank skips the sa
 that skipped `backward` alone would leave the others waiting for its gradients).
 
 Use: `class MyBrain(NonFiniteGuard, sb.Brain)`.
+
+Why a copy of `Brain.fit_batch`: SpeechBrain's public hooks cannot skip a step. `check_loss_isfinite` runs
+before `backward` but can only count or raise, and `fit_batch` calls `on_fit_batch_end` for every batch,
+so a skipped step would still reach the subclasses' logs. `NonFiniteGuard.fit_batch` therefore mirrors
+`speechbrain.core.Brain.fit_batch` of SpeechBrain 1.1.x (MIRRORED_FIT_BATCH is its source hash), with the
+checks added. tests/test_speechbrain_mirrors.py fails when an installed SpeechBrain's `fit_batch` differs:
+re-read it then, and carry its changes over.
 """
 from __future__ import annotations
 
@@ -34,6 +41,9 @@ logger = logging.getLogger(__name__)
 
 DEFAULT_MAX_IN_A_ROW = 5
 SCALER_FLOOR = 1.0  # below this GradScaler scale, an fp16 overflow skip counts as a non-finite step
+# sha256 (first 16 hex digits) of `inspect.getsource(speechbrain.Brain.fit_batch)` in SpeechBrain 1.1.2, which
+# NonFiniteGuard.fit_batch mirrors
+MIRRORED_FIT_BATCH = "c77330fb9b9fb8cf"
 
 
 class TrainingDiverged(RuntimeError):
@@ -73,7 +83,8 @@ class NonFiniteGuard:
         return all(bool(torch.isfinite(g).all()) for g in grads)
 
     def fit_batch(self, batch):
-        """SpeechBrain's fit_batch, with the finiteness checks of this mixin around backward/step."""
+        """SpeechBrain 1.1's `Brain.fit_batch` (MIRRORED_FIT_BATCH), with the finiteness checks of this mixin
+        around backward/step."""
         should_step = (self.step % self.grad_accumulation_factor) == 0
         self.on_fit_batch_start(batch, should_step)
         with self.no_sync(not should_step):
