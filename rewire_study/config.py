@@ -58,7 +58,7 @@ REWIRE_CORPUS = "fsdd"  # the default rewiring and isotropy clips (data/fsdd/spe
 # are cheap: KS/SID linear heads (~3-7 ms a step) get 10 evaluations (150 steps) and a cap of 1000 (measured, base
 # encoder: KS stops at 510-930 steps, SID at 315-390); the CTC heads (~40-45 ms a step) 5 evaluations (150 steps)
 # and a cap of 400 instead of 300: their noisy dev curves often still improve there (ASR fold 1: best at 330, would
-# stop at 480; PR fold 1 still improving at 570), which the report then marks rather than the study paying for it.
+# stop at 480; PR fold 1: best at 570, stopped at 720), which the report then marks rather than the study paying for it.
 # Speaker folds (`folds`, tasks whose default data has them: ASR/PR on connected digits, 6 speakers): run k of a
 # task x encoder x setting cell trains on fold k (one held-out test speaker, another for dev) with seed k-1, so the
 # cell's result covers every speaker instead of one (measured: test WER 33-59 % depending on the speaker).
