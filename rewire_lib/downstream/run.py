@@ -76,7 +76,9 @@ def require_encoder(encoder: str, rewire_results: str) -> str:
 
 
 # ---------------------------------------------------------------------- before training
-# settings that change what a run computes: a folder trained with other values is not resumed
+# settings that change what a run computes: a folder trained with other values is not resumed. The budget is not
+# among them (number_of_epochs, max_steps, patience): the same run started again with a larger one trains on from
+# its checkpoint (its patience counter included), with a smaller or spent one it stops at once.
 STAMP_KEYS = ("task", "seed", "train_fraction", "subset_seed", "lr", "batch_size", "max_duration", "freeze_encoder",
               "finetune_top_layers", "freeze_cnn", "encoder_lr", "encoder_warmup_steps", "encoder_spec_augment",
               "encoder_layerdrop", "layer", "specaugment", "feature_cache_dtype", "label_column", "slots",
