@@ -46,6 +46,7 @@ def _settings(cfg: StudyConfig, name: str) -> dict:
         return {"tasks": cfg.tasks, "encoders": list(st.encoder_paths(cfg)), "fractions": cfg.fractions,
                 "per_class": cfg.per_class, "controls": cfg.controls,
                 "seeds": cfg.seeds, "max_steps": {t: cfg.max_steps[t] for t in cfg.tasks},
+                "patience": {t: cfg.patience.get(t) for t in cfg.tasks},
                 "eval_every_steps": {t: cfg.eval_every_of(t) for t in cfg.tasks}, "task_overrides": cfg.task_overrides,
                 "feature_cache": str(cfg.cache_dir / "features"), "feature_dtype": cfg.feature_dtype}
     return {"out": ".", "launcher": cfg.launcher}

@@ -24,6 +24,7 @@ from rewire_study.units import portable, shown_path
 CSV_FIELDS = ["section", "task", "setting", "encoder", "seed", "level", "layer", "quantity", "value"]
 ISO_MEASURES = [("iw", "I(W)"), ("iw_centred", "I(W) centred"), ("avg_cosine", "avg cosine"), ("isoscore", "IsoScore")]
 NOT_REACHED = "not reached"
+CAP_MARK = "†"  # a cell with runs that hit the step cap (max_steps) before their patience ran out
 
 
 # ---------------------------------------------------------------------- reading
@@ -85,7 +86,9 @@ def compute(cfg: StudyConfig, runs: Dict[tuple, dict]) -> dict:
                 m, sd = mean_std(list(tests.values()))
                 e = {"tests": tests, "mean": m, "std": sd, "n": len([v for v in tests.values() if v is not None]),
                      "num_train": sorted({r["result"].get("num_train") for r in per_seed.values()}, key=str),
-                     "steps_run": sorted({r["result"].get("steps") for r in per_seed.values()}, key=str)}
+                     "steps_run": sorted({r["result"].get("steps") for r in per_seed.values()}, key=str),
+                     "ends": [(r["result"].get("stop_reason"), r["result"].get("steps")) for r in per_seed.values()]}
+                e["at_cap"] = sum(reason == "cap" for reason, _ in e["ends"])
                 if per_seed and base_runs:
                     e["conv"] = convergence(base_curves, {s: r["curve"] for s, r in per_seed.items()}, hib,
                                             with_speedup=enc != BASE)
@@ -201,6 +204,7 @@ def write_csv(path: Path, cfg: StudyConfig, cells: dict, iso_rows: List[dict], s
             add(section="test", seed="std", quantity=q, value=e["std"], **common)
             add(section="test", seed="n", quantity=q, value=e["n"], **common)
             add(section="test", seed="all", quantity="num_train", value="/".join(map(str, e["num_train"])), **common)
+            add(section="test", seed="all", quantity="runs_at_cap", value=e["at_cap"], **common)
             c = e.get("compare")
             if c and "na" not in c:
                 for k in ("diff", "ci_low", "ci_high", "verdict", "n_seeds", "n_utts"):
@@ -353,6 +357,44 @@ def _steps(n) -> str:
     return "the recipe's epochs" if n is None else str(n)
 
 
+def budget_text(cfg: StudyConfig, task: str) -> str:
+    """A task's training budget per run: its patience (dev evaluations without a new best), the evaluation
+    interval and the step cap."""
+    cap, patience, every = cfg.max_steps[task], cfg.patience.get(task), cfg.eval_every_of(task)
+    if not patience:
+        return f"{_steps(cap)} steps (no patience), dev every {every}"
+    return (f"until {patience} dev evaluations (every {every} steps, so {patience * every} steps) bring no new best, "
+            f"at most {_steps(cap)} steps")
+
+
+def stops_text(ends: List[tuple]) -> str:
+    """How a task's finished runs ended ((result.json's stop_reason, steps) per run) and how many steps they ran."""
+    reasons = defaultdict(int)
+    for reason, _ in ends:
+        reasons[reason or "unrecorded"] += 1
+    steps = sorted(n for _, n in ends if isinstance(n, (int, float)))
+    span = f"; steps run {steps[0]}-{steps[-1]} (median {steps[len(steps) // 2]})" if steps else ""
+    return ", ".join(f"{n} on {reason}" for reason, n in sorted(reasons.items())) + span
+
+
+def budget_lines(cfg: StudyConfig, cells: dict) -> List[str]:
+    """Per task: the budget each run had and how the finished runs ended; the final comparison holds for converged
+    runs only where none hit the cap (those cells carry CAP_MARK)."""
+    L = ["**Training budget per run** (the test metric is always that of the best-dev checkpoint; a run stops on "
+         "*patience* once its dev metric has stopped improving, on the *cap* while it may still improve, on *epochs* "
+         "when the recipe's own epochs ran out):\n"]
+    for task in cfg.tasks:
+        ends = [end for (t, _), cell in cells.items() if t == task for e in cell["encoders"].values() for end in e["ends"]]
+        ended = f" Runs ended: {stops_text(ends)}." if ends else ""
+        L.append(f"- **{task}**: {budget_text(cfg, task)}.{ended}")
+    return L + [""]
+
+
+def cap_mark(e: dict) -> str:
+    """' †k/n' for a cell where k of its n runs hit the step cap, else ''."""
+    return f" {CAP_MARK}{e['at_cap']}/{len(e['tests'])}" if e.get("at_cap") else ""
+
+
 def machine() -> str:
     """Cores and memory of the machine the report was written on (the one that ran the study's stages)."""
     import os
@@ -385,7 +427,7 @@ def what_ran(cfg: StudyConfig) -> List[str]:
          "Training utterances per task (of those available) and per low-resource setting; dev and test sets are "
          "used whole unless a cap was set. Each setting is a distinct nested subset (k per class: the first k of "
          "each class in a seeded hash order; fractions: rewire_lib.subsets).\n",
-         "| task | preset | source | train | dev | test | settings (training utterances) | steps per run |",
+         "| task | preset | source | train | dev | test | settings (training utterances) | step cap |",
          "|---|---|---|---|---|---|---|---|"]
     used = lambda info, k: (f"{info[k]} of {info[k + '_available']}" if f"{k}_available" in info  # noqa: E731
                             else str(info.get(k, "n/a")))
@@ -511,8 +553,9 @@ def write_markdown(path: Path, cfg: StudyConfig, cells: dict, iso_rows: List[dic
                  "whitened at the head's input (fit on the training split: downstream `feature_transform`), "
                  "`random` a randomly initialised encoder of the base's architecture (the floor).  ")
     L.append(f"**Tasks**: {', '.join(cfg.tasks)}; **seeds**: {', '.join(map(str, cfg.seeds))} ({seeds_note(cfg)}) "
-             "**steps per run**: " + ", ".join(f"{t} {_steps(cfg.max_steps[t])}" for t in cfg.tasks)
+             "**step cap per run**: " + ", ".join(f"{t} {_steps(cfg.max_steps[t])}" for t in cfg.tasks)
              + "; **dev every**: " + ", ".join(f"{t} {cfg.eval_every_of(t)}" for t in cfg.tasks) + " steps.\n")
+    L += budget_lines(cfg, cells)
     L += what_ran(cfg)
     audit = read_audit(cfg)
     marks = marked_cells(audit)
@@ -544,11 +587,16 @@ def write_markdown(path: Path, cfg: StudyConfig, cells: dict, iso_rows: List[dic
                     continue
                 diff, verdict = compare_text(e, enc)
                 ntr = "/".join(str(x) for x in e["num_train"])
-                test = f"{fmt(e['mean'])} ± {fmt(e['std'])} (n={e['n']})"
+                test = f"{fmt(e['mean'])} ± {fmt(e['std'])} (n={e['n']}){cap_mark(e)}"
                 up = "—" if enc == BASE else speedup_text(e.get("conv"))
                 verdict += mark(marks, task, enc)  # its encoder saw this task's dev/test audio
                 L.append(f"| {setting_label(setting)} | {enc} | {ntr} | {test} | {diff} | {verdict} | "
                          f"{conv_text(e.get('conv'))} | {up} |")
+        if any(e.get("at_cap") for _, cell in task_cells for e in cell["encoders"].values()):
+            why = ("before their patience ran out: still improving" if cfg.patience.get(task) else
+                   "with no patience set: not known to have converged")
+            L.append(f"\n{CAP_MARK}k/n: k of the cell's n runs hit the step cap ({_steps(cfg.max_steps[task])}) {why}, "
+                     "so their test metric is not that of a converged run.")
         L.append("")
         if cfg.folds.get(task):
             L += per_fold_table(cfg, task, task_cells)

@@ -643,6 +643,8 @@ def downstream_units(cfg: StudyConfig) -> List[tuple]:
                             "device": cfg.device,
                             "setting": setting, "seed": seed, "max_steps": cfg.max_steps[task],
                             "eval_every_steps": cfg.eval_every_of(task),
+                            # only when on: a study without patience keeps its finished runs' specs
+                            **({"patience": cfg.patience[task]} if cfg.patience.get(task) else {}),
                             "overrides": row["overrides"] + cfg.task_overrides.get("all", []) +
                             cfg.task_overrides.get(task, []),
                             "feature_dtype": cfg.feature_dtype}
@@ -659,6 +661,7 @@ def downstream_argv(cfg: StudyConfig, unit: Unit) -> List[str]:
         data += ["--train_csv", s["train_csv"]]
     # a step limit binds only with epochs to spare; without one the recipe's own number_of_epochs runs
     steps = [] if s["max_steps"] is None else ["--number_of_epochs", "100000", "--max_steps", str(s["max_steps"])]
+    steps += ["--patience", str(s["patience"])] if s.get("patience") else []  # stops before the cap once converged
     return [str(recipe_hparams(s["task"], s.get("hparams", "baseline.yaml")[:-5])), "--encoder", s["encoder"], *data,
             "--seed", str(s["seed"]),
             "--output_folder", str(unit.folder), *steps, "--eval_every_steps", str(s["eval_every_steps"]),

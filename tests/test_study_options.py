@@ -42,7 +42,7 @@ def base_argv(tmp: Path, *extra):
 def test_embedded_default_is_capped_user_folder_is_not(tmp_path):
     task_folder(tmp_path / "data" / "speech_commands", train=2000)  # where the embedded default's KS data lives
     cfg = parse_args(base_argv(tmp_path))
-    assert cfg.presets["ks"] == "default" and cfg.train_cap["ks"] == 1000 and cfg.max_steps["ks"] == 150
+    assert cfg.presets["ks"] == "default" and cfg.train_cap["ks"] == 1000 and cfg.max_steps["ks"] == PRESETS["default"]["max_steps"]["ks"]
     sizes = st.make_study_manifests(cfg)["sizes"]["ks"]
     assert (sizes["train"], sizes["dev"], sizes["test"]) == (1000, 120, 120)  # caps: training data only
 
@@ -66,7 +66,7 @@ def test_real_corpus_options_lift_caps_of_the_tasks_they_feed(tmp_path):
     cfg = parse_args(["--librispeech", str(tmp_path), "--tasks", "asr,ks"])
     assert cfg.presets["asr"] == REAL and cfg.presets["rewire"] == REAL and cfg.presets["ks"] == "default"
     assert cfg.train_cap == {"asr": 0, "ks": 1000} and cfg.eval_cap == {"asr": 0, "ks": 0}
-    assert cfg.rewire_utts == 0 and cfg.max_steps["asr"] is None and cfg.max_steps["ks"] == 150
+    assert cfg.rewire_utts == 0 and cfg.max_steps["asr"] is None and cfg.max_steps["ks"] == PRESETS["default"]["max_steps"]["ks"]
     assert "asr" not in cfg.task_overrides  # the embedded preset's CPU batch size is not forced on LibriSpeech
     quick = parse_args(["--quick", "--voxceleb1", str(tmp_path)])  # --quick: a first look, capped everywhere
     assert quick.presets["sid"] == "quick" and quick.train_cap["sid"] == PRESETS["quick"]["train_cap"]["sid"]
@@ -144,7 +144,7 @@ def test_report_files_hold_no_absolute_paths(tmp_path):
             assert re.search(r"(^|[\s`'\"(=:,\[])" + re.escape(str(root)), text) is None, name
     md = (res / "summary.md").read_text()
     assert ("| ks | default | ../data/speech_commands | 400 of 400 | 120 of 120 | 120 of 120 | all: 400, "
-            "fraction 0.1: 40 | 150 |") in md
+            f"fraction 0.1: 40 | {PRESETS['default']['max_steps']['ks']} |") in md
     assert "| rewiring | default | ../data/librispeech_short/train.csv | 120 of 120 |" in md
     assert "Made by `./run_all.sh --out . --data-dir ../data " in md  # the command, with no machine path
     # the command to continue by hand names the study's rewired encoders under OUT, the report's folder

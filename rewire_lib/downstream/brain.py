@@ -16,6 +16,10 @@ What every task shares lives here; what a task is (its `compute_forward`, `compu
 - Every `eval_every_steps` optimiser steps (and at the last step) the dev set is evaluated, a row
   goes to curve.csv and a checkpoint is saved (mid-epoch position included) that keeps the latest
   state (to resume a killed run) and the best dev state (used for the test metric).
+- Stopping: `patience` N stops training after N dev evaluations in a row without a new best (`is_new_best`),
+  so a run ends converged instead of at an arbitrary budget; `max_steps` is the cap and `number_of_epochs`
+  the other limit. result.json says which ended the run (`stop_reason`: patience | cap | epochs). The
+  counter is checkpointed, so a killed run resumes it and a stopped run is not trained further.
 - `write_result` writes result.json, curve.png and layer_weights.png.
 - Non-finite losses/gradients are skipped and counted (`NonFiniteGuard`); DDP batches are sharded
   so W processes see what one process with the global batch sees (`ShardedBatchesDDP`).
@@ -52,7 +56,7 @@ logger = logging.getLogger(__name__)
 SHARED_CACHES: Optional[dict] = None  # a dict within run.shared_feature_caches() (folds) or a study group: one cache per setting
 CACHE_DTYPES = {"float32": torch.float32, "float16": torch.float16}
 # settings copied into result.json (the ones that change results; absent keys are left out)
-RESULT_SETTINGS = ("batch_size", "lr", "number_of_epochs", "max_steps", "eval_every_steps", "freeze_encoder",
+RESULT_SETTINGS = ("batch_size", "lr", "number_of_epochs", "max_steps", "patience", "eval_every_steps", "freeze_encoder",
                    "finetune_top_layers", "freeze_cnn", "encoder_lr", "encoder_warmup_steps", "layer", "specaugment",
                    "encoder_spec_augment", "encoder_layerdrop", "feature_cache", "feature_cache_dtype", "subset_seed",
                    "feature_transform", "feature_transform_shrinkage")
@@ -60,8 +64,8 @@ RESULT_SETTINGS = ("batch_size", "lr", "number_of_epochs", "max_steps", "eval_ev
 
 @register_checkpoint_hooks
 class RunState:
-    """What the curve needs to survive a restart: training wall time, best dev so far, and the
-    running training loss since the last evaluation."""
+    """What the curve and the stopping rule need to survive a restart: training wall time, best dev so far,
+    dev evaluations since it (the patience counter), and the running training loss since the last evaluation."""
 
     def __init__(self):
         self.train_time_s = 0.0
@@ -70,6 +74,7 @@ class RunState:
         self.best_loss: Optional[float] = None  # dev loss of the best checkpoint (breaks metric ties)
         self.best_order = 0  # how many times the best changed: the checkpoint meta key that finds it
         self.last_eval_step = -1
+        self.evals_since_best = 0  # dev evaluations in a row without a new best (`patience` stops at N)
         self.loss_sum = 0.0
         self.loss_count = 0
 
@@ -151,6 +156,26 @@ def is_new_best(score: float, loss: float, best_score: Optional[float], best_los
     return best_checkpoint(rows, "m", "l", higher_is_better) is rows[1]
 
 
+def patience_of(hparams) -> int:
+    """The hparams `patience` as evaluations (0: off, the fixed budget of max_steps / number_of_epochs)."""
+    value = hparams.get("patience")
+    if value in (None, False):
+        return 0
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise HparamsError(f"patience must be null or a whole number of dev evaluations >= 0, got {value!r}")
+    return value
+
+
+def main_process_decides(flag: bool, device) -> bool:
+    """Rank 0's `flag` on every DDP rank (identity without DDP): every rank evaluates the whole dev set, but a
+    decision that ends training must be the same everywhere or the ranks would wait for each other forever."""
+    if not (torch.distributed.is_available() and torch.distributed.is_initialized()):
+        return flag
+    value = torch.tensor([1.0 if flag else 0.0], device=device)
+    torch.distributed.broadcast(value, src=0)
+    return bool(value.item())
+
+
 def pad_features(feats: list[torch.Tensor]):
     """[L+1, T_i, D] tensors -> ([L+1, B, T, D] zero-padded, frame mask [B, T])."""
     lengths = torch.tensor([f.shape[1] for f in feats])
@@ -209,7 +234,8 @@ class DownstreamBrain(NonFiniteGuard, ShardedBatchesDDP, sb.Brain):
         self.last_dev: dict = {}
         self._epoch = 0
         self._epoch_limit = None
-        self.optimizer_step_limit = hparams["max_steps"]
+        self.optimizer_step_limit = hparams["max_steps"]  # the cap
+        self.patience = patience_of(hparams)
         self.eval_every_steps = max(1, int(hparams["eval_every_steps"]))
         self.warmup_steps = int(hparams["encoder_warmup_steps"] or 0)
         self.curve = CSVLog(self.output_folder / "curve.csv",
@@ -403,7 +429,40 @@ class DownstreamBrain(NonFiniteGuard, ShardedBatchesDDP, sb.Brain):
         for dataset in (train_set, valid_set):
             self._audio_keys_for_cache(dataset)
         kwargs.setdefault("train_loader_kwargs", self.train_loader_kwargs(train_set))
-        return super().fit(epoch_counter, train_set, **kwargs)
+        super().fit(epoch_counter, train_set, **kwargs)
+        logger.info("training stopped at step %d: %s", self.optimizer_step, self.stop_text())
+
+    # ------------------------------------------------------------------ stopping
+    @property
+    def patience_spent(self) -> bool:
+        """`patience` dev evaluations in a row without a new best (never with patience off)."""
+        return bool(self.patience) and self.state.evals_since_best >= self.patience
+
+    @property
+    def _optimizer_step_limit_exceeded(self):
+        """SpeechBrain's step limit (`max_steps`, the cap) or a spent patience: either ends fit's loops (checked
+        before every batch, so a resumed run that had stopped trains no further)."""
+        return super()._optimizer_step_limit_exceeded or self.patience_spent
+
+    @property
+    def stop_reason(self) -> str:
+        """result.json's stop_reason, what ended (or would end) the training: patience, the step cap (max_steps),
+        else the epochs (number_of_epochs)."""
+        if self.patience_spent:
+            return "patience"
+        if super()._optimizer_step_limit_exceeded:
+            return "cap"
+        return "epochs"
+
+    def stop_text(self) -> str:
+        reason = self.stop_reason
+        if reason == "patience":
+            return (f"patience: dev {self.metric} did not improve for {self.state.evals_since_best} evaluations "
+                    f"(patience {self.patience}, every {self.eval_every_steps} steps)")
+        if reason == "cap":
+            still = f", {self.state.evals_since_best} evaluations after the best" if self.patience else ""
+            return f"cap: max_steps {self.optimizer_step_limit} reached{still}"
+        return f"epochs: number_of_epochs {self._epoch_limit} done"
 
     def evaluate(self, test_set, max_key=None, min_key=None, **kwargs):
         """SpeechBrain's evaluate on the best-dev checkpoint (by default); returns the test metrics."""
@@ -411,7 +470,8 @@ class DownstreamBrain(NonFiniteGuard, ShardedBatchesDDP, sb.Brain):
             max_key, min_key = self.best_dev_key.get("max_key"), self.best_dev_key.get("min_key")
         self._audio_keys_for_cache(test_set)
         kwargs.setdefault("test_loader_kwargs", self.eval_loader_kwargs(test_set))
-        self.train_summary = {"steps": int(self.optimizer_step), "best_score": self.state.best_score,
+        self.train_summary = {"steps": int(self.optimizer_step), "stop_reason": self.stop_reason,
+                              "best_score": self.state.best_score,
                               "best_step": self.state.best_step, "best_loss": self.state.best_loss, "train_time_s": float(self.state.train_time_s),
                               "last_dev": dict(self.last_dev)}
         super().evaluate(test_set, max_key=max_key, min_key=min_key, **kwargs)
@@ -446,9 +506,11 @@ class DownstreamBrain(NonFiniteGuard, ShardedBatchesDDP, sb.Brain):
         step, score = self.optimizer_step, dev[self.metric]
         train_loss = self.state.loss_sum / self.state.loss_count if self.state.loss_count else math.nan
         new_best = is_new_best(score, dev["loss"], self.state.best_score, self.state.best_loss, self.higher_is_better)
+        new_best = main_process_decides(new_best, self.device)
         if new_best:
             self.state.best_score, self.state.best_step, self.state.best_loss = score, step, dev["loss"]
             self.state.best_order += 1
+        self.state.evals_since_best = 0 if new_best else self.state.evals_since_best + 1
         self.state.last_eval_step = step
         self.state.loss_sum, self.state.loss_count = 0.0, 0
         self.last_dev = dev
@@ -460,7 +522,9 @@ class DownstreamBrain(NonFiniteGuard, ShardedBatchesDDP, sb.Brain):
         logger.info("step %d epoch %d: train_loss %.4f dev %s %.3f (best %.3f at %s)", step, self._epoch, train_loss,
                     self.metric, score, self.state.best_score if self.state.best_score is not None else math.nan,
                     self.state.best_step)
-        if self.checkpointer is not None:
+        if self.patience_spent:
+            logger.info("stopping at step %d on %s", step, self.stop_text())
+        if self.checkpointer is not None:  # after the counter: a resumed run knows it had stopped
             # best_order: the best checkpoint's count of improvements, -1 on the others (max_key finds the best)
             meta = {"dev_score": float(score), "dev_loss": float(dev["loss"]), "step": step, "epoch": self._epoch,
                     "best_order": self.state.best_order if new_best else -1}
@@ -482,7 +546,8 @@ class DownstreamBrain(NonFiniteGuard, ShardedBatchesDDP, sb.Brain):
             "encoder": hp.encoder, "encoder_fingerprint": self.fingerprint, "train_fraction": float(hp.train_fraction),
             "seed": int(hp.seed), "train_csv_used": str(datasets["train"].csv_path),
             "num_train": len(datasets["train"]), "num_dev": len(datasets["valid"]), "num_test": len(datasets["test"]),
-            "steps": summary["steps"], "epochs": int(hp.epoch_counter.current),
+            "steps": summary["steps"], "steps_run": summary["steps"], "stop_reason": summary["stop_reason"],
+            "patience": self.patience or None, "epochs": int(hp.epoch_counter.current),
             f"test_{metric}": test.get(metric), **{f"test_{k}": v for k, v in test.items() if k != metric},
             f"best_dev_{metric}": summary["best_score"], "best_dev_step": summary["best_step"],
             "best_dev_loss": summary["best_loss"], "test_predictions": PREDICTIONS_FILE,

@@ -31,7 +31,7 @@ logger = logging.getLogger(__name__)
 # Keys every downstream YAML must have, with their types (checked by rewire_lib.recipe.load_hparams).
 SCHEMA = {
     "encoder": str, "train_csv": str, "valid_csv": str, "test_csv": str, "output_folder": str,
-    "number_of_epochs": int, "max_steps": (int, type(None)), "train_fraction": float, "seed": int,
+    "number_of_epochs": int, "max_steps": (int, type(None)), "patience": (int, type(None)), "train_fraction": float, "seed": int,
     "freeze_encoder": bool, "freeze_cnn": bool, "batch_size": int, "lr": float, "eval_every_steps": int,
     "feature_cache": (str, type(None)), "feature_cache_dtype": str, "specaugment": bool,
     "encoder_spec_augment": bool, "encoder_layerdrop": float, "on_changed_run": str,
@@ -76,7 +76,9 @@ def require_encoder(encoder: str, rewire_results: str) -> str:
 
 
 # ---------------------------------------------------------------------- before training
-# settings that change what a run computes: a folder trained with other values is not resumed
+# settings that change what a run computes: a folder trained with other values is not resumed. The budget is not
+# among them (number_of_epochs, max_steps, patience): the same run started again with a larger one trains on from
+# its checkpoint (its patience counter included), with a smaller or spent one it stops at once.
 STAMP_KEYS = ("task", "seed", "train_fraction", "subset_seed", "lr", "batch_size", "max_duration", "freeze_encoder",
               "finetune_top_layers", "freeze_cnn", "encoder_lr", "encoder_warmup_steps", "encoder_spec_augment",
               "encoder_layerdrop", "layer", "specaugment", "feature_cache_dtype", "label_column", "slots",
@@ -184,9 +186,12 @@ def run_folds(hparams: dict, argv: List[str], train_one: Callable[[List[str]], d
     test_keys = [k for k in first if k.startswith("test_") and isinstance(first[k], (int, float))]
     summary.update({k: mean(k) for k in test_keys})
     summary.update({
-        "folds": list(results), "fold_results": {n: {k: r[k] for k in test_keys + [f"best_dev_{metric}", "steps"]}
-                                                 for n, r in results.items()},
+        "folds": list(results),
+        "fold_results": {n: {k: r.get(k) for k in test_keys + [f"best_dev_{metric}", "steps", "stop_reason"]}
+                         for n, r in results.items()},
+        "stop_reason": folds_stop_reason([r.get("stop_reason") for r in results.values()]),
         f"best_dev_{metric}": mean(f"best_dev_{metric}"), "best_dev_step": None, "steps": int(mean("steps")),
+        "steps_run": int(mean("steps")),
         "layer_weights": np.mean([r["layer_weights"] for r in results.values()], axis=0).tolist(),
         "wall_time_s": sum(r["wall_time_s"] for r in results.values()),
         "train_csv_used": [r["train_csv_used"] for r in results.values()],
@@ -201,6 +206,15 @@ def run_folds(hparams: dict, argv: List[str], train_one: Callable[[List[str]], d
         plot_layer_weights(summary["layer_weights"], output / "layer_weights.png",
                            title=f"{task} layer weights, mean of {len(results)} folds")
     return summary
+
+
+def folds_stop_reason(reasons: List[Optional[str]]) -> Optional[str]:
+    """One stop_reason for a fold average: "cap" if any fold hit the step cap (the average then mixes a run
+    that was still improving), else "epochs" if any ran out of epochs, else "patience"."""
+    for reason in ("cap", "epochs", "patience"):
+        if reason in reasons:
+            return reason
+    return None
 
 
 def with_overrides(argv: List[str], updates: dict) -> List[str]:
