@@ -381,7 +381,7 @@ def bench_group(cfg, task: str, items: list, clock: Attribution, capture: RunCap
         for k, item in enumerate(items, 1):
             r = run_one(cfg, item, clock, capture)
             brain, batches = capture.take()
-            r.update(split_run(r, int(brain.optimizer_step) or len(batches)))
+            r.update(split_run(r, steps_trained(brain, batches)))
             r["bound_loop"] = bare_loop_seconds(brain, batches, r["steps"], args.bound_batches)
             r["bound_step_ms"] = 1000 * r["bound_loop"]["seconds"] / max(1, r["steps"])
             runs.append(r)
@@ -393,6 +393,12 @@ def bench_group(cfg, task: str, items: list, clock: Attribution, capture: RunCap
     finally:
         share_feature_caches_within(None)
     return summarise_task(task, runs, forward)
+
+
+def steps_trained(brain, batches: list) -> int:
+    """The optimiser steps the run trained (result.json's `steps`). Not `brain.optimizer_step` after the run: the
+    test pass loads the best-dev checkpoint, which puts the counter back to that checkpoint's step."""
+    return int(getattr(brain, "train_summary", {}).get("steps") or len(batches))
 
 
 def split_run(r: dict, steps: int) -> dict:
