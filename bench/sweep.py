@@ -392,7 +392,11 @@ def bench_group(cfg, task: str, items: list, clock: Attribution, capture: RunCap
         forward = encoder_forward_seconds(brain, group_wavs(cfg, items), args.bound_utterances)
     finally:
         share_feature_caches_within(None)
-    return summarise_task(task, runs, forward)
+    summary = summarise_task(task, runs, forward)
+    print(f"  [{task}] group: {summary['group_wall_s']:.0f} s wall vs bound {summary['group_bound_s']:.0f} s "
+          f"({summary['group_over_bound']:.2f}x); features {summary['group_features_s']:.0f} s vs encoder forward "
+          f"{forward['seconds']:.0f} s", flush=True)
+    return summary
 
 
 def steps_trained(brain, batches: list) -> int:
@@ -491,21 +495,22 @@ def main(argv=None) -> dict:
     groups = base_groups(cfg)
     clock = Attribution()
     patches, capture = Patches(clock), RunCapture()
-    results = []
-    try:
-        attribute_time(patches, args.tasks)
-        capture.install(patches)
-        for task in args.tasks:
-            print(f"{task}: {len(groups[task])} runs", flush=True)
-            results.append(bench_group(cfg, task, groups[task], clock, capture, args))
-    finally:
-        patches.restore()
     result = {"script": SCRIPT, "machine": common.machine(),
               "encoder": dict(common.describe_encoder(encoder_dir), name=name, path=encoder_dir),
               "settings": dict(vars(args), data_dir=str(args.data_dir), out=str(args.out),
                                torch_threads=args.threads_used, max_steps=cfg.max_steps,
                                seeds={t: cfg.seeds_of(t) for t in cfg.tasks}),
-              "results": results}
+              "results": []}
+    try:
+        attribute_time(patches, args.tasks)
+        capture.install(patches)
+        for task in args.tasks:
+            print(f"{task}: {len(groups[task])} runs", flush=True)
+            result["results"].append(bench_group(cfg, task, groups[task], clock, capture, args))
+            common.save_json(SCRIPT, result, args.out)  # what is measured so far survives an interrupted bench
+    finally:
+        patches.restore()
+    results = result["results"]
     result["table"] = print_tables(result)
     result["verdict"] = verdict(results)
     path = common.save_json(SCRIPT, result, args.out)
