@@ -3,6 +3,7 @@
 
     python bench/run_all_benchmarks.py [--quick] [--encoder PRESET_OR_FOLDER] [--device cpu] [--threads auto]
     python bench/run_all_benchmarks.py --only rewire downstream
+    python bench/run_all_benchmarks.py --only sweep       # the study's downstream runs (not in the default set: ~30 min)
 
 Each script runs in its own Python process (one's memory and thread pools never affect the next).
 Extra options for one script: --rewire-args "...", --downstream-args "...", --growth-args "...".
@@ -20,7 +21,8 @@ from pathlib import Path
 
 from bench import common
 
-SCRIPTS = {"rewire": "rewire_throughput", "downstream": "downstream_cache", "growth": "growth"}
+SCRIPTS = {"rewire": "rewire_throughput", "downstream": "downstream_cache", "growth": "growth", "sweep": "sweep"}
+DEFAULT_SCRIPTS = ["rewire", "downstream", "growth"]  # sweep.py runs a study's groups: asked for by --only
 
 
 def main(argv=None) -> int:
@@ -29,7 +31,7 @@ def main(argv=None) -> int:
     p.add_argument("--encoder", default=None)
     p.add_argument("--device", default="cpu")
     p.add_argument("--threads", default="auto")
-    p.add_argument("--only", nargs="+", choices=list(SCRIPTS), default=list(SCRIPTS))
+    p.add_argument("--only", nargs="+", choices=list(SCRIPTS), default=DEFAULT_SCRIPTS)
     p.add_argument("--out", type=Path, default=common.RESULTS_DIR)
     for key in SCRIPTS:
         p.add_argument(f"--{key}-args", default="", help=f"extra options for bench/{SCRIPTS[key]}.py")

@@ -116,3 +116,51 @@ def test_run_all_quick_only_growth(bench_env, capsys):
     assert r["what"] == "isotropy" and [m["n"] for m in r["measurements"]] == [4, 8]
     for m in r["measurements"]:
         assert m["peak_rss_mb"] >= m["rss_before_mb"] > 0 and m["vectors_kept"] <= 50
+
+
+def _task_folders(env, n=8):
+    """A KS-like (label) and an ASR-like (wrd) prepared folder of generated clips, and a manifest for the study's
+    isotropy/rewiring slots (the sweep runs neither, but the study's data stage writes their manifests)."""
+    from bench import common
+
+    rows = common.synthetic_audio(env["work"] / "sweep_audio", n, seed=2, lengths="equal")
+    folders = {}
+    for task, extra in (("ks", lambda i, r: {"label": ["yes", "no"][i % 2]}), ("asr", lambda i, r: {"wrd": r["wrd"]})):
+        folder = folders[task] = env["data"] / f"sweep_{task}"
+        folder.mkdir(parents=True)
+        for split, part in (("train", rows), ("dev", rows[:3]), ("test", rows[3:6])):
+            with open(folder / f"{split}.csv", "w", newline="") as f:
+                w = csv.DictWriter(f, fieldnames=["ID", "duration", "wav", *extra(0, rows[0])])
+                w.writeheader()
+                w.writerows({"ID": r["ID"], "duration": r["duration"], "wav": r["wav"], **extra(i, r)}
+                            for i, r in enumerate(part))
+    return folders
+
+
+def test_sweep_quick_smoke(bench_env, capsys):
+    """bench/sweep.py --quick on a tiny encoder: every run attributed, the bound measured, the verdict line last."""
+    from bench import sweep
+
+    folders = _task_folders(bench_env)
+    iso = folders["ks"] / "train.csv"
+    study_args = (f"--data-folder ks={folders['ks']} --data-folder asr={folders['asr']} --iso-manifest {iso} "
+                  f"--rewire-csv {iso} --max-steps 4 --eval-every 2")
+    result = sweep.main(["--quick", "--encoder", "smoke", "--tasks", "ks", "asr", "--data-dir", str(bench_env["data"]),
+                         "--study-args", study_args, "--bound-batches", "2", "--bound-utterances", "4",
+                         "--out", str(bench_env["out"])])
+    printed = capsys.readouterr().out.strip().splitlines()
+    assert printed[-1].startswith("per-step cost / bound: max ") and "per-run fixed cost: max " in printed[-1]
+    assert sum("[ks " in line for line in printed) == 2 and sum("[asr " in line for line in printed) == 2
+    saved = json.loads((bench_env["out"] / "sweep.json").read_text())
+    assert saved["verdict"] == printed[-1] == result["verdict"]
+    assert [r["task"] for r in saved["results"]] == ["ks", "asr"]
+    for r in saved["results"]:
+        assert r["n_runs"] == 2 and r["median_bound_step_ms"] > 0 and r["encoder_forward"]["seconds"] > 0
+        assert set(r["fixed_parts_median_s"]) == set(sweep.FIXED)
+        for run in r["runs"]:
+            assert run["steps"] == 4 and run["training_s"] > 0 and run["wall_s"] >= run["training_s"] + run["features_s"]
+            assert abs(sum(run["categories"].values()) - run["wall_s"]) < 0.05 * run["wall_s"] + 0.05
+        assert r["group_features_s"] > 0  # the first run fills the group's cache
+    from rewire_lib.downstream.brain import DownstreamBrain
+
+    assert not hasattr(DownstreamBrain.fit_batch, "__bench_original__")  # the timers are gone afterwards

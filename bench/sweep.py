@@ -1,0 +1,523 @@
+#!/usr/bin/env python3
+"""Where a study's downstream run spends its time, beside a bound for each kind of time (issue 21).
+
+    python bench/sweep.py                 # one group of runs per default task (pr, asr, ks, sid): base encoder, all seeds
+    python bench/sweep.py --quick         # 2 seeds/folds, 30 steps, whole training sets only
+    python bench/sweep.py --tasks ks --study-args "--train-cap 200"
+
+What is run: exactly what a study worker runs. The study's own config (`rewire_study.config.parse_args`, default
+preset, no rewiring views or controls), its data stage (`stages.stage_data`: `data_prep.prepare_all` for the default
+corpora into a scratch --data-dir, skipped once prepared, then the capped study manifests), then, per task, the
+base encoder's group of `stages.downstream_units` (every setting and seed/fold, in the study's order) through
+`stages._downstream_one` in this one process: the recipe's main() with `downstream_argv`, the disk feature cache
+shared within the group, one torch thread. The feature cache folder and run folders are emptied first, so the
+group pays what a first study does.
+
+How time is attributed (nothing in the library is edited): well-chosen functions are wrapped with timers
+(`Attribution`, a stack: a call's time goes to the innermost wrapped call, so nested categories never count
+twice). Categories, then the issue's three kinds:
+- features: the encoder's forward on cache misses, reading their audio, writing cache entries;
+- head training (the training loop): `Brain._fit_train` and `fit_batch` minus anything nested (dev passes,
+  checkpoints, features): forward/backward/step, the data loader, feature-cache look-ups and padding;
+- everything else, per run ("fixed cost"): start-up (argv), hparams (load_hyperpyyaml chain), encoder load,
+  stamps (run-folder and unit stamps, encoder fingerprint), run folder (experiment directory, env.log), data
+  pipeline (datasets, label/tokenizer fitting, loaders), brain set-up, checkpoints, dev passes, test pass,
+  plots, result files, and "other" (whatever no timer covers; should stay small).
+Per-step cost = head-training time / steps; per-run fixed cost = run wall - features - head training.
+
+The bound: the encoder's forward (eval, no_grad, batches of the eval batch size, audio read beforehand) over every
+utterance the group reads, plus for each run a bare PyTorch loop with the run's own featurizer, head, loss
+(`compute_cost`) and optimiser class, for the run's number of steps, over that run's first training batches
+(`--bound-batches`, cycled), built from the feature cache and padded beforehand. No data loading, no checks,
+no logging; gradient clipping and SID's random training crop are left out (neither changes the arithmetic much).
+"""
+from __future__ import annotations
+
+import argparse
+import copy
+import functools
+import math
+import shlex
+import shutil
+import sys
+import time
+from collections import defaultdict
+from pathlib import Path
+from typing import Callable, Dict, List, Optional
+
+from bench import common
+
+SCRIPT = "sweep"
+DEFAULT_TASKS = ["pr", "asr", "ks", "sid"]
+FEATURES = ("features",)
+TRAINING = ("train loop", "train step", "feature lookup")
+TRAINING_ONLY = ("feature lookup",)
+_INHERITED = object()  # Patches: the attribute was not the class's own
+FIXED = ("start-up", "hparams", "encoder load", "stamps", "run folder", "data pipeline", "brain set-up",
+         "checkpoints", "dev passes", "test pass", "plots", "result files", "other")
+
+
+# --------------------------------------------------------------------------------------- attribution
+class Attribution:
+    """Exclusive wall time per category. Wrapped calls push their category; the time since the last switch goes
+    to the category on top of the stack, so a dev pass inside a training step counts as a dev pass only."""
+
+    def __init__(self, base: str = "other"):
+        self.stack: List[str] = [base]
+        self.totals: Dict[str, float] = defaultdict(float)
+        self.t = time.perf_counter()
+
+    def _switch(self) -> None:
+        now = time.perf_counter()
+        self.totals[self.stack[-1]] += now - self.t
+        self.t = now
+
+    def enter(self, category: str) -> None:
+        self._switch()
+        if category in TRAINING_ONLY and self.stack[-1] not in TRAINING:
+            category = self.stack[-1]  # a dev/test pass's feature look-ups belong to that pass
+        self.stack.append(category)
+
+    def leave(self) -> None:
+        self._switch()
+        self.stack.pop()
+
+    def take(self) -> Dict[str, float]:
+        """The totals since the last take (the base category included), then start again."""
+        self._switch()
+        out, self.totals = dict(self.totals), defaultdict(float)
+        return out
+
+
+class Patches:
+    """Timer wrappers put on library functions and methods; `restore()` puts the originals back (the smoke
+    test runs the bench inside pytest's process)."""
+
+    def __init__(self, clock: Attribution):
+        self.clock, self.undo = clock, []
+
+    def _timed(self, fn: Callable, category: str) -> Callable:
+        clock = self.clock
+
+        @functools.wraps(fn)
+        def wrapper(*args, **kwargs):
+            clock.enter(category)
+            try:
+                return fn(*args, **kwargs)
+            finally:
+                clock.leave()
+
+        wrapper.__bench_original__ = fn
+        return wrapper
+
+    def _set(self, owner, name: str, value) -> None:
+        """Set an attribute, remembering what to put back (nothing, for an attribute a class only inherits)."""
+        self.undo.append((owner, name, vars(owner).get(name, _INHERITED)))
+        setattr(owner, name, value)
+
+    def function(self, fn: Callable, category: str, namespaces=()) -> None:
+        """Wrap a module-level function wherever a loaded module (or one of `namespaces`, e.g. a recipe's
+        globals: recipes are loaded from their files, not imported) holds it (`from x import f` copies the name)."""
+        wrapped = self._timed(fn, category)
+        spaces = [vars(m) for m in list(sys.modules.values()) if hasattr(m, "__dict__")] + list(namespaces)
+        for space in spaces:
+            for name in [k for k, v in list(space.items()) if v is fn]:
+                self.undo.append((space, name, fn))
+                space[name] = wrapped
+
+    def method(self, cls: type, name: str, category: str) -> None:
+        """Wrap `cls.name` and every override of it in cls's bases and loaded subclasses (an override that
+        calls super() is then timed as a whole, not only its super() part)."""
+        seen, todo = set(), [c for c in cls.__mro__ if c is not object] + [cls]
+        while todo:
+            c = todo.pop()
+            if c in seen:
+                continue
+            seen.add(c)
+            todo += c.__subclasses__() if issubclass(c, cls) else []
+            raw = c.__dict__.get(name)
+            if raw is None or getattr(raw, "__bench_original__", None) is not None:
+                continue
+            if isinstance(raw, classmethod):
+                self._set(c, name, classmethod(self._timed(raw.__func__, category)))
+            else:
+                self._set(c, name, self._timed(raw, category))
+
+    def restore(self) -> None:
+        for owner, name, value in reversed(self.undo):
+            if isinstance(owner, dict):
+                owner[name] = value
+            elif value is _INHERITED:
+                delattr(owner, name)
+            else:
+                setattr(owner, name, value)
+        self.undo.clear()
+
+
+def attribute_time(patches: Patches, tasks: List[str]) -> None:
+    """Put the timers on the functions a downstream run goes through (recipes loaded first: their own
+    dataio_prep and Brain subclasses are wrapped too)."""
+    import speechbrain as sb
+    from speechbrain.utils.checkpoints import Checkpointer
+
+    from rewire_lib import audio, encoder, logs
+    from rewire_lib.downstream import brain, feature_cache, hparams, predictions, run
+    from rewire_study import units
+    from rewire_study.recipes import load_recipe_main
+
+    mains = {t: load_recipe_main(t) for t in tasks}  # a worker imports each recipe once: not a per-run cost
+    recipes = [m.__globals__ for m in mains.values()]
+    for fn, cat in ((sb.parse_arguments, "start-up"), (hparams.load_hparams, "hparams"),
+                    (run.prepare_run, "stamps"), (feature_cache.encoder_fingerprint, "stamps"),
+                    (hparams.create_run_folder, "run folder"), (audio.load_audio, "features"),
+                    (logs.plot_columns, "plots"), (logs.plot_layer_weights, "plots"),
+                    (predictions.write_predictions, "result files")):
+        patches.function(fn, cat, recipes)
+    for space in recipes:
+        patches.function(space["dataio_prep"], "data pipeline", [space])
+    D = brain.DownstreamBrain
+    for cls, name, cat in ((encoder.SpeechEncoder, "from_pretrained", "encoder load"),
+                           (units.Unit, "start", "stamps"), (units.Unit, "finish", "stamps"),
+                           (D, "__init__", "brain set-up"), (D, "fit", "brain set-up"),
+                           (sb.Brain, "make_dataloader", "data pipeline"),
+                           (sb.Brain, "_fit_train", "train loop"), (D, "fit_batch", "train step"),
+                           (D, "raw_encoder_states", "feature lookup"), (D, "_run_encoder", "features"),
+                           (feature_cache.FeatureCache, "put", "features"),
+                           (D, "evaluate_dev_and_checkpoint", "dev passes"), (D, "evaluate", "test pass"),
+                           (Checkpointer, "save_and_keep_only", "checkpoints"),
+                           (Checkpointer, "recover_if_possible", "checkpoints"),
+                           (D, "write_result", "result files"), (logs.CSVLog, "append", "result files")):
+        patches.method(cls, name, cat)
+    patches._set(feature_cache.FeatureCache, "get", disk_reads_as_features(feature_cache.FeatureCache.get, patches))
+
+
+def disk_reads_as_features(get: Callable, patches: Patches) -> Callable:
+    """FeatureCache.get: a read from the disk cache (the entry is not in memory yet, e.g. ASR reading what PR's
+    group wrote) is feature extraction; a memory hit stays with its caller (a training step, a dev pass)."""
+    timed = patches._timed(get, "features")
+
+    @functools.wraps(get)
+    def wrapper(self, key):
+        return get(self, key) if key in self._memory else timed(self, key)
+
+    return wrapper
+
+
+# --------------------------------------------------------------------------------------- the runs
+class RunCapture:
+    """The last Brain a run made and the training batches it stepped on (what the bare loop replays)."""
+
+    def __init__(self):
+        self.brain = None
+        self.batches: list = []
+
+    def install(self, patches: Patches) -> None:
+        from rewire_lib.downstream.brain import DownstreamBrain
+
+        capture, init, fit_batch = self, DownstreamBrain.__init__, DownstreamBrain.fit_batch
+
+        def __init__(self, *args, **kwargs):
+            init(self, *args, **kwargs)
+            capture.brain, capture.batches = self, []
+
+        def record(self, batch):
+            capture.batches.append(batch)  # a reference: paths and targets, no audio (the feature cache is on)
+            return fit_batch(self, batch)
+
+        patches._set(DownstreamBrain, "__init__", __init__)
+        patches._set(DownstreamBrain, "fit_batch", record)
+
+    def take(self):
+        out = (self.brain, self.batches)
+        self.brain, self.batches = None, []
+        return out
+
+
+def study_config(args, encoder_dir: str, work: Path):
+    """The study's own config: default preset, base encoder only, scratch data/cache/output folders."""
+    from rewire_study.config import parse_args
+
+    argv = ["--out", str(work / "study-out"), "--data-dir", str(args.data_dir), "--cache-dir", str(work / "cache"),
+            "--encoders", f"base={encoder_dir}", "--tasks", ",".join(args.tasks), "--views", "none",
+            "--controls", "none", "--jobs", "1", "--threads", str(args.threads_used)]
+    if args.quick:
+        folds = ",".join(f"{t}=2" for t in args.tasks if t in ("pr", "asr"))
+        argv += ["--seeds", "0,1", "--max-steps", str(args.quick_steps), "--per-class", "none"]
+        argv += ["--folds", folds] if folds else []
+    return parse_args(argv + shlex.split(args.study_args))
+
+
+def fresh_study_folders(cfg) -> None:
+    """Empty run folders and feature cache: the group pays what a study's first run of it pays."""
+    for folder in (cfg.work / "runs", cfg.cache_dir / "features"):
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+def base_groups(cfg) -> Dict[str, list]:
+    """task -> the base encoder's units in the study's running order (one group: one task, one encoder)."""
+    from rewire_study import stages
+    from rewire_study.config import BASE
+
+    groups: Dict[str, list] = {t: [] for t in cfg.tasks}
+    for item in stages.downstream_units(cfg):
+        if item[1] == BASE:
+            groups[item[0]].append(item)
+    return groups
+
+
+def run_one(cfg, item, clock: Attribution, capture: RunCapture) -> dict:
+    """One unit as a study worker runs it; its wall time and the attributed categories."""
+    from rewire_study import stages
+
+    clock.take()
+    t0 = time.perf_counter()
+    msg = stages._downstream_one(cfg, item)
+    wall = time.perf_counter() - t0
+    cats = clock.take()
+    if msg.get("failed"):
+        raise RuntimeError(f"{item[0]} run failed: {msg['error']}")
+    return {"wall_s": wall, "categories": cats, "label": f"{item[2]} {item[4].folder.name}"}
+
+
+# --------------------------------------------------------------------------------------- the bound
+def padded_batches(brain, batches: list, limit: int) -> list:
+    """(hidden [L+1, B, T, D], mask [B, T], targets) of the run's first `limit` training batches, from the
+    feature cache (its hit counters left as the run left them)."""
+    from rewire_lib.downstream.brain import pad_features
+    from rewire_lib.downstream.ctc import CTCBrain
+
+    cache, out = brain.cache, []
+    hits, misses = cache.hits, cache.misses
+    for batch in batches[:limit]:
+        hidden, mask = pad_features([cache.get(cache.key(w)) for w in batch.wav])
+        targets = batch.tokens if isinstance(brain, CTCBrain) else batch.label_encoded.data[:, 0]
+        out.append((hidden, mask, targets))
+    cache.hits, cache.misses = hits, misses
+    return out
+
+
+def bare_step_fn(brain, modules, opt) -> Callable:
+    """One training step in plain PyTorch: the run's featurizer, head and `compute_cost`, its optimiser class."""
+    from rewire_lib.downstream.ctc import CTCBrain
+
+    featurizer, head = modules
+    cost = brain.hparams.compute_cost
+    ctc = isinstance(brain, CTCBrain)
+
+    def step(hidden, mask, targets):
+        x = featurizer(hidden) * mask[..., None].to(hidden.dtype)
+        out = head(x, mask)
+        if ctc:
+            tokens, token_lens = targets
+            loss = cost(out, tokens, mask.sum(dim=1) / mask.shape[1], token_lens)
+        else:
+            loss = cost(out, targets)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+
+    return step
+
+
+def bare_loop_seconds(brain, batches: list, steps: int, limit: int, warmup: int = 2) -> dict:
+    """Wall and CPU seconds of `steps` bare steps over the run's first `limit` batches, padded beforehand."""
+    data = padded_batches(brain, batches, limit)
+    modules = [copy.deepcopy(brain.modules_unwrapped(n)).train() for n in ("featurizer", "head")]
+    opt = brain.hparams.opt_class([p for m in modules for p in m.parameters() if p.requires_grad])
+    step = bare_step_fn(brain, modules, opt)
+    for i in range(warmup):
+        step(*data[i % len(data)])
+    with common.Clock() as c:
+        for i in range(steps):
+            step(*data[i % len(data)])
+    return {"seconds": c.seconds, "cpu_seconds": c.cpu_seconds, "batches": len(data)}
+
+
+def encoder_forward_seconds(brain, wavs: Dict[str, float], sample: int, seed: int = 0) -> dict:
+    """The frozen encoder's forward alone (audio read beforehand), eval mode, no_grad, in length-sorted batches of
+    the eval batch size: what feature extraction cannot go below. Timed on a seeded sample of `sample` utterances
+    (0: all) and scaled to the group's audio seconds (forward cost grows with audio length)."""
+    import random
+
+    import torch
+    from speechbrain.utils.data_utils import batch_pad_right
+
+    from rewire_lib.audio import load_audio
+
+    names = sorted(wavs)
+    chosen = random.Random(seed).sample(names, sample) if 0 < sample < len(names) else names
+    audio = sorted((load_audio(w) for w in chosen), key=len)
+    size = int(brain.hparams.eval_batch_size or brain.hparams.batch_size)
+    encoder = brain.encoder_module.eval()
+    with torch.no_grad(), common.Clock() as c:
+        for i in range(0, len(audio), size):
+            sig, lens = batch_pad_right(audio[i:i + size])
+            encoder(sig, lens)
+    timed_s, total_s = sum(len(a) for a in audio) / 16000, sum(wavs.values())
+    scale = total_s / timed_s if timed_s else 1.0
+    return {"seconds": c.seconds * scale, "cpu_seconds": c.cpu_seconds * scale, "utterances": len(wavs),
+            "timed_utterances": len(audio), "timed_seconds": c.seconds, "audio_s": total_s}
+
+
+def group_wavs(cfg, items: list) -> Dict[str, float]:
+    """Every audio file the group's runs read (train, dev and test of each run's data folder): its duration."""
+    from rewire_study import stages
+
+    wavs = {}
+    for task, _, setting, seed, _ in items:
+        for manifest in stages.task_manifests(cfg, task, setting, seed):
+            for row in stages.read_manifest(manifest)[1]:
+                wavs[row["wav"]] = float(row["duration"])
+    return wavs
+
+
+# --------------------------------------------------------------------------------------- one task
+def bench_group(cfg, task: str, items: list, clock: Attribution, capture: RunCapture, args) -> dict:
+    """Run a task's group as the study does, then its bound; per-run and per-task figures."""
+    from rewire_lib.downstream.run import share_feature_caches_within
+
+    runs, brain = [], None
+    try:
+        for k, item in enumerate(items, 1):
+            r = run_one(cfg, item, clock, capture)
+            brain, batches = capture.take()
+            r.update(split_run(r, steps_trained(brain, batches)))
+            r["bound_loop"] = bare_loop_seconds(brain, batches, r["steps"], args.bound_batches)
+            r["bound_step_ms"] = 1000 * r["bound_loop"]["seconds"] / max(1, r["steps"])
+            runs.append(r)
+            print(f"  [{task} {k}/{len(items)}] {r['label']}: {r['wall_s']:.1f} s wall = features "
+                  f"{r['features_s']:.1f} + training {r['training_s']:.1f} ({r['step_ms']:.1f} ms/step x "
+                  f"{r['steps']}) + fixed {r['fixed_s']:.1f}; bare loop {r['bound_step_ms']:.1f} ms/step",
+                  flush=True)
+        forward = encoder_forward_seconds(brain, group_wavs(cfg, items), args.bound_utterances)
+    finally:
+        share_feature_caches_within(None)
+    summary = summarise_task(task, runs, forward)
+    print(f"  [{task}] group: {summary['group_wall_s']:.0f} s wall vs bound {summary['group_bound_s']:.0f} s "
+          f"({summary['group_over_bound']:.2f}x); features {summary['group_features_s']:.0f} s vs encoder forward "
+          f"{forward['seconds']:.0f} s", flush=True)
+    return summary
+
+
+def steps_trained(brain, batches: list) -> int:
+    """The optimiser steps the run trained (result.json's `steps`). Not `brain.optimizer_step` after the run: the
+    test pass loads the best-dev checkpoint, which puts the counter back to that checkpoint's step."""
+    return int(getattr(brain, "train_summary", {}).get("steps") or len(batches))
+
+
+def split_run(r: dict, steps: int) -> dict:
+    """The issue's three kinds of time of one run, and its per-step cost."""
+    cats = r["categories"]
+    features = sum(cats.get(c, 0.0) for c in FEATURES)
+    training = sum(cats.get(c, 0.0) for c in TRAINING)
+    return {"steps": steps, "features_s": features, "training_s": training,
+            "fixed_s": r["wall_s"] - features - training, "step_ms": 1000 * training / max(1, steps)}
+
+
+def summarise_task(task: str, runs: List[dict], forward: dict) -> dict:
+    med = lambda key: common.median(r[key] for r in runs)  # noqa: E731
+    fixed_parts = {c: common.median(r["categories"].get(c, 0.0) for r in runs) for c in FIXED}
+    wall = sum(r["wall_s"] for r in runs)
+    features = sum(r["features_s"] for r in runs)
+    bound = forward["seconds"] + sum(r["bound_loop"]["seconds"] for r in runs)
+    return {"task": task, "runs": runs, "n_runs": len(runs), "steps": med("steps"),
+            "median_wall_s": med("wall_s"), "median_training_s": med("training_s"), "median_fixed_s": med("fixed_s"),
+            "median_step_ms": med("step_ms"), "median_bound_step_ms": med("bound_step_ms"),
+            "step_over_bound": med("step_ms") / med("bound_step_ms"), "fixed_parts_median_s": fixed_parts,
+            "group_wall_s": wall, "group_features_s": features, "encoder_forward": forward,
+            "features_over_bound": features / forward["seconds"] if forward["seconds"] else math.nan,
+            "group_bound_s": bound, "group_over_bound": wall / bound if bound else math.nan}
+
+
+# --------------------------------------------------------------------------------------- output
+def print_tables(result: dict) -> str:
+    res = result["results"]
+    main = common.table(
+        f"Downstream sweep, one group per task ({result['encoder']['name']}, torch threads "
+        f"{result['settings']['torch_threads']}): seconds, medians per run unless said",
+        ["task", "runs", "steps", "run wall", "features (group)", "encoder fwd (group)", "training", "ms/step",
+         "bare ms/step", "step / bound", "fixed", "group wall", "group bound", "wall / bound"],
+        [[r["task"].upper(), r["n_runs"], r["steps"], r["median_wall_s"], r["group_features_s"],
+          r["encoder_forward"]["seconds"], r["median_training_s"], r["median_step_ms"], r["median_bound_step_ms"],
+          f"{r['step_over_bound']:.2f}x", r["median_fixed_s"], r["group_wall_s"], r["group_bound_s"],
+          f"{r['group_over_bound']:.2f}x"] for r in res])
+    parts = common.table("Per-run fixed cost by part: seconds, median per run",
+                         ["task"] + list(FIXED),
+                         [[r["task"].upper()] + [r["fixed_parts_median_s"][c] for c in FIXED] for r in res])
+    text = main + "\n" + parts
+    print(text, flush=True)
+    return text
+
+
+def verdict(results: List[dict]) -> str:
+    """The line the issue asks for last: the worst per-step ratio and the worst per-run fixed cost."""
+    worst_step = max(results, key=lambda r: r["step_over_bound"])
+    worst_fixed = max(results, key=lambda r: r["median_fixed_s"])
+    return (f"per-step cost / bound: max {worst_step['step_over_bound']:.2f} x ({worst_step['task']}); "
+            f"per-run fixed cost: max {worst_fixed['median_fixed_s']:.2f} s ({worst_fixed['task']})")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--encoder", default=None, help="folder, hub id or preset (default: pretrained/tiny-hubert)")
+    p.add_argument("--tasks", nargs="+", default=DEFAULT_TASKS, choices=DEFAULT_TASKS + ["ic", "er"])
+    p.add_argument("--data-dir", type=Path, default=None,
+                   help="prepared corpora (default: <bench work>/sweep/data, made on the first run, ~1 min)")
+    p.add_argument("--study-args", default="", help='more study options, e.g. "--train-cap 200" or '
+                   '"--data-folder ks=DIR --iso-manifest CSV --rewire-csv CSV"')
+    p.add_argument("--bound-batches", type=int, default=16, help="distinct padded batches the bare loop cycles")
+    p.add_argument("--bound-utterances", type=int, default=300,
+                   help="utterances the encoder-forward bound is timed on, scaled to the group's audio (0: all)")
+    p.add_argument("--quick", action="store_true", help="2 seeds/folds, 30 steps, whole training sets only")
+    p.add_argument("--quick-steps", type=int, default=30, help=argparse.SUPPRESS)
+    p.add_argument("--threads", default="1", help="torch threads (default 1: what a study worker uses)")
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--out", type=Path, default=None, help="JSON folder (default bench/results)")
+    return p
+
+
+def main(argv=None) -> dict:
+    args = build_parser().parse_args(argv)
+    common.quiet_logs()
+    args.threads_used = common.set_threads(args.threads)
+    work = common.WORK_DIR / "sweep"
+    args.data_dir = Path(args.data_dir or work / "data").resolve()
+    encoder_dir, name = common.resolve_encoder(args.encoder)
+    cfg = study_config(args, encoder_dir, work)
+    if args.device != "cpu":
+        cfg.device = args.device
+    print(f"Downstream sweep: encoder {name}, tasks {args.tasks}, torch threads {args.threads_used}, load average "
+          f"{common.load_average()}; data stage -> {args.data_dir}", flush=True)
+    from rewire_study import stages
+
+    stages.stage_data(cfg)
+    fresh_study_folders(cfg)
+    groups = base_groups(cfg)
+    clock = Attribution()
+    patches, capture = Patches(clock), RunCapture()
+    result = {"script": SCRIPT, "machine": common.machine(),
+              "encoder": dict(common.describe_encoder(encoder_dir), name=name, path=encoder_dir),
+              "settings": dict(vars(args), data_dir=str(args.data_dir), out=str(args.out),
+                               torch_threads=args.threads_used, max_steps=cfg.max_steps,
+                               seeds={t: cfg.seeds_of(t) for t in cfg.tasks}),
+              "results": []}
+    try:
+        attribute_time(patches, args.tasks)
+        capture.install(patches)
+        for task in args.tasks:
+            print(f"{task}: {len(groups[task])} runs", flush=True)
+            result["results"].append(bench_group(cfg, task, groups[task], clock, capture, args))
+            common.save_json(SCRIPT, result, args.out)  # what is measured so far survives an interrupted bench
+    finally:
+        patches.restore()
+    results = result["results"]
+    result["table"] = print_tables(result)
+    result["verdict"] = verdict(results)
+    path = common.save_json(SCRIPT, result, args.out)
+    print(f"\nJSON: {path}")
+    print(result["verdict"], flush=True)
+    return result
+
+
+if __name__ == "__main__":
+    main()
