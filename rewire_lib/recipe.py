@@ -99,9 +99,21 @@ def load_hparams_file(hparams_file: str, overrides: str, run_opts: dict, schema:
             raise
         raise output_error(err, err.filename, f"{shown}: output_folder") from err
     _check_types(hparams, schema or {}, shown)
+    apply_num_threads(hparams.get("num_threads"), shown)
     if (run_opts.get("device") or "cpu").startswith("cuda") and not torch.cuda.is_available():
         raise HparamsError("--device cuda was asked for but no GPU is visible; use --device cpu")
     return hparams, base_file, override_dict
+
+
+def apply_num_threads(value, shown: str) -> None:
+    """The recipe's `num_threads` key: torch's CPU threads for this run (0 or absent: torch's default).
+    Set before any model is loaded, so that a recipe started by hand does not take every core."""
+    if value is None:
+        return
+    if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+        raise HparamsError(f"{shown}: num_threads must be a whole number >= 0 (0: torch's default), got {value!r}")
+    if value and torch.get_num_threads() != value:
+        torch.set_num_threads(value)
 
 
 def create_experiment_directory(hparams: dict, yaml_file, override_dict: dict, shown_name: str = "") -> None:
