@@ -155,6 +155,10 @@ class StudyConfig:
     launcher: str = "local"  # local | slurm | submitit-local
     slurm: Dict[str, object] = field(default_factory=dict)  # partition, gpus_per_job, time_min, extra
 
+    def option_given(self, option: str) -> bool:
+        """Whether the command line that made this study set `option` (e.g. "--seeds"), rather than the preset."""
+        return any(a == option or a.startswith(option + "=") for a in self.command)
+
     def eval_every_of(self, task: str) -> int:
         """Dev evaluation interval of a task's runs: its own where the preset sets one, else `eval_every`."""
         return self.task_eval_every.get(task, self.eval_every)

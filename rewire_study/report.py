@@ -478,8 +478,8 @@ def seeds_note(cfg: StudyConfig) -> str:
         notes.append("Speaker folds for " + ", ".join(f"{t} ({n})" for t, n in folds.items())
                      + ", one run per fold (fold k: seed k-1).")
     if few:
-        chosen = any(a == "--seeds" or a.startswith("--seeds=") for a in cfg.command)
-        why = "as chosen with --seeds" if chosen else "the budget of this preset did not allow more there"
+        why = "as chosen with --seeds" if cfg.option_given("--seeds") else \
+            "the budget of this preset did not allow more there"
         notes.append("Fewer than 5 seeds for " + ", ".join(f"{t} ({n})" for t, n in few.items()) + f": {why}; "
                      "those intervals are wider.")
     return " ".join(notes) or f"{len(cfg.seeds)} seeds for every task."

@@ -633,7 +633,8 @@ def step_budget(cfg: StudyConfig, task: str) -> tuple:
     recipe's own epochs over a 5-per-class subset would train a handful of steps. None only when the
     training set's size is unknown (IEMOCAP's folds): then the recipe's own epochs apply."""
     if cfg.max_steps.get(task) is not None:
-        return cfg.max_steps[task], f"{cfg.presets.get(task, cfg.mode)} preset or --max-steps"
+        return cfg.max_steps[task], ("--max-steps" if cfg.option_given("--max-steps") else
+                                     f"the {cfg.presets.get(task, cfg.mode)} preset's max_steps")
     n = full_train_size(cfg, task)
     if not n:
         return None, ("the recipe's own number_of_epochs" if "folds_dir" in task_source(cfg, task) else
