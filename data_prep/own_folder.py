@@ -3,6 +3,7 @@
     python data_prep/own_folder.py --data_folder SRC --save_folder DST \
         [--labels subfolder | pattern:REGEX | csv:FILE | kaldi:FILE] [--transcripts FILE] \
         [--speaker subfolder | pattern:REGEX | csv:FILE | kaldi:FILE] \
+        [--label_map CODE=NAME,...] [--split speaker | random | stratified] \
         [--split_ratios 0.8 0.1 0.1] [--extensions wav flac ogg] [--relative_paths] [--fraction F ...] [--hours H ...]
 
 Audio: every file under SRC (recursively, hidden files skipped) whose extension is one of
@@ -23,9 +24,15 @@ several files, or a malformed line, is an error naming the list file and line.
 `--transcripts FILE`: the `wrd` column, from `KEY transcript words ...` lines, or a CSV (`.csv`) whose
 value column is wrd/transcript/text/words (else the second column).
 
-Splits: with speakers, speaker-disjoint (the sorted speakers shuffled with the seed and cut by
-`--split_ratios`, at least one speaker each); without, a seeded random split of the utterances (NOT
-speaker-disjoint; logged and recorded in prepared.json as `split: random utterances`). Columns:
+`--label_map 01=neutral,02=calm`: the labels found (e.g. by a pattern) renamed; a label the map does not
+name is an error listing them (a partial map would silently mix codes and names).
+
+Splits (`--split`): `speaker` (the default with --speaker): speaker-disjoint, the sorted speakers shuffled
+with the seed and cut by `--split_ratios`, at least one speaker each; `random` (the default without):
+a seeded random split of the utterances (NOT speaker-disjoint; logged); `stratified` (needs --labels):
+each label's utterances shuffled with the seed and cut by `--split_ratios`, at least one of each label in
+train, dev and test (speaker identification on one's own recordings: every speaker a label in every
+split). prepared.json records which (`split`). Columns:
 ID,duration,wav,[spk_id],sample_rate,channels,[label],[wrd],file (`wav` absolute, or with
 `--relative_paths` relative to the save folder, which recipes resolve against the manifest's folder;
 `file` relative to SRC). Then what every preparer does (data_prep/common.py): unreadable, empty or too-short audio in
@@ -37,6 +44,7 @@ from __future__ import annotations
 import csv
 import hashlib
 import os
+import random
 import re
 from collections import Counter, defaultdict
 from pathlib import Path
@@ -173,6 +181,95 @@ def collect(source, what: str, files: List[AudioFile], failures: list) -> Option
     return values_from_names(kind, arg, what, files)
 
 
+def parse_label_map(text: Optional[str]) -> Optional[Dict[str, str]]:
+    """`01=neutral,02=calm` -> {"01": "neutral", "02": "calm"}; malformed items are errors naming them."""
+    if text is None:
+        return None
+    out = {}
+    for item in (x.strip() for x in text.split(",") if x.strip()):
+        code, sep, name = item.partition("=")
+        if not sep or not code.strip() or not name.strip():
+            raise PrepError(f"--label_map {text!r}: expected CODE=NAME items separated by commas, got {item!r}")
+        out[code.strip()] = name.strip()
+    return out
+
+
+def map_labels(rows: List[dict], mapping: Dict[str, str]) -> None:
+    """Every usable row's label renamed by `mapping` (after the audio check: an unreadable file's label does not
+    count); labels it does not name are an error listing them."""
+    unmapped = sorted({r["label"] for r in rows} - set(mapping))
+    if unmapped:
+        raise PrepError(f"--label_map does not name the label(s) {unmapped} (it names {sorted(mapping)})")
+    for r in rows:
+        r["label"] = mapping[r["label"]]
+
+
+def stratified_split(rows: List[dict], ratios: Sequence[float], seed: int) -> Dict[str, List[dict]]:
+    """Each label's utterances shuffled with the seed and cut by `ratios`, at least one in every split; a
+    label with fewer than 3 utterances is an error naming it."""
+    by_label: Dict[str, List[dict]] = defaultdict(list)
+    for r in rows:
+        by_label[r["label"]].append(r)
+    few = sorted(k for k, v in by_label.items() if len(v) < len(SPLITS))
+    if few:
+        raise PrepError(f"--split stratified: label(s) {few} have fewer than {len(SPLITS)} usable utterances; "
+                        "every label needs one in train, dev and test")
+    splits: Dict[str, List[dict]] = {s: [] for s in SPLITS}
+    for label in sorted(by_label):
+        group = sorted(by_label[label], key=lambda r: r["ID"])
+        random.Random(f"{seed}:{label}").shuffle(group)
+        n = len(group)
+        dev = max(1, int(round(ratios[1] / sum(ratios) * n)))
+        test = max(1, int(round(ratios[2] / sum(ratios) * n)))
+        train = max(1, n - dev - test)
+        dev = n - train - test  # a tiny label gives up dev before train
+        for name, part in zip(SPLITS, (group[:train], group[train:train + dev], group[train + dev:])):
+            splits[name] += part
+    return splits
+
+
+def split_rows(rows: List[dict], how: str, ratios: Sequence[float], seed: int, data_folder: Path) -> tuple:
+    """(splits, plan) of the usable rows by `how` (speaker | random | stratified); plan: speakers per split."""
+    if how == "stratified":
+        return stratified_split(rows, ratios, seed), None
+    key = "spk_id" if how == "speaker" else "ID"
+    if how == "speaker":
+        speakers = sorted({r["spk_id"] for r in rows})
+        if len(speakers) < 3:
+            raise PrepError(f"{data_folder}: {len(speakers)} speaker(s) {speakers}: a speaker-disjoint train/dev/test "
+                            "split needs at least 3 (--split random or stratified instead)")
+    elif len(rows) < 3:
+        raise PrepError(f"{data_folder}: {len(rows)} usable audio file(s); train/dev/test need at least 3")
+    split_of = group_split([r[key] for r in rows], ratios, seed)
+    plan = {s: sorted(k for k, v in split_of.items() if v == s) for s in SPLITS} if how == "speaker" else None
+    return {s: [r for r in rows if split_of[r[key]] == s] for s in SPLITS}, plan
+
+
+SPLIT_NAMES = {"speaker": "speaker-disjoint", "random": "random utterances", "stratified": "stratified by label"}
+
+
+def choose_split(split: Optional[str], labels: Optional[str], speaker: Optional[str]) -> str:
+    """The split asked for, or the default (speaker-disjoint with --speaker, else random); checked against
+    the options it needs."""
+    how = split or ("speaker" if speaker else "random")
+    if how not in SPLIT_NAMES:
+        raise PrepError(f"--split {how!r}: expected one of {', '.join(SPLIT_NAMES)}")
+    if how == "stratified" and labels is None:
+        raise PrepError("--split stratified needs --labels (it keeps every label in train, dev and test)")
+    if how == "speaker" and speaker is None:
+        raise PrepError("--split speaker needs --speaker")
+    return how
+
+
+def new_options(mapping: Optional[Dict[str, str]], how: str, speaker: Optional[str]) -> dict:
+    """The label map and split where they are not the defaults, for the fingerprint: a folder prepared
+    before these options existed is still recognised as done."""
+    out = {"label_map": mapping} if mapping else {}
+    if how != ("speaker" if speaker else "random"):
+        out["split"] = how
+    return out
+
+
 def _listing_digest(files: List[AudioFile], list_files: Sequence[str]) -> str:
     """Changes when an audio file is added, removed or rewritten, or a list file changes, so that the
     same command on a changed folder is redone rather than skipped."""
@@ -189,7 +286,7 @@ def _listing_digest(files: List[AudioFile], list_files: Sequence[str]) -> str:
 def prepare(data_folder, save_folder, seed: int = 0, fractions=(0.1, 0.01), hours=(), force: bool = False,
             labels: Optional[str] = None, transcripts: Optional[str] = None, speaker: Optional[str] = None,
             split_ratios: Sequence[float] = DEFAULT_RATIOS, extensions: Sequence[str] = DEFAULT_EXTENSIONS,
-            relative_paths: bool = False) -> dict:
+            relative_paths: bool = False, label_map: Optional[str] = None, split: Optional[str] = None) -> dict:
     data_folder = require_dir(data_folder, "own corpus").resolve()
     save_folder = Path(save_folder)
     if len(split_ratios) != 3 or min(split_ratios) <= 0:
@@ -197,6 +294,8 @@ def prepare(data_folder, save_folder, seed: int = 0, fractions=(0.1, 0.01), hour
     label_source = parse_source(labels, "--labels")  # bad options fail before any work
     speaker_source = parse_source(speaker, "--speaker")
     transcript_file = require_file(transcripts, "--transcripts") if transcripts is not None else None
+    mapping = parse_label_map(label_map)
+    how = choose_split(split, labels, speaker)
     files, other = find_audio(data_folder, extensions)
     if not files:
         raise PrepError(f"{data_folder}: no audio files with extension {', '.join(extensions)} (see --extensions)")
@@ -206,6 +305,7 @@ def prepare(data_folder, save_folder, seed: int = 0, fractions=(0.1, 0.01), hour
     fp = fingerprint(corpus="own_folder", data_folder=data_folder, seed=seed, fractions=list(fractions),
                      hours=list(hours), labels=labels, transcripts=transcripts, speaker=speaker,
                      split_ratios=list(split_ratios), extensions=list(extensions), relative_paths=relative_paths,
+                     **new_options(mapping, how, speaker),
                      listing=_listing_digest(files, [spec.partition(":")[2] for spec in (labels, speaker)
                                                      if spec and spec.partition(":")[0] in ("csv", "kaldi")]
                                              + ([transcripts] if transcripts else [])))
@@ -238,31 +338,21 @@ def prepare(data_folder, save_folder, seed: int = 0, fractions=(0.1, 0.01), hour
     if not rows:
         raise PrepError(f"{data_folder}: none of the {len(files)} audio files is usable with the values asked for "
                         f"(first reason: {failures[0][2] if failures else '-'}; see the log)")
-    if speaker_of is not None:
-        speakers = sorted({r["spk_id"] for r in rows})
-        if len(speakers) < 3:
-            raise PrepError(f"{data_folder}: {len(speakers)} speaker(s) {speakers}: a speaker-disjoint train/dev/test "
-                            "split needs at least 3 (drop --speaker for a random utterance split)")
-        split_of = group_split([r["spk_id"] for r in rows], split_ratios, seed)
-        how = "speaker-disjoint"
-        plan = {s: sorted(k for k, v in split_of.items() if v == s) for s in SPLITS}
+    if mapping is not None and label_of is not None:
+        map_labels(rows, mapping)
+    splits, plan = split_rows(rows, how, split_ratios, seed, data_folder)
+    if how == "speaker":
         log.info("%s split by speaker (seed %d): %s", data_folder, seed, plan)
-        splits = {s: [r for r in rows if split_of[r["spk_id"]] == s] for s in SPLITS}
-    else:
-        if len(rows) < 3:
-            raise PrepError(f"{data_folder}: {len(rows)} usable audio file(s); train/dev/test need at least 3")
-        split_of = group_split([r["ID"] for r in rows], split_ratios, seed)
-        how, plan = "random utterances", None
+    elif how == "random":
         log.warning("%s: no speakers given (--speaker): seeded random split of utterances, NOT speaker-disjoint",
                     data_folder)
-        splits = {s: [r for r in rows if split_of[r["ID"]] == s] for s in SPLITS}
     if relative_paths:  # validated above with absolute paths; recipes resolve these against the manifest's folder
         base = save_folder.resolve()
         for r in rows:
             r["wav"] = os.path.relpath(r["wav"], base)
     kept = finish(save_folder, splits, fractions=fractions, hours=hours, seed=seed,
                   stratify="label" if label_of is not None else None, failures=failures, validate=False, what=f"own corpus {data_folder}")
-    mark_done(save_folder, fp, split=how, speakers_per_split=plan, data_folder=str(data_folder),
+    mark_done(save_folder, fp, split=SPLIT_NAMES[how], speakers_per_split=plan, label_map=mapping, data_folder=str(data_folder),
               labels=labels, speaker=speaker, transcripts=transcripts,
               utterances={s: len(v) for s, v in kept.items()}, skipped=len(failures))
     return kept
@@ -274,8 +364,14 @@ def main(argv=None) -> None:
         ("--labels", dict(default=None, help=f"the label column from: {source}")),
         ("--speaker", dict(default=None, help=f"the spk_id column from: {source}; gives speaker-disjoint splits")),
         ("--transcripts", dict(default=None, help="the wrd column from `KEY transcript` lines or a CSV (.csv)")),
+        ("--label_map", dict(default=None, metavar="CODE=NAME,...",
+                             help="rename the labels found, e.g. 01=neutral,02=calm (every label must be named)")),
+        ("--split", dict(default=None, choices=list(SPLIT_NAMES),
+                         help="speaker: speaker-disjoint (default with --speaker); random: utterances (default "
+                              "without); stratified: per label, every label in train, dev and test (needs --labels)")),
         ("--split_ratios", dict(type=float, nargs=3, default=list(DEFAULT_RATIOS), metavar=("TRAIN", "DEV", "TEST"),
-                                help="shares of speakers (or of utterances without --speaker); default 0.8 0.1 0.1")),
+                                help="shares of speakers (--split speaker), of utterances (random) or of each label's "
+                                     "utterances (stratified); default 0.8 0.1 0.1")),
         ("--relative_paths", dict(action="store_true",
                                   help="write wav relative to the save folder, so that audio and manifests move together")),
         ("--extensions", dict(nargs="+", default=list(DEFAULT_EXTENSIONS), help="audio file extensions (default wav flac ogg)")),

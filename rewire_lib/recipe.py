@@ -122,9 +122,21 @@ def load_hparams(hparams_file: str, overrides: str, run_opts: dict, schema: dict
             raise
         raise output_error(err, err.filename, f"{hparams_file}: output_folder") from err
     _check_types(hparams, schema or {}, hparams_file)
+    apply_num_threads(hparams.get("num_threads"), hparams_file)
     if (run_opts.get("device") or "cpu").startswith("cuda") and not torch.cuda.is_available():
         raise HparamsError("--device cuda was asked for but no GPU is visible; use --device cpu")
     return hparams, RunRecord(hparams_file, text, dict(override_dict))
+
+
+def apply_num_threads(value, shown: str) -> None:
+    """The recipe's `num_threads` key: torch's CPU threads for this run (0 or absent: torch's default).
+    Set before any model is loaded, so that a recipe started by hand does not take every core."""
+    if value is None:
+        return
+    if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+        raise HparamsError(f"{shown}: num_threads must be a whole number >= 0 (0: torch's default), got {value!r}")
+    if value and torch.get_num_threads() != value:
+        torch.set_num_threads(value)
 
 
 def create_run_folder(hparams: dict, record: RunRecord) -> None:

@@ -95,7 +95,9 @@ PRESETS = {
         iso_utts=100, iso_max_vectors=2000,
     ),
 }
-# What a real corpus or user data gets instead of the embedded default's caps (None: the recipe's epochs).
+# What a real corpus or user data gets instead of the embedded default's caps. max_steps None: the budget is the
+# recipe's epochs over the task's whole training set (rewire_study.stages.step_budget), the same for every
+# low-resource setting, so that a 5-per-class subset does not train a handful of steps.
 # Rewiring on a real corpus keeps the authors' own length rules (11.25 s skip, 5.625 s halving).
 REAL_CORPUS = dict(train_cap=0, eval_cap=0, rewire_utts=0, max_steps=None, patience=None, task_overrides={},
                    rewire_max_s=11.25, rewire_split_s=5.625)
@@ -163,6 +165,10 @@ class StudyConfig:
     launcher: str = "local"  # local | slurm | submitit-local
     slurm: Dict[str, object] = field(default_factory=dict)  # partition, gpus_per_job, time_min, extra
     allow_rewire_overlap: bool = False  # rewire although the rewiring data holds dev/test recordings (audit)
+
+    def option_given(self, option: str) -> bool:
+        """Whether the command line that made this study set `option` (e.g. "--seeds"), rather than the preset."""
+        return any(a == option or a.startswith(option + "=") for a in self.command)
 
     def eval_every_of(self, task: str) -> int:
         """Dev evaluation interval of a task's runs: its own where the preset sets one, else `eval_every`."""
@@ -283,7 +289,7 @@ def presets_help(active: str, fed: Dict[str, str]) -> str:
     for k in keys:
         row = [PRESETS["default"][k], PRESETS["quick"][k], REAL_CORPUS.get(k, "(as the preset)")]
         if k == "max_steps":
-            row[2] = "None (the recipe's own number_of_epochs)"
+            row[2] = "epochs x steps of the whole training set, every setting (stages.step_budget)"
         elif k == "patience":
             row[2] = "None (the recipe's own: off)"
         elif k == "task_overrides":
@@ -372,8 +378,8 @@ def build_parser(active: str = "default", fed: Optional[Dict[str, str]] = None) 
     p.add_argument("--allow-rewire-overlap", action="store_true",
                    help="rewire even when the leakage audit finds dev/test recordings (by audio content) in the "
                         "rewiring data; by default that stops the rewire stage. The report marks the affected results")
-    p.add_argument("--rewire-csv", default=None, help="manifest to rewire on (default: Speech Commands train clips, "
-                                                        "or LibriSpeech train with --librispeech)")
+    p.add_argument("--rewire-csv", default=None, help="manifest to rewire on (default: the preset's rewire_source, "
+                   f"<data dir>/{PRESETS[active]['rewire_source']}, or LibriSpeech train with --librispeech)")
     p.add_argument("--data-dir", default=str(data_dir()), help="generated corpora and manifests (default: data/)")
     p.add_argument("--shared-dir", default=None, help="shared real speech (default: ../shared/data)")
     p.add_argument("--synth-scale", type=float, default=1.0, help="size of the eSpeak corpus (data_prep/synth.py)")

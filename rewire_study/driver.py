@@ -45,7 +45,7 @@ def _settings(cfg: StudyConfig, name: str) -> dict:
     if name == "downstream":
         return {"tasks": cfg.tasks, "encoders": list(st.encoder_paths(cfg)), "fractions": cfg.fractions,
                 "per_class": cfg.per_class, "controls": cfg.controls,
-                "seeds": cfg.seeds, "max_steps": {t: cfg.max_steps[t] for t in cfg.tasks},
+                "seeds": cfg.seeds, "max_steps": {t: st.step_budget(cfg, t)[0] for t in cfg.tasks},
                 "patience": {t: cfg.patience.get(t) for t in cfg.tasks},
                 "eval_every_steps": {t: cfg.eval_every_of(t) for t in cfg.tasks}, "task_overrides": cfg.task_overrides,
                 "feature_cache": str(cfg.cache_dir / "features"), "feature_dtype": cfg.feature_dtype}
@@ -86,6 +86,8 @@ def run_study(cfg: StudyConfig) -> int:
     log = StageLog(cfg.out / "stages.json", portable(cfg.as_dict(), cfg.out))
     log.save()
     print(f"Study ({cfg.mode} mode) -> {cfg.out}; torch threads: {torch.get_num_threads()}", flush=True)
+    print("Each task's preset and optimiser-step budget per downstream run:\n" + "\n".join(st.budget_lines(cfg)),
+          flush=True)
     t_all = time.time()
     status = 0
     computed = None
@@ -139,13 +141,36 @@ def run_study(cfg: StudyConfig) -> int:
     return status
 
 
+class StudyStopped(KeyboardInterrupt):
+    """SIGTERM to the study's main process: raised where it is, like Ctrl-C, so that the stage under way
+    ends its workers and jobs on the way out (rewire_study.pool.stop_pool, launch.cancel_jobs)."""
+
+
+def _stop_on_sigterm(signum, frame) -> None:
+    raise StudyStopped(f"signal {signum}")
+
+
 def main(argv: Optional[List[str]] = None) -> int:
+    import signal
+    import threading
+
     cfg = parse_args(argv)
+    previous = None
+    if threading.current_thread() is threading.main_thread():
+        previous = signal.signal(signal.SIGTERM, _stop_on_sigterm)
     try:
         return run_study(cfg)
     except st.StageError as err:
         print(f"error: {err}", flush=True)
         return 2
+    except KeyboardInterrupt as err:
+        how = "SIGTERM" if isinstance(err, StudyStopped) else "Ctrl-C"
+        print(f"\nstudy stopped ({how}); its workers and jobs were stopped. The same command resumes it: "
+              "finished units are kept, interrupted ones start again.", flush=True)
+        return 130 if how == "Ctrl-C" else 143
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
 
 
 if __name__ == "__main__":

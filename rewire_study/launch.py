@@ -151,6 +151,27 @@ def run_jobs(fn: Callable, cfg, groups: List[list], desc: str, failures: str = "
     total = sum(len(g) for g in groups)
     print(f"  {desc}: {len(running)} job(s) submitted ({cfg.launcher}; {total} unit(s) in all; job logs: "
           f"{shown_path(cfg.work / 'jobs' / desc, cfg.out)})", flush=True)
+    try:
+        _follow_jobs(ex, fn, cfg, running, results, desc, failures, poll)
+    except BaseException:  # a failed unit, Ctrl-C or SIGTERM: the study's jobs end with it
+        cancel_jobs(running)
+        raise
+    return results
+
+
+def cancel_jobs(running: list) -> None:
+    """Cancel every job still listed as running (`running` is updated in place as jobs end)."""
+    for job, _, _ in running:
+        try:
+            if not job.done():
+                job.cancel(check=False)
+        except Exception as err:  # noqa: BLE001 (a job that cannot be cancelled is named, not fatal)
+            print(f"  could not cancel job {getattr(job, 'job_id', '?')}: {err}", flush=True)
+
+
+def _follow_jobs(ex, fn: Callable, cfg, running: list, results: List[dict], desc: str, failures: str,
+                 poll: float) -> None:
+    """Wait for the jobs, submitting each group's rest when its first unit ends; `running` stays current."""
     while running:
         still = []
         for job, item, rest in running:
@@ -162,10 +183,9 @@ def run_jobs(fn: Callable, cfg, groups: List[list], desc: str, failures: str = "
             if msg.get("text"):
                 print(msg["text"], flush=True)
             still += [(ex.submit(_job, fn, cfg, nxt), nxt, []) for nxt in rest]
-        running = still
+        running[:] = still
         if running:
             time.sleep(poll)
-    return results
 
 
 def _job_message(job, item, desc: str, cfg, failures: str) -> dict:

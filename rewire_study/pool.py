@@ -107,26 +107,51 @@ def run_groups(fn: Callable, cfg, groups: List[list], jobs: int, threads: int, d
     workers = max(1, min(jobs, len(groups)))
     # one worker alone gets the threads of all the jobs
     per_worker = threads if workers > 1 or jobs <= 1 else threads * jobs
+    # a fresh worker per group (cheap: forked from the preloaded forkserver) returns each group's
+    # memory to the system; long-lived workers grew by allocator and oneDNN shape caches
+    pool = ProcessPoolExecutor(max_workers=workers, mp_context=ctx, initializer=_init_worker,
+                               initargs=(q, per_worker), max_tasks_per_child=1)
     try:
-        # a fresh worker per group (cheap: forked from the preloaded forkserver) returns each group's
-        # memory to the system; long-lived workers grew by allocator and oneDNN shape caches
-        with ProcessPoolExecutor(max_workers=workers, mp_context=ctx, initializer=_init_worker,
-                                 initargs=(q, per_worker), max_tasks_per_child=1) as pool:
-            futures = [pool.submit(_call, fn, cfg, g) for g in groups]
-            pending = set(futures)
-            while pending:
-                _drain(q, bar)
-                done, pending = wait(pending, timeout=0.5, return_when=FIRST_COMPLETED)
-                for fut in done:
-                    fut.result()  # a worker that died raises here
+        futures = [pool.submit(_call, fn, cfg, g) for g in groups]
+        pending = set(futures)
+        while pending:
             _drain(q, bar)
+            done, pending = wait(pending, timeout=0.5, return_when=FIRST_COMPLETED)
+            for fut in done:
+                fut.result()  # a worker that died raises here
+        _drain(q, bar)
+        pool.shutdown(wait=True)
         for fut in futures:  # the authoritative results (queue messages are for showing progress)
             results.extend(fut.result())
         bar.n = total
         bar.refresh()
+    except BaseException:  # a failed unit, Ctrl-C or SIGTERM (rewire_study.driver): no worker outlives the study
+        stop_pool(pool)
+        raise
     finally:
         bar.close()
+        q.close()
+        q.join_thread()
     return results
+
+
+def stop_pool(pool: ProcessPoolExecutor, grace: float = 5.0) -> None:
+    """End a pool now: queued groups are cancelled and running workers terminated (SIGTERM, then SIGKILL
+    after `grace` seconds). `shutdown(cancel_futures=True)` alone waits for the running units to finish,
+    which for a downstream group can be an hour."""
+    import time
+
+    procs = list((getattr(pool, "_processes", None) or {}).values())
+    pool.shutdown(wait=False, cancel_futures=True)
+    for p in procs:
+        if p.is_alive():
+            p.terminate()
+    deadline = time.time() + grace
+    for p in procs:
+        p.join(max(0.0, deadline - time.time()))
+        if p.is_alive():
+            p.kill()
+            p.join(1.0)
 
 
 def _drain(q, bar: tqdm) -> None:

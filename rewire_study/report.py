@@ -17,9 +17,9 @@ from rewire_lib.stats import BETTER, NO_DIFFERENCE as NO_DIFF, WORSE, mean_std
 from rewire_study.audit import MARK, audit_markdown, mark, marked_cells, read_audit, write_audit_csv
 from rewire_study.config import BASE, CONTROLS, StudyConfig
 from rewire_study.comparison import N_BOOT, NO_FILE, PREDICTIONS, compare_final, convergence, read_predictions
-from rewire_study.stages import (continue_by_hand, downstream_units, encoder_paths, model_paths, read_sizes, row_names,
-                                 task_settings)
-from rewire_study.units import portable, shown_path
+from rewire_study.stages import (continue_by_hand, downstream_units, encoder_paths, isotropy_unit, model_paths,
+                                 read_sizes, row_names, step_budget, task_settings)
+from rewire_study.units import SAMPLE_EVERY_S, portable, shown_path, this_invocation
 
 CSV_FIELDS = ["section", "task", "setting", "encoder", "seed", "level", "layer", "quantity", "value"]
 ISO_MEASURES = [("iw", "I(W)"), ("iw_centred", "I(W) centred"), ("avg_cosine", "avg cosine"), ("isoscore", "IsoScore")]
@@ -112,6 +112,20 @@ def isotropy_rows(cfg: StudyConfig) -> List[dict]:
     if not path.is_file():
         return []
     return json.loads(path.read_text())["rows"]
+
+
+def isotropy_provenance(cfg: StudyConfig, stages: dict) -> str:
+    """Which invocation the isotropy and embedding numbers come from: this one, an earlier one with the same
+    encoders and clips (named), or none that fits this study's settings ("Left out ...": they are not shown)."""
+    entry = stages.get("stages", {}).get("isotropy")
+    if entry is not None and entry.get("invocation") == (stages.get("invocation") or {}).get("id"):
+        return ""
+    if not all(isotropy_unit(cfg, n, e).is_done() for n, e in model_paths(cfg).items()):
+        return ("Left out: the isotropy measurements in `study/isotropy/` are not of this study's encoders and clips "
+                "(run the isotropy stage).")
+    when = f" of {entry['finished_at']}" if entry else ""
+    return (f"Measured by an earlier invocation{when}, on the same encoders (by the stamp of their files) and the "
+            f"same clips (`{shown_path(cfg.work / 'data' / 'isotropy.csv', cfg.out)}`, by content).")
 
 
 def isotropy_summary(rows: List[dict]) -> Dict[tuple, dict]:
@@ -234,7 +248,7 @@ def write_csv(path: Path, cfg: StudyConfig, cells: dict, iso_rows: List[dict], s
     for enc, info in (rewiring or {}).get("embedding", {}).items():
         for k in ("alignment", "uniformity", "isoscore", "avg_cosine", "n_clips"):
             add(section="embedding", encoder=enc, quantity=k, value=info[k])
-    for name, st in stages.get("stages", {}).items():
+    for name, st in this_invocation(stages).items():
         for q in ("wall_time_s", "work_time_s"):
             add(section="stage", task=name, quantity=q, value=st.get(q))
         add(section="stage", task=name, quantity="peak_rss_mib", value=st["peak_rss_mib"]["self"])
@@ -360,7 +374,7 @@ def _steps(n) -> str:
 def budget_text(cfg: StudyConfig, task: str) -> str:
     """A task's training budget per run: its patience (dev evaluations without a new best), the evaluation
     interval and the step cap."""
-    cap, patience, every = cfg.max_steps[task], cfg.patience.get(task), cfg.eval_every_of(task)
+    cap, patience, every = step_budget(cfg, task)[0], cfg.patience.get(task), cfg.eval_every_of(task)
     if not patience:
         return f"{_steps(cap)} steps (no patience), dev every {every}"
     return (f"until {patience} dev evaluations (every {every} steps, so {patience * every} steps) bring no new best, "
@@ -436,7 +450,7 @@ def what_ran(cfg: StudyConfig) -> List[str]:
         info = sizes.get(task, {})
         if "folds_dir" in info:
             L.append(f"| {task} | {info.get('preset', cfg.presets.get(task))} | {info['folds_dir']} | folds | folds | "
-                     f"folds | all | {_steps(cfg.max_steps[task])} |")
+                     f"folds | all | {_steps(step_budget(cfg, task)[0])} |")
             continue
         sets = info.get("settings", {})
         shown = ", ".join(f"{setting_label(k)}: {v['utterances']}" for k, v in sets.items())
@@ -445,7 +459,7 @@ def what_ran(cfg: StudyConfig) -> List[str]:
         each = f" each of {len(folds)} folds" if folds else ""
         L.append(f"| {task} | {info.get('preset', cfg.presets.get(task))} | {info.get('source', 'n/a')} | "
                  f"{used(info, 'train')}{each} | {used(info, 'dev')}{each} | {used(info, 'test')}{each} | "
-                 f"{shown or 'n/a'} | {_steps(cfg.max_steps[task])} |")
+                 f"{shown or 'n/a'} | {_steps(step_budget(cfg, task)[0])} |")
         if folds:
             fold_notes.append(f"{task}: " + ", ".join(f"{name} {'+'.join(f.get('test_speakers', []))}"
                                                        for name, f in folds.items()))
@@ -510,8 +524,10 @@ def seeds_note(cfg: StudyConfig) -> str:
         notes.append("Speaker folds for " + ", ".join(f"{t} ({n})" for t, n in folds.items())
                      + ", one run per fold (fold k: seed k-1).")
     if few:
-        notes.append("Fewer than 5 seeds for " + ", ".join(f"{t} ({n})" for t, n in few.items()) + ": the budget "
-                     "of this preset did not allow more there; those intervals are wider.")
+        why = "as chosen with --seeds" if cfg.option_given("--seeds") else \
+            "the budget of this preset did not allow more there"
+        notes.append("Fewer than 5 seeds for " + ", ".join(f"{t} ({n})" for t, n in few.items()) + f": {why}; "
+                     "those intervals are wider.")
     return " ".join(notes) or f"{len(cfg.seeds)} seeds for every task."
 
 
@@ -535,11 +551,13 @@ def write_markdown(path: Path, cfg: StudyConfig, cells: dict, iso_rows: List[dic
     rewiring = rewiring or {"loss": {}, "embedding": {}}
     encs = encoder_paths(cfg)
     L = ["# Study: rewired encoders against their base encoder\n"]
+    current = this_invocation(stages)
+    peaks = [st["peak_tree_pss_mib"] for st in current.values() if st.get("peak_tree_pss_mib") is not None]
     L.append(f"Made by `{shown_command(cfg)}` ({cfg.mode} preset, {cfg.launcher} launcher, {cfg.jobs} worker(s) x "
-             f"{cfg.threads} thread(s)) on a machine with {machine()}; time of its stages' work over all invocations "
-             f"{fmt(stages.get('total_work_time_s'), 0)} s (the latest invocation "
-             f"{fmt(stages.get('total_wall_time_s'), 0)} s: less when it found work done), peak memory of all study processes together "
-             f"{fmt(stages.get('peak_tree_pss_mib'), 0)} MiB. Every number below is read from the files under "
+             f"{cfg.threads} thread(s)) on a machine with {machine()}; this invocation's stages "
+             f"({', '.join(current) or 'none yet'}) took {fmt(sum(st['wall_time_s'] for st in current.values()), 0)} s "
+             f"(less when it found work done), peak memory of all study processes together "
+             f"{fmt(max(peaks) if peaks else None, 0)} MiB. Every number below is read from the files under "
              "`study/`; paths are relative to this report's folder.\n")
     L.append("**Encoder rows**: " + ", ".join(f"`{n}` = `{shown_path(p, cfg.out)}`" for n, p in encs.items()) + ". ")
     if cfg.in_domain:
@@ -553,7 +571,7 @@ def write_markdown(path: Path, cfg: StudyConfig, cells: dict, iso_rows: List[dic
                  "whitened at the head's input (fit on the training split: downstream `feature_transform`), "
                  "`random` a randomly initialised encoder of the base's architecture (the floor).  ")
     L.append(f"**Tasks**: {', '.join(cfg.tasks)}; **seeds**: {', '.join(map(str, cfg.seeds))} ({seeds_note(cfg)}) "
-             "**step cap per run**: " + ", ".join(f"{t} {_steps(cfg.max_steps[t])}" for t in cfg.tasks)
+             "**step cap per run**: " + ", ".join(f"{t} {_steps(step_budget(cfg, t)[0])}" for t in cfg.tasks)
              + "; **dev every**: " + ", ".join(f"{t} {cfg.eval_every_of(t)}" for t in cfg.tasks) + " steps.\n")
     L += budget_lines(cfg, cells)
     L += what_ran(cfg)
@@ -595,7 +613,7 @@ def write_markdown(path: Path, cfg: StudyConfig, cells: dict, iso_rows: List[dic
         if any(e.get("at_cap") for _, cell in task_cells for e in cell["encoders"].values()):
             why = ("before their patience ran out: still improving" if cfg.patience.get(task) else
                    "with no patience set: not known to have converged")
-            L.append(f"\n{CAP_MARK}k/n: k of the cell's n runs hit the step cap ({_steps(cfg.max_steps[task])}) {why}, "
+            L.append(f"\n{CAP_MARK}k/n: k of the cell's n runs hit the step cap ({_steps(step_budget(cfg, task)[0])}) {why}, "
                      "so their test metric is not that of a converged run.")
         L.append("")
         if cfg.folds.get(task):
@@ -638,6 +656,8 @@ def write_markdown(path: Path, cfg: StudyConfig, cells: dict, iso_rows: List[dic
 
     L.append("### Isotropy per layer\n")
     summ = isotropy_summary(iso_rows)
+    if rewiring.get("measured_by"):
+        L.append(rewiring["measured_by"] + "\n")
     if not summ:
         L.append("No isotropy measurement.\n")
     else:
@@ -660,14 +680,18 @@ def write_markdown(path: Path, cfg: StudyConfig, cells: dict, iso_rows: List[dic
     L.append("## Stages: settings, wall time and memory\n")
     L.append("Wall time of the latest invocation (small when its work was found done and skipped) and the work time "
              "summed over every invocation; peak memory of all the study's processes together during the "
-             "stage (PSS, sampled every 0.5 s), and of the main process alone.\n")
+             f"stage (PSS, sampled every {SAMPLE_EVERY_S:g} s), and of the main process alone.\n")
     L.append("| stage | status | wall time (s) | work time, all runs (s) | runs / skipped / failed | peak all processes MiB | main process MiB | settings |")
     L.append("|---|---|---|---|---|---|---|---|")
-    for name, st in stages.get("stages", {}).items():
+    for name, st in this_invocation(stages).items():
         units = f"{st.get('units_run', '—')} / {st.get('units_skipped', '—')} / {st.get('units_failed', '—')}"
         settings = json.dumps(st.get("settings", {}), default=str)
         L.append(f"| {name} | {st['status']} | {fmt(st['wall_time_s'], 1)} | {fmt(st['work_time_s'], 1)} | {units} | "
                  f"{fmt(st.get('peak_tree_pss_mib'), 0)} | {fmt(st['peak_rss_mib']['self'], 0)} | `{settings}` |")
+    earlier = [n for n in stages.get("stages", {}) if n not in this_invocation(stages)]
+    if earlier:
+        L.append(f"\nNot run by this invocation, left out: {', '.join(earlier)} (stages.json keeps what an earlier "
+                 "invocation recorded for them, maybe on other data).")
     if cfg.views:
         L.append("")
         L.append("## Continue by hand\n")
@@ -696,6 +720,9 @@ def write_report(cfg: StudyConfig, stages: Optional[dict] = None) -> dict:
     cells = compute(cfg, runs)
     iso = isotropy_rows(cfg)
     rewiring = rewiring_info(cfg)
+    rewiring["measured_by"] = isotropy_provenance(cfg, stages) if iso or rewiring["embedding"] else ""
+    if rewiring["measured_by"].startswith("Left out"):
+        iso, rewiring["embedding"] = [], {}
     figures = {}
     (out / "figures").mkdir(parents=True, exist_ok=True)
     for (task, setting), cell in cells.items():

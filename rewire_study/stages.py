@@ -186,6 +186,14 @@ def ensure_controls(cfg: StudyConfig) -> None:
         make_random_encoder(cfg.encoders[BASE], random_encoder_dir(cfg), seed=cfg.seed)
 
 
+def worker_threads() -> List[str]:
+    """The recipe's num_threads: the threads this worker was given (rewire_study.pool from --threads), so
+    that the recipe's own default (1) does not replace them."""
+    import torch
+
+    return ["--num_threads", str(torch.get_num_threads())]
+
+
 def _overrides(items: List[str]) -> List[str]:
     argv = []
     for kv in items:
@@ -374,10 +382,16 @@ def tts_views(cfg: StudyConfig) -> List[str]:
 def rewire_setting(cfg: StudyConfig, view: str, key: str):
     """A rewiring YAML key as the recipe will see it: the view's YAML (with its `extends:` base) under
     the study's `--rewire-override`s. Read from the YAML so that its default lives in one place."""
+    return yaml_setting(recipe_hparams("rewire", view), cfg.rewire_overrides, key)
+
+
+def yaml_setting(hparams: Path, overrides: List[str], key: str):
+    """A recipe key's value as the recipe will see it: its hparams file (with `extends:` bases) under
+    KEY=VALUE `overrides`."""
     from rewire_lib.recipe import hparams_value
 
-    text = "".join(f"{k.strip()}: {v.strip()}\n" for k, v in (kv.split("=", 1) for kv in cfg.rewire_overrides))
-    return hparams_value(str(recipe_hparams("rewire", view)), key, text)
+    text = "".join(f"{k.strip()}: {v.strip()}\n" for k, v in (kv.split("=", 1) for kv in overrides))
+    return hparams_value(str(hparams), key, text)
 
 
 def tts_choice(cfg: StudyConfig) -> dict:
@@ -426,7 +440,7 @@ def rewire_unit(cfg: StudyConfig, view: str, domain: Optional[str] = None) -> Un
             "data_fingerprint": data_fingerprint(csv_path),
             "epochs": cfg.rewire_epochs.get(view, 1), "batch_size": cfg.rewire_batch, "lr": cfg.rewire_lr,
             "length_rules": length_rules(cfg), "overrides": cfg.rewire_overrides, "tts_cache_dir": str(cfg.cache_dir / "tts"), "device": cfg.device}
-    return Unit(folder, spec, outputs=["encoder/config.json"])
+    return Unit(folder, spec, outputs=["encoder/config.json"], root=cfg.out, keep=True)
 
 
 def rewire_argv(cfg: StudyConfig, unit: Unit) -> List[str]:
@@ -434,7 +448,7 @@ def rewire_argv(cfg: StudyConfig, unit: Unit) -> List[str]:
     return [str(recipe_hparams("rewire", s["view"])), "--encoder", s["encoder"],
             "--train_csv", s["train_csv"], "--output_folder", str(unit.folder),
             "--number_of_epochs", str(s["epochs"]), "--batch_size", str(s["batch_size"]),
-            "--tts_cache_dir", s["tts_cache_dir"], "--device", cfg.device, "--noprogressbar"] + \
+            "--tts_cache_dir", s["tts_cache_dir"], "--device", cfg.device, "--noprogressbar", *worker_threads()] + \
         (["--lr", str(s["lr"])] if s.get("lr") is not None else []) + _length_rule_argv(s.get("length_rules")) + \
         _overrides(cfg.rewire_overrides)
 
@@ -536,7 +550,7 @@ def isotropy_unit(cfg: StudyConfig, name: str, encoder: str) -> Unit:
     if transforms:  # the controls' "isotropy for free", fit on training clips (those of the rewiring)
         fit = rewire_source_csv(cfg)
         spec.update(transforms=transforms, fit_manifest=str(fit), fit_fingerprint=data_fingerprint(fit))
-    return Unit(cfg.work / "isotropy" / name, spec, outputs=["rows.json", "embedding.json"])
+    return Unit(cfg.work / "isotropy" / name, spec, outputs=["rows.json", "embedding.json"], root=cfg.out)
 
 
 def _isotropy_one(cfg: StudyConfig, item) -> dict:
@@ -610,6 +624,49 @@ def task_hparams(cfg: StudyConfig, task: str) -> Path:
     return recipe_hparams(task, "baseline")
 
 
+def step_budget(cfg: StudyConfig, task: str) -> tuple:
+    """(optimiser steps of every run of `task`, how they were set). A preset or --max-steps value is used as
+    it is. Without one (a real corpus or --data-folder: the `real-corpus` preset) the budget is the recipe's
+    epochs over the task's whole (capped) training set, the same for every low-resource setting: the
+    recipe's own epochs over a 5-per-class subset would train a handful of steps. None only when the
+    training set's size is unknown (IEMOCAP's folds): then the recipe's own epochs apply."""
+    if cfg.max_steps.get(task) is not None:
+        return cfg.max_steps[task], ("--max-steps" if cfg.option_given("--max-steps") else
+                                     f"the {cfg.presets.get(task, cfg.mode)} preset's max_steps")
+    n = full_train_size(cfg, task)
+    if not n:
+        return None, ("the recipe's own number_of_epochs" if "folds_dir" in task_source(cfg, task) else
+                      "counted from the training set once the data stage has prepared it")
+    overrides = cfg.task_overrides.get("all", []) + cfg.task_overrides.get(task, [])
+    epochs = int(yaml_setting(task_hparams(cfg, task), overrides, "number_of_epochs"))
+    batch = int(yaml_setting(task_hparams(cfg, task), overrides, "batch_size"))
+    per_epoch = math.ceil(n / batch)
+    return epochs * per_epoch, (f"{epochs} epochs x {per_epoch} steps of {batch} over all {n} training utterances, "
+                                "for every setting")
+
+
+def full_train_size(cfg: StudyConfig, task: str) -> Optional[int]:
+    """Utterances in the task's whole training split as the study uses it (after `train_cap`), read from the
+    source's train.csv (before the data stage has copied it), or None (folds, or no manifest yet)."""
+    src = task_source(cfg, task)
+    if "folds_dir" in src or not (Path(src["data_folder"]) / "train.csv").is_file():
+        return None
+    with open(Path(src["data_folder"]) / "train.csv", newline="", encoding="utf-8") as f:
+        n = sum(1 for _ in csv.DictReader(f))
+    cap = cfg.train_cap.get(task, 0)
+    return min(n, cap) if cap else n
+
+
+def budget_lines(cfg: StudyConfig) -> List[str]:
+    """Per task, the preset its sizes come from and the step budget of its runs (printed in a run's first lines)."""
+    lines = []
+    for task in cfg.tasks:
+        steps, why = step_budget(cfg, task)
+        shown = f"{steps} steps" if steps is not None else "epochs"
+        lines.append(f"  {task}: preset {cfg.presets.get(task, cfg.mode)}, budget: {shown} ({why})")
+    return lines
+
+
 def downstream_units(cfg: StudyConfig) -> List[tuple]:
     """(task, encoder row, setting, seed, Unit) in running order: per task and encoder, the whole training set
     first (it fills the feature cache that the smaller subsets then hit)."""
@@ -618,6 +675,7 @@ def downstream_units(cfg: StudyConfig) -> List[tuple]:
     stamps = {}  # encoder path -> stamp, each read once
     for task in cfg.tasks:
         src = task_source(cfg, task)
+        steps = step_budget(cfg, task)[0]
         settings = run_settings(cfg, task) if "folds_dir" not in src else [ALL]
         seeds = cfg.seeds_of(task)
         fingerprints = {}  # (setting, data folder) -> hash of its manifests: once a folder, not once a seed
@@ -641,7 +699,7 @@ def downstream_units(cfg: StudyConfig) -> List[tuple]:
                             "encoder_stamp": stamps[path], **data, "train_csv": train_csv,
                             "data_fingerprint": fingerprints[(setting, run_data_folder(cfg, task, seed))],
                             "device": cfg.device,
-                            "setting": setting, "seed": seed, "max_steps": cfg.max_steps[task],
+                            "setting": setting, "seed": seed, "max_steps": steps,
                             "eval_every_steps": cfg.eval_every_of(task),
                             # only when on: a study without patience keeps its finished runs' specs
                             **({"patience": cfg.patience[task]} if cfg.patience.get(task) else {}),
@@ -650,7 +708,7 @@ def downstream_units(cfg: StudyConfig) -> List[tuple]:
                             "feature_dtype": cfg.feature_dtype}
                     units.append((task, name, setting, seed,
                                   Unit(run_folder(cfg, task, name, setting, seed), spec,
-                                       outputs=["result.json", "curve.csv"])))
+                                       outputs=["result.json", "curve.csv"], root=cfg.out)))
     return units
 
 
@@ -666,7 +724,7 @@ def downstream_argv(cfg: StudyConfig, unit: Unit) -> List[str]:
             "--seed", str(s["seed"]),
             "--output_folder", str(unit.folder), *steps, "--eval_every_steps", str(s["eval_every_steps"]),
             "--feature_cache", "disk", "--feature_cache_dir", str(cfg.cache_dir / "features"),
-            "--feature_cache_dtype", s["feature_dtype"], "--device", cfg.device, "--noprogressbar",
+            "--feature_cache_dtype", s["feature_dtype"], "--device", cfg.device, "--noprogressbar", *worker_threads(),
             *_overrides(s["overrides"])]
 
 

@@ -59,15 +59,66 @@ def data_fingerprint(*csv_paths) -> str:
     return manifest_fingerprint(*csv_paths)
 
 
-class Unit:
-    """One piece of work in a folder: done when its marker says so with the same spec (and its
-    expected outputs exist). A folder left by a different spec is removed before the unit runs again;
-    one left by a killed run with the same spec is kept, so the recipe resumes from its checkpoints."""
+# Spec keys that say where a unit's inputs lie, not what they are: their content is in the fingerprint keys
+# (encoder_stamp, data_fingerprint, fit_fingerprint), so a study folder copied or moved elsewhere, or data moved
+# with the same bytes, is still the same unit.
+LOCATION_KEYS = ("encoder", "train_csv", "manifest", "fit_manifest", "data_folder", "folds_dir", "tts_cache_dir")
 
-    def __init__(self, folder: Path, spec: dict, outputs=()):
+
+# the key whose value fingerprints each location's content
+CONTENT_KEY = {"encoder": "encoder_stamp", "manifest": "data_fingerprint", "train_csv": "data_fingerprint",
+               "data_folder": "data_fingerprint", "folds_dir": "data_fingerprint", "fit_manifest": "fit_fingerprint"}
+
+
+def unit_identity(spec: dict) -> dict:
+    """What defines a unit: its spec without the location keys whose content is fingerprinted beside them
+    (a cache folder's location never counts); a location without its fingerprint key stays."""
+    def located(k: str) -> bool:
+        return k in LOCATION_KEYS and (k not in CONTENT_KEY or CONTENT_KEY[k] in spec)
+    return {k: v for k, v in spec.items() if not located(k)}
+
+
+def spec_difference(old: dict, new: dict) -> str:
+    """The keys of two specs' identities that differ, as `key: old -> new` (for the message that says why a
+    unit is redone)."""
+    a, b = unit_identity(old), unit_identity(new)
+    keys = sorted(k for k in set(a) | set(b) if a.get(k) != b.get(k))
+    return "; ".join(f"{k}: {_short(a.get(k))} -> {_short(b.get(k))}" for k in keys) or "none"
+
+
+def _short(v, most: int = 60) -> str:
+    text = json.dumps(v, default=str)
+    return text if len(text) <= most else text[:most - 3] + "..."
+
+
+def relative_spec(spec: dict, root: Optional[Path]) -> dict:
+    """The spec as stored in a marker: absolute paths inside the study folder `root` written relative to it
+    (a copied or moved study folder then reads the same); other values as they are."""
+    if root is None:
+        return spec
+    root = Path(root).resolve()
+
+    def rel(v):
+        if isinstance(v, str) and os.path.isabs(v) and is_inside(Path(v).resolve(), root):
+            return os.path.relpath(Path(v).resolve(), root)
+        return v
+    return {k: (rel(v) if k in LOCATION_KEYS else v) for k, v in spec.items()}
+
+
+class Unit:
+    """One piece of work in a folder: done when its marker says so with the same identity (`unit_identity`:
+    settings and content fingerprints, not where the files lie) and its expected outputs exist. A folder left
+    by a different spec is removed before the unit runs again, except a finished one marked `keep` (a rewired
+    encoder: hours of work), which is moved aside to `<folder>.old-<time>`; one left by a killed run with the
+    same spec is kept, so the recipe resumes from its checkpoints. `root`: the study folder, paths inside it
+    are stored relative to it."""
+
+    def __init__(self, folder: Path, spec: dict, outputs=(), root: Optional[Path] = None, keep: bool = False):
         self.folder = Path(folder)
         self.spec = json.loads(json.dumps(spec, default=str))  # normalised as it is stored
         self.outputs = [self.folder / o for o in outputs]
+        self.root = root
+        self.keep = keep
 
     @property
     def marker(self) -> Path:
@@ -79,20 +130,40 @@ class Unit:
         except (OSError, ValueError):
             return None
 
+    def _same(self, stored: Optional[dict]) -> bool:
+        return bool(stored) and isinstance(stored.get("spec"), dict) and \
+            unit_identity(stored["spec"]) == unit_identity(self.spec)
+
     def is_done(self) -> bool:
         stored = self._stored()
-        return bool(stored and stored.get("done") and stored.get("spec") == self.spec
-                    and all(o.exists() for o in self.outputs))
+        return bool(stored and stored.get("done") and self._same(stored) and all(o.exists() for o in self.outputs))
 
     def start(self) -> None:
         stored = self._stored()
-        if self.folder.exists() and stored is not None and stored.get("spec") != self.spec:
-            print(f"  settings changed since {self.folder} was made: removing it and starting again", flush=True)
-            shutil.rmtree(self.folder)
-        atomic_write_json(self.marker, {"spec": self.spec, "done": False, "started": time.time()})
+        if self.folder.exists() and stored is not None and not self._same(stored):
+            why = spec_difference(stored.get("spec") or {}, self.spec)
+            if self.keep and stored.get("done"):
+                aside = self.folder.with_name(f"{self.folder.name}.old-{time.strftime('%Y%m%d-%H%M%S')}")
+                print(f"  settings changed since {self.folder} was made ({why}): the finished work is kept, moved "
+                      f"to {aside.name}, and the unit runs again", flush=True)
+                self.folder.rename(aside)
+            else:
+                print(f"  settings changed since {self.folder} was made ({why}): removing it and starting again",
+                      flush=True)
+                shutil.rmtree(self.folder)
+        atomic_write_json(self.marker, {"spec": relative_spec(self.spec, self.root), "done": False,
+                                        "started": time.time()})
 
     def finish(self, **info) -> None:
-        atomic_write_json(self.marker, {"spec": self.spec, "done": True, "finished": time.time(), **info})
+        atomic_write_json(self.marker, {"spec": relative_spec(self.spec, self.root), "done": True,
+                                        "finished": time.time(), **info})
+
+
+def this_invocation(stages: dict) -> dict:
+    """The stage entries of stages.json recorded by its latest invocation (the one now running or last run);
+    entries without an invocation come from a study folder made before invocations were recorded."""
+    current = (stages.get("invocation") or {}).get("id")
+    return {k: v for k, v in stages.get("stages", {}).items() if current and v.get("invocation") == current}
 
 
 def peak_rss_mib() -> dict:
@@ -127,6 +198,11 @@ class StageLog:
             self.data = {}
         self.data["settings"] = settings
         self.data.setdefault("stages", {})
+        # each stage entry names the invocation that recorded it, so that a report of a reused study folder can
+        # tell this invocation's numbers from those an earlier one (maybe on other data) left
+        self.invocation = f"{time.strftime('%Y-%m-%d %H:%M:%S')} pid {os.getpid()}"
+        self.data["invocation"] = {"id": self.invocation, "command": settings.get("command"),
+                                   "data_folders": settings.get("data_folders"), "corpora": settings.get("corpora")}
 
     def record(self, name: str, status: str, seconds: float, settings: dict, counts: dict,
                tree_peak_mib: Optional[float] = None) -> dict:
@@ -138,7 +214,7 @@ class StageLog:
             "invocations": old.get("invocations", 0) + 1, "finished_at": time.strftime("%Y-%m-%d %H:%M:%S"),
             "peak_rss_mib": higher_peaks(old.get("peak_rss_mib"), peak_rss_mib()),
             "peak_tree_pss_mib": _max_known(old.get("peak_tree_pss_mib"), new_peak),
-            "settings": settings, **counts,
+            "settings": settings, "invocation": self.invocation, **counts,
         }
         if entry["peak_tree_pss_mib"] != new_peak and "peak_processes" in old:
             entry["peak_processes"] = old["peak_processes"]  # what was resident at the peak that is kept
@@ -201,6 +277,9 @@ def _pss_bytes(pid: str) -> Optional[int]:
     return None
 
 
+SAMPLE_EVERY_S = 2.0  # a stage's peak lasts far longer (model loading, a run's feature extraction)
+
+
 class TreeMemorySampler:
     """Peak memory of this process and all its descendants together (worker processes included),
     sampled from /proc every `interval` seconds in a background thread (Linux; elsewhere None).
@@ -210,7 +289,7 @@ class TreeMemorySampler:
     is hundreds of MiB) are counted once, not once per process as a sum of RSS would. Where
     smaps_rollup cannot be read, the process's RSS is used."""
 
-    def __init__(self, interval: float = 0.5):
+    def __init__(self, interval: float = SAMPLE_EVERY_S):
         import threading
 
         self.interval = interval
@@ -232,6 +311,9 @@ class TreeMemorySampler:
             self._thread.join(timeout=2)
 
     def sample(self) -> Optional[float]:
+        """One reading: the process tree from every /proc/PID/stat (parent and RSS, cheap), then PSS from
+        smaps_rollup for this tree's processes only (the costly read: the kernel walks each page table, so
+        reading it for every process of a busy machine cost most of the sampler's time)."""
         try:
             page = os.sysconf("SC_PAGE_SIZE")
             parents, rss = {}, {}
@@ -243,23 +325,15 @@ class TreeMemorySampler:
                         fields = f.read().rsplit(")", 1)[1].split()
                     parents[int(d)] = int(fields[1])
                     rss[int(d)] = int(fields[21]) * page
-                    pss = _pss_bytes(d)
-                    if pss is not None:
-                        rss[int(d)] = pss
                 except (OSError, IndexError, ValueError):
                     continue
-            me = os.getpid()
-            total, mine = 0, {}
-            for pid in rss:
-                p, hops = pid, 0
-                while p not in (0, 1, me) and hops < 64:
-                    p, hops = parents.get(p, 0), hops + 1
-                if p == me:  # this process included (the walk stops at once for it)
-                    total += rss[pid]
-                    mine[pid] = rss[pid]
+            mine = {}
+            for pid in descendants(parents, os.getpid()):
+                pss = _pss_bytes(str(pid))
+                mine[pid] = rss.get(pid, 0) if pss is None else pss
             self.last_processes = mine
             self.last_parents = {pid: parents.get(pid) for pid in mine}
-            return total / 2 ** 20
+            return sum(mine.values()) / 2 ** 20
         except OSError:
             return None
 
@@ -270,6 +344,19 @@ class TreeMemorySampler:
                 self.peak_mib = v
                 self.peak_processes = process_breakdown(self.last_processes, parents=self.last_parents)
             self._stop.wait(self.interval)
+
+
+def descendants(parents: dict, root: int) -> list:
+    """`root` and every process below it, from a {pid: parent pid} map."""
+    children: dict = {}
+    for pid, parent in parents.items():
+        children.setdefault(parent, []).append(pid)
+    out, todo = [], [root]
+    while todo:
+        pid = todo.pop()
+        out.append(pid)
+        todo += [c for c in children.get(pid, []) if c != pid]
+    return out
 
 
 def process_role(pid: int, parent: Optional[int], cmd: str, main_pid: int) -> str:

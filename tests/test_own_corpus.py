@@ -165,3 +165,24 @@ def test_relative_paths_move_with_the_folder(tree, tmp_path, monkeypatch):
     with audio_dataset(moved / "manifests" / "train.csv").output_keys_as(["id", "wav", "sig"]) as ds:
         item = next(iter(ds))
         assert item["wav"] == str(moved / "audio" / first["file"]) and item["sig"].numel() > 0
+
+
+def test_stratified_split_keeps_every_label_in_every_split_and_maps_labels(tree, tmp_path):
+    """Speaker identification on one's own recordings: the speaker is the label, so the split must keep every
+    speaker in train, dev and test (a speaker-disjoint split cannot, a random one may not)."""
+    out = tmp_path / "sid"
+    own_folder.prepare(tree, out, labels=r"pattern:_(?P<label>[a-z]+)_\d+\.", speaker=r"pattern:_([a-z]+)_\d+\.",
+                       label_map="george=g,jackson=j,lucas=l,theo=t", split="stratified", fractions=[], seed=3)
+    splits = _splits(out)
+    assert all({r["label"] for r in splits[s]} == {"g", "j", "l", "t"} for s in SPLITS), splits
+    assert all(r["spk_id"] for rows in splits.values() for r in rows)  # the speaker column is kept
+    assert _ids(splits) == GOOD
+    info = json.loads((out / "prepared.json").read_text())
+    assert info["split"] == "stratified by label" and info["label_map"]["theo"] == "t"
+    with pytest.raises(PrepError, match=r"--label_map does not name the label\(s\) \['theo'\]"):
+        own_folder.prepare(tree, tmp_path / "o2", labels=r"pattern:_(?P<label>[a-z]+)_\d+\.",
+                           label_map="george=g,jackson=j,lucas=l", split="stratified")
+    with pytest.raises(PrepError, match="--split stratified needs --labels"):
+        own_folder.prepare(tree, tmp_path / "o3", split="stratified")
+    with pytest.raises(PrepError, match=r"label\(s\) \['two/2_theo_2'\] have fewer than 3"):
+        own_folder.prepare(tree, tmp_path / "o4", labels=r"pattern:^(one|two/2_theo_2)", split="stratified")

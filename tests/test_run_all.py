@@ -2,8 +2,11 @@
 import csv
 import json
 import os
+import shutil
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -113,6 +116,109 @@ def test_changed_settings_redo_only_what_they_touch(tiny_study):
     assert st["units_run"] == RUNS // 2 and st["units_skipped"] == RUNS
     md = (tmp / "results" / "summary.md").read_text()
     assert "(n=3)" in md
+
+
+def _copy_study(tiny_study, dst: Path) -> Path:
+    """The tiny study's report folder copied elsewhere (`cp -a`), as a user moves a finished study."""
+    shutil.copytree(tiny_study[0] / "results", dst, symlinks=True)
+    return dst
+
+
+def _descendants(pid: int) -> set:
+    """Live processes below `pid` (from /proc; zombies are dead)."""
+    parents = {}
+    for d in os.listdir("/proc"):
+        if d.isdigit():
+            try:
+                fields = Path(f"/proc/{d}/stat").read_text().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            if fields[0] != "Z":
+                parents[int(d)] = int(fields[1])
+    found, todo = set(), [pid]
+    while todo:
+        parent = todo.pop()
+        kids = [c for c, p in parents.items() if p == parent and c not in found]
+        found.update(kids)
+        todo += kids
+    return found
+
+
+def _alive(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+def test_copied_study_is_resumed_and_sigterm_stops_its_workers(tiny_study, tmp_path, capsys):
+    """Issue 23: a study folder copied elsewhere keeps its rewired encoder and finished runs; SIGTERM to the
+    main process during the downstream stage leaves no worker alive; the same command then finishes."""
+    tmp, _, encoder = tiny_study
+    out = _copy_study(tiny_study, tmp_path / "moved")
+    enc = out / "study" / "rewire" / "twin" / "encoder"
+    before = {p.name: p.stat().st_mtime_ns for p in enc.iterdir()}
+    argv = tiny_argv(tmp, encoder, ["--out", str(out)])
+    assert all(u.is_done() for *_, u in downstream_units(parse_args(argv)))  # every finished run, by content
+    assert main(argv + ["--stages", "rewire"]) == 0
+    assert "already rewired" in capsys.readouterr().out
+    assert {p.name: p.stat().st_mtime_ns for p in enc.iterdir()} == before
+    assert not [p for p in enc.parent.parent.iterdir() if ".old-" in p.name]
+
+    # two new runs (seed 3 of base and random: no other test makes it) in two workers, stopped once they run
+    more = argv + ["--stages", "downstream", "--seeds", "3", "--views", "none", "--controls", "random",
+                   "--per-class", "none"]
+    proc = subprocess.Popen([sys.executable, "-m", "rewire_study", *more], cwd=REPO_ROOT, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True, env={**os.environ, "PYTHONPATH": str(REPO_ROOT)})
+    seen, lines = set(), []
+    for line in proc.stdout:
+        lines.append(line)
+        if "to run in" in line:
+            break
+    deadline = time.time() + 60
+    while time.time() < deadline and len(seen) < 3:  # forkserver, resource tracker, a worker
+        seen |= _descendants(proc.pid)
+        time.sleep(0.2)
+    assert len(seen) >= 3, "".join(lines)
+    proc.send_signal(signal.SIGTERM)
+    rest, _ = proc.communicate(timeout=60)
+    text = "".join(lines) + rest
+    assert proc.returncode == 143 and "study stopped (SIGTERM)" in text, text[-3000:]
+    assert "leaked semaphore" not in text, text[-3000:]
+    deadline = time.time() + 10  # the forkserver and resource tracker end when they see the main process gone
+    while time.time() < deadline and any(_alive(p) for p in seen):
+        time.sleep(0.2)
+    left = {p: Path(f"/proc/{p}/cmdline").read_bytes()[:200] for p in seen if _alive(p)}
+    assert not left, (left, text[-3000:])
+    assert main(more + ["--jobs", "1"]) == 0  # the rerun finishes what was stopped (in this process: faster)
+    st = json.loads((out / "stages.json").read_text())["stages"]["downstream"]
+    assert st["units_failed"] == 0 and st["units_run"] + st["units_skipped"] == 2
+    assert len(list((out / "study" / "runs" / "ks").glob("*/all/seed3/result.json"))) == 2
+
+
+def test_reused_study_folder_reports_only_this_invocations_data(tiny_study, tmp_path):
+    """Issue 23: a study folder reused on other data: the report's header, stage table and isotropy say which
+    invocation they come from, or leave the earlier one's numbers out."""
+    tmp, _, encoder = tiny_study
+    out = _copy_study(tiny_study, tmp_path / "reused")
+    mine = tmp_path / "my_ks"
+    mine.mkdir()
+    for split in ("train", "dev", "test"):  # other data: a part of the same clips
+        lines = (out / "study" / "data" / "ks" / f"{split}.csv").read_text().splitlines()
+        (mine / f"{split}.csv").write_text("\n".join(lines[:-2]) + "\n")
+    assert main(tiny_argv(tmp, encoder, ["--out", str(out), "--data-folder", f"ks={mine}",
+                                         "--stages", "data,report"])) == 0
+    stages = json.loads((out / "stages.json").read_text())
+    md = (out / "summary.md").read_text()
+    table = [line for line in md.splitlines() if line.startswith("| ") and "` |" in line]
+    assert [line.split(" | ")[0] for line in table] == ["| data", "| report"]
+    assert "Not run by this invocation, left out: tts, rewire, isotropy, downstream" in md
+    peak = max(stages["stages"][s]["peak_tree_pss_mib"] for s in ("data", "report"))
+    assert f"peak memory of all study processes together {peak:.0f} MiB" in md
+    assert "Measured by an earlier invocation" in md  # isotropy: same encoders and clips, named as earlier
+    assert "my_ks" in md and "speech_commands" not in md
+    rows = list(csv.DictReader(open(out / "summary.csv")))
+    assert {r["task"] for r in rows if r["section"] == "stage"} == {"data", "report"}
 
 
 # ---------------------------------------------------------------------- pieces

@@ -52,9 +52,11 @@ def test_embedded_default_is_capped_user_folder_is_not(tmp_path):
     sizes = st.make_study_manifests(cfg)["sizes"]["ks"]
     assert (sizes["train"], sizes["dev"], sizes["test"]) == (400, 120, 120)
     assert sizes["preset"] == REAL and sizes["train_available"] == 400
-    unit = next(u for *_, u in st.downstream_units(cfg))
-    argv = st.downstream_argv(cfg, unit)
-    assert "--max_steps" not in argv and "--number_of_epochs" not in argv  # the recipe's own epochs
+    # the budget: the recipe's 8 epochs x 13 steps of 32 over all 400 utterances, for every setting (issue 23)
+    units = [u for *_, u in st.downstream_units(cfg)]
+    assert {u.spec["setting"] for u in units} == {"all", "frac0.1"} and {u.spec["max_steps"] for u in units} == {104}
+    argv = st.downstream_argv(cfg, units[-1])
+    assert argv[argv.index("--max_steps") + 1] == "104" and "--number_of_epochs" in argv
 
     # a cap the user sets applies to the user's data too
     cfg = parse_args(base_argv(tmp_path, "--data-folder", f"ks={mine}", "--train-cap", "100", "--max-steps", "ks=7",
