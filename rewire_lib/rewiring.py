@@ -264,11 +264,6 @@ def make_train_loader_kwargs(dataset, hparams) -> dict:
     return kwargs
 
 
-CARD_SETTINGS = ("batch_size", "lr", "weight_decay", "temperature", "max_grad_norm", "dropout", "encoder_layerdrop",
-                 "encoder_spec_augment", "freeze_cnn", "gradient_checkpointing", "layer", "sorting",
-                 "length_rules", "max_duration", "tts_backend", "mask_fraction", "seed")
-
-
 def last_epoch_loss(loss_csv) -> float | None:
     """Mean loss of the last epoch in loss.csv (None if the file has no rows)."""
     import csv
@@ -291,7 +286,8 @@ def write_card(brain: RewireBrain, hparams, folder: Path, train_set=None, argv=N
 
     out = Path(hparams["output_folder"])
     seconds = durations(train_set) if train_set is not None else []
-    settings = {key: hparams.get(key) for key in CARD_SETTINGS if key in hparams}
+    # the run's result-changing settings (rewire_lib.run_stamp), the plain ones: objects are the recipe's YAML
+    settings = {k: v for k, v in hparams.get("run_settings", {}).items() if "." not in k}
     settings["precision"] = getattr(brain, "precision", "fp32")
     settings["world_size"] = world_size()
     encoder = unwrap_ddp(brain.modules.encoder)

@@ -1,6 +1,12 @@
 """A run folder knows what made it: `run_stamp.json` records what defines a run (encoder fingerprint,
 the manifests' content fingerprint, the settings that change results).
 
+Which settings change results is declared once, by exclusion: every key of a recipe's merged hparams does,
+and so does the precision, unless HARMLESS_KEYS names it (where files are, how the work is shown or
+split, the budget). `result_settings` derives the run's settings from that; the stamp, result.json and a
+rewired encoder's model card all record them, so a new YAML key is stamped and recorded without touching
+any list, and a key that does not change results is added to HARMLESS_KEYS with its reason.
+
 Why: recipes resume from the latest checkpoint in their output folder. Without a stamp, a run whose
 data or settings changed silently resumed the old run's checkpoints and label encoders and reported
 the old model (`--lr 0.5` "finished" in seconds with the lr 0.002 result). `check_run_folder` is
@@ -32,6 +38,21 @@ from rewire_lib.atomic import atomic_write_json
 logger = logging.getLogger(__name__)
 
 STAMP_FILE = "run_stamp.json"
+# Keys of a recipe's hparams that do not change what a run computes (see the module docstring).
+HARMLESS_KEYS = frozenset({
+    # where things are: the encoder's weights and the manifests' content are fingerprinted instead
+    "repo_root", "encoder", "rewire_results", "data_folder", "folds_dir", "folds", "corpus_folder", "prepare",
+    "train_csv", "valid_csv", "test_csv", "data_root", "output_folder", "save_folder", "loss_csv", "train_log",
+    "feature_cache_dir", "tts_cache_dir", "hub_datasets",
+    # how the work is split, shown and kept: the same numbers either way
+    "feature_cache", "num_threads", "num_workers", "tts_workers", "on_changed_run", "log_every_steps", "plot_smooth",
+    "find_unused_parameters", "gradient_checkpointing", "eval_batch_size", "ckpt_interval_steps",
+    "max_nonfinite_in_a_row", "checkpointer", "epoch_counter", "train_logger", "modules",
+    # the budget and the evaluation cadence: the same run started again with a larger budget trains on from its
+    # checkpoint (its patience counter included), with a smaller or spent one it stops at once
+    "number_of_epochs", "max_steps", "patience", "eval_every_steps",
+})
+DEFAULT_PRECISION = "fp32"
 ON_MISMATCH = ("error", "new")
 _ABSENT = "<absent>"
 
@@ -52,6 +73,53 @@ def manifest_fingerprint(*csv_paths: str | os.PathLike) -> str:
         h.update(f"{len(data)}:".encode())  # length prefix: the files' boundaries are part of the content
         h.update(data)
     return h.hexdigest()
+
+
+def _plain(node: Any) -> Any:
+    """A YAML node (ruamel round-trip) as plain JSON values: a tagged mapping or list keeps its tag under "!"
+    (`head: !name:...ConvCTCHead {hidden_dim: 128}` -> {"!": "!name:...ConvCTCHead", "hidden_dim": 128}), a
+    tagged scalar becomes "TAG VALUE" (`!ref <lr>`)."""
+    tag = getattr(getattr(node, "tag", None), "value", None)
+    if isinstance(node, dict):
+        out = {str(k): _plain(v) for k, v in node.items()}
+        return {"!": tag, **out} if tag else out
+    if isinstance(node, (list, tuple)):
+        items = [_plain(v) for v in node]
+        return {"!": tag, "items": items} if tag else items
+    if tag is not None and hasattr(node, "value"):
+        return f"{tag} {node.value}".strip()
+    if isinstance(node, bool) or node is None:
+        return node
+    for kind in (int, float, str):
+        if isinstance(node, kind):
+            return kind(node)
+    return str(node)
+
+
+def _flatten(prefix: str, value: Any, out: Dict[str, Any]) -> None:
+    if isinstance(value, dict) and value:
+        for k, v in value.items():
+            _flatten(f"{prefix}.{k}", v, out)
+    else:
+        out[prefix] = value
+
+
+def result_settings(yaml_text: str, overrides: Dict[str, Any], run_opts: Dict[str, Any] | None = None) -> Dict[str, Any]:
+    """Every setting of a run that changes its results, flattened (`lr`, `head.!`, `head.hidden_dim`, ...): the
+    merged YAML under the command line's overrides, minus HARMLESS_KEYS, plus the `precision` run option."""
+    import ruamel.yaml
+
+    doc = ruamel.yaml.YAML().load(yaml_text) or {}
+    values = {str(k): v for k, v in doc.items()}
+    values.update({str(k): v for k, v in (overrides or {}).items()})
+    out: Dict[str, Any] = {}
+    for key in sorted(values):
+        if key not in HARMLESS_KEYS:
+            _flatten(key, _plain(values[key]), out)
+    out["precision"] = (run_opts or {}).get("precision") or DEFAULT_PRECISION
+    if (run_opts or {}).get("eval_precision"):
+        out["eval_precision"] = run_opts["eval_precision"]
+    return out
 
 
 def _canonical(value: Any) -> Any:
@@ -84,7 +152,7 @@ def _read_stamp(folder: Path) -> Dict[str, Any] | None:
     return stamp
 
 
-def _short(value: Any, width: int = 24) -> str:
+def _short(value: Any, width: int = 60) -> str:
     text = json.dumps(value, sort_keys=True) if not isinstance(value, str) else value
     return text if len(text) <= width else text[: width - 3] + "..."
 

@@ -105,8 +105,8 @@ def test_long_values_are_shortened_and_added_or_removed_keys_named(tmp_path):
     with pytest.raises(RunFolderMismatch) as err:
         check_run_folder(folder, new)
     message = str(err.value)
-    assert "manifests bbbbbbbbbbbbbbbbbbbbb... -> ccccccccccccccccccccc..." in message
-    assert "b" * 30 not in message
+    assert f"manifests {'b' * 57}... -> {'c' * 57}..." in message
+    assert "b" * 58 not in message
     assert "batch_size 32 -> <absent>" in message
     assert "seed <absent> -> 3" in message
 
@@ -186,6 +186,14 @@ def test_recipe_changed_lr_stops_naming_it_and_leaves_the_old_run_alone(ks, tiny
     record = yaml.safe_load("".join(line for line in (out / "hyperparams.yaml").read_text().splitlines(True)
                                     if line.startswith("lr:")))
     assert record == {"lr": 0.002}, f"{out / 'hyperparams.yaml'} now records the refused command: {record}"
+    # a run option that changes results (precision: the measured case of a bf16 run "finishing" with the fp32
+    # result) is refused the same way; keys declared harmless (cadence, threads) resume the run
+    with pytest.raises(RunFolderMismatch, match="precision fp32 -> bf16"):
+        _ks(ks, tiny_encoder_dir, small_corpus, out, precision="bf16")
+    ckpts = _checkpoints(out)
+    again = _ks(ks, tiny_encoder_dir, small_corpus, out, eval_every_steps=1, num_threads=1, eval_batch_size=3)
+    assert _checkpoints(out) == ckpts, "a harmless key started the run again"
+    assert again["test_accuracy"] == json.loads(result)["test_accuracy"]
 
 
 def test_recipe_changed_run_with_new_goes_to_a_fresh_folder(ks, tiny_encoder_dir, small_corpus, tmp_path):

@@ -55,11 +55,8 @@ logger = logging.getLogger(__name__)
 
 SHARED_CACHES: Optional[dict] = None  # a dict within run.shared_feature_caches() (folds) or a study group: one cache per setting
 CACHE_DTYPES = {"float32": torch.float32, "float16": torch.float16}
-# settings copied into result.json (the ones that change results; absent keys are left out)
-RESULT_SETTINGS = ("batch_size", "lr", "number_of_epochs", "max_steps", "patience", "eval_every_steps", "freeze_encoder",
-                   "finetune_top_layers", "freeze_cnn", "encoder_lr", "encoder_warmup_steps", "layer", "specaugment",
-                   "encoder_spec_augment", "encoder_layerdrop", "feature_cache", "feature_cache_dtype", "subset_seed",
-                   "feature_transform", "feature_transform_shrinkage")
+# what result.json's settings hold beside the run's result-changing settings (hparams["run_settings"])
+BUDGET_KEYS = ("number_of_epochs", "max_steps", "patience", "eval_every_steps")
 
 
 @register_checkpoint_hooks
@@ -556,7 +553,8 @@ class DownstreamBrain(NonFiniteGuard, ShardedBatchesDDP, sb.Brain):
             "nonfinite_skipped": self.nonfinite_skipped,
             "feature_cache": self.cache.stats() if self.cache is not None else None,
             "precision": self.precision,
-            "settings": {k: getattr(hp, k) for k in RESULT_SETTINGS if hasattr(hp, k)},
+            "settings": {**getattr(hp, "run_settings", {}), **{k: getattr(hp, k) for k in BUDGET_KEYS if hasattr(hp, k)},
+                         "feature_cache": getattr(hp, "feature_cache", None)},
             **(extra or {}),
         }
         if if_main_process():

@@ -76,15 +76,6 @@ def require_encoder(encoder: str, rewire_results: str) -> str:
 
 
 # ---------------------------------------------------------------------- before training
-# settings that change what a run computes: a folder trained with other values is not resumed. The budget is not
-# among them (number_of_epochs, max_steps, patience): the same run started again with a larger one trains on from
-# its checkpoint (its patience counter included), with a smaller or spent one it stops at once.
-STAMP_KEYS = ("task", "seed", "train_fraction", "subset_seed", "lr", "batch_size", "max_duration", "freeze_encoder",
-              "finetune_top_layers", "freeze_cnn", "encoder_lr", "encoder_warmup_steps", "encoder_spec_augment",
-              "encoder_layerdrop", "layer", "specaugment", "feature_cache_dtype", "label_column", "slots",
-              "feature_transform", "feature_transform_shrinkage", "token_unit")
-
-
 def prepare_run(hparams: dict) -> None:
     """What a recipe does before reading its data: the per-dataset preparer (on the main process) and
     the manifests' existence (`data.prepare_data`), then the run-folder check, which may move
@@ -96,9 +87,9 @@ def prepare_run(hparams: dict) -> None:
     if hparams.get("folds_dir"):  # ER, ASR, PR
         return  # each fold is its own run, checked when it starts
     hparams["encoder_fingerprint"] = encoder_fingerprint(hparams["encoder_model"])
-    settings = {k: hparams[k] for k in STAMP_KEYS if k in hparams}
-    settings["head"] = repr(hparams["head"])  # its class and sizes (a functools.partial)
-    folder = check_run_folder(hparams, hparams["encoder_fingerprint"], settings)
+    # every result-changing key (rewire_lib.run_stamp.result_settings); the budget is not among them: the same run
+    # started again with a larger one trains on from its checkpoint, with a smaller or spent one it stops at once
+    folder = check_run_folder(hparams, hparams["encoder_fingerprint"], hparams["run_settings"])
     if folder != Path(hparams["output_folder"]):
         logger.info("output_folder %s holds another run: this one goes to %s", hparams["output_folder"], folder)
         hparams["output_folder"] = str(folder)
