@@ -55,10 +55,16 @@ class Domain:
 
 
 def _source_key(cfg: StudyConfig, task: str) -> str:
+    """A folder name for the task's data source: its path under the data dir (`fsdd_connected`), so that a copied
+    or moved study folder finds its rewired encoders again; a source elsewhere (the user's --data-folder) gets
+    its name and a short hash of its location."""
     from rewire_study.stages import task_source
 
-    src = next(iter(task_source(cfg, task).values()))
-    return Path(src).name + "-" + hashlib.sha1(str(Path(src).resolve()).encode()).hexdigest()[:6]
+    src = Path(next(iter(task_source(cfg, task).values()))).resolve()
+    try:
+        return "_".join(src.relative_to(Path(cfg.data_dir).resolve()).parts)
+    except ValueError:
+        return src.name + "-" + hashlib.sha1(str(src).encode()).hexdigest()[:6]
 
 
 def domains(cfg: StudyConfig) -> List[Domain]:
