@@ -9,7 +9,7 @@ What is run: exactly what a study worker runs. The study's own config (`rewire_s
 preset, no rewiring views or controls), its data stage (`stages.stage_data`: `data_prep.prepare_all` for the default
 corpora into a scratch --data-dir, skipped once prepared, then the capped study manifests), then, per task, the
 base encoder's group of `stages.downstream_units` (every setting and seed/fold, in the study's order) through
-`stages._downstream_one` in this one process: the recipe's main() with `downstream_argv`, the disk feature cache
+`stages.DownstreamRuns` in this one process: the recipe's main() with `downstream_argv`, the disk feature cache
 shared within the group, one torch thread. The feature cache folder and run folders are emptied first, so the
 group pays what a first study does.
 
@@ -265,13 +265,12 @@ def base_groups(cfg) -> Dict[str, list]:
     return groups
 
 
-def run_one(cfg, item, clock: Attribution, capture: RunCapture) -> dict:
-    """One unit as a study worker runs it; its wall time and the attributed categories."""
-    from rewire_study import stages
-
+def run_one(runs, cfg, item, clock: Attribution, capture: RunCapture) -> dict:
+    """One unit as a study worker runs it (`runs`: the stage's stages.DownstreamRuns); its wall time and the
+    attributed categories."""
     clock.take()
     t0 = time.perf_counter()
-    msg = stages._downstream_one(cfg, item)
+    msg = runs(cfg, item)
     wall = time.perf_counter() - t0
     cats = clock.take()
     if msg.get("failed"):
@@ -374,12 +373,12 @@ def group_wavs(cfg, items: list) -> Dict[str, float]:
 # --------------------------------------------------------------------------------------- one task
 def bench_group(cfg, task: str, items: list, clock: Attribution, capture: RunCapture, args) -> dict:
     """Run a task's group as the study does, then its bound; per-run and per-task figures."""
-    from rewire_lib.downstream.run import share_feature_caches_within
+    from rewire_study.stages import DownstreamRuns
 
-    runs, brain = [], None
+    runs, brain, downstream = [], None, DownstreamRuns()
     try:
         for k, item in enumerate(items, 1):
-            r = run_one(cfg, item, clock, capture)
+            r = run_one(downstream, cfg, item, clock, capture)
             brain, batches = capture.take()
             r.update(split_run(r, steps_trained(brain, batches)))
             r["bound_loop"] = bare_loop_seconds(brain, batches, r["steps"], args.bound_batches)
@@ -391,7 +390,7 @@ def bench_group(cfg, task: str, items: list, clock: Attribution, capture: RunCap
                   flush=True)
         forward = encoder_forward_seconds(brain, group_wavs(cfg, items), args.bound_utterances)
     finally:
-        share_feature_caches_within(None)
+        downstream.close()
     summary = summarise_task(task, runs, forward)
     print(f"  [{task}] group: {summary['group_wall_s']:.0f} s wall vs bound {summary['group_bound_s']:.0f} s "
           f"({summary['group_over_bound']:.2f}x); features {summary['group_features_s']:.0f} s vs encoder forward "

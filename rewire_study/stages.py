@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Dict, List, Optional
 
 from rewire_lib.atomic import atomic_write_json, atomic_write_text
+from rewire_lib.downstream.feature_cache import FeatureCachePool
 from rewire_lib.manifest import split_csv
 from rewire_lib.paths import shared_data_dir
 from rewire_lib.subsets import nested_subset, per_class_subset
@@ -728,19 +729,36 @@ def downstream_argv(cfg: StudyConfig, unit: Unit) -> List[str]:
             *_overrides(s["overrides"])]
 
 
-def _downstream_one(cfg: StudyConfig, item) -> dict:
+class DownstreamRuns:
+    """The unit function of the downstream stage (`run_units(runs, ...)`): one run per item, the runs of a group
+    (one task and encoder) sharing a FeatureCachePool, so the group's utterances are loaded once. The pool goes
+    with the items: a worker process gets its own copy with its group; in-process, a new group drops the
+    previous group's features, and `close` drops the last one's."""
+
+    def __init__(self):
+        self.feature_caches = FeatureCachePool()
+
+    def __call__(self, cfg: StudyConfig, item) -> dict:
+        task, unit = item[0], item[4]
+        self.feature_caches.keep_for((task, unit.spec["encoder"]))
+        return _downstream_one(cfg, item, self.feature_caches)
+
+    def close(self) -> None:
+        self.feature_caches.clear()
+
+
+def _downstream_one(cfg: StudyConfig, item, feature_caches: Optional[FeatureCachePool] = None) -> dict:
     """In a worker or job: one downstream run through the task recipe's own main(); a failure is
-    reported, not raised."""
-    from rewire_lib.downstream.run import share_feature_caches_within
+    reported, not raised. feature_caches: the pool the run shares with its group's other runs."""
     from rewire_study.launch import run_recipe
 
     task, name, setting, seed, unit = item
     label = f"{task} {name} {setting} {unit.folder.name}"  # seed<S>, or fold<K> for a fold task
-    share_feature_caches_within((task, unit.spec["encoder"]))  # a group's runs load its features once
     unit.start()
     t0 = time.time()
     try:
-        result = run_recipe(cfg, task, downstream_argv(cfg, unit), unit.folder / "console.txt")
+        result = run_recipe(cfg, task, downstream_argv(cfg, unit), unit.folder / "console.txt",
+                            feature_caches=feature_caches)
     except Exception as err:  # one failed run must not lose the others: counted, listed, reported
         atomic_write_text(unit.folder / "error.txt", traceback.format_exc())
         where = shown_path(unit.folder, cfg.out)
@@ -756,8 +774,6 @@ def _downstream_one(cfg: StudyConfig, item) -> dict:
 
 
 def stage_downstream(cfg: StudyConfig) -> dict:
-    from rewire_lib.downstream.run import share_feature_caches_within
-
     ensure_controls(cfg)
     units = downstream_units(cfg)
     todo = [u for u in units if not u[4].is_done()]
@@ -770,10 +786,11 @@ def stage_downstream(cfg: StudyConfig) -> dict:
     for u in todo:  # one group per task and model, whole training set first (it fills the feature cache);
         # the centre/whiten rows read the base's cached features, so they join the base's group
         groups.setdefault((u[0], u[4].spec["encoder"]), []).append(u)
+    runs = DownstreamRuns()
     try:
-        msgs = run_units(_downstream_one, cfg, list(groups.values()), "downstream", failures="report")
+        msgs = run_units(runs, cfg, list(groups.values()), "downstream", failures="report")
     finally:
-        share_feature_caches_within(None)  # runs made in this process (one worker) free their features
+        runs.close()  # runs made in this process (one worker) free their features
     failed = [{"unit": m["unit"], "error": m["error"]} for m in msgs if m.get("failed")]
     secs = [m["seconds"] for m in msgs if not m.get("failed")]
     return {"units": len(units), "units_run": len(msgs) - len(failed), "units_skipped": len(units) - len(todo),

@@ -57,9 +57,10 @@ def recipe_module(task: str):
     return module
 
 
-def run_task(task: str, argv: list) -> dict:
-    """What the study and a user's command do: `recipes/<task>/train.py`'s main(argv); result.json's dict."""
-    return recipe_module(task).main(list(argv))
+def run_task(task: str, argv: list, feature_caches=None) -> dict:
+    """What the study and a user's command do: `recipes/<task>/train.py`'s main(argv); result.json's dict.
+    feature_caches: a FeatureCachePool the run shares with other runs (as a study group's do)."""
+    return recipe_module(task).main(list(argv), feature_caches=feature_caches)
 
 
 # ---------------------------------------------------------------------- a set a head can learn in seconds

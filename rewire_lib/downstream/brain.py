@@ -42,7 +42,7 @@ from speechbrain.utils.distributed import if_main_process
 from rewire_lib.atomic import atomic_write_json
 from rewire_lib.audio import load_audio
 from rewire_lib.dataio import BucketBatchSampler, ShardedBatchesDDP, durations
-from rewire_lib.downstream.feature_cache import FeatureCache, encoder_fingerprint
+from rewire_lib.downstream.feature_cache import FeatureCache, FeatureCachePool, encoder_fingerprint
 from rewire_lib.downstream.predictions import FILENAME as PREDICTIONS_FILE, write_predictions
 from rewire_lib.logs import CSVLog, plot_columns, plot_layer_weights
 from rewire_lib.nonfinite import NonFiniteGuard
@@ -53,7 +53,6 @@ from rewire_lib.stats import best_checkpoint
 
 logger = logging.getLogger(__name__)
 
-SHARED_CACHES: Optional[dict] = None  # a dict within run.shared_feature_caches() (folds) or a study group: one cache per setting
 CACHE_DTYPES = {"float32": torch.float32, "float16": torch.float16}
 # settings copied into result.json (the ones that change results; absent keys are left out)
 RESULT_SETTINGS = ("batch_size", "lr", "number_of_epochs", "max_steps", "patience", "eval_every_steps", "freeze_encoder",
@@ -119,7 +118,7 @@ class FeatureTransform:
 
     @mark_as_loader
     def _recover(self, path, end_of_epoch=False):
-        state = torch.load(path, weights_only=False)
+        state = torch.load(path, weights_only=True)  # the whitener's state is plain tensors and numbers
         self.whitener = FeatureWhitener.from_state_dict(state) if state is not None else None
 
 
@@ -217,7 +216,11 @@ class DownstreamBrain(NonFiniteGuard, ShardedBatchesDDP, sb.Brain):
     higher_is_better = True
     curve_metrics: tuple = ("accuracy",)
 
-    def __init__(self, modules, hparams, run_opts=None, checkpointer=None, feature_cache: Optional[FeatureCache] = None):
+    def __init__(self, modules, hparams, run_opts=None, checkpointer=None, feature_cache: Optional[FeatureCache] = None,
+                 feature_caches: Optional[FeatureCachePool] = None):
+        """feature_cache: the run's cache (default: made from the hparams); feature_caches: a pool shared with
+        other runs of the caller (folds, a study group), which gives the same cache to runs with the same
+        encoder and feature setting."""
         self.encoder_trainable = configure_encoder_training(
             modules["encoder"], hparams["freeze_encoder"], hparams["finetune_top_layers"], hparams["freeze_cnn"])
         super().__init__(modules=modules, hparams=hparams, run_opts=run_opts, checkpointer=checkpointer)
@@ -227,7 +230,7 @@ class DownstreamBrain(NonFiniteGuard, ShardedBatchesDDP, sb.Brain):
                                                         self.encoder_trainable)
         self.output_folder = Path(hparams["output_folder"])
         self.fingerprint = hparams.get("encoder_fingerprint") or encoder_fingerprint(self.encoder_module)
-        self.cache = feature_cache if feature_cache is not None else self._make_cache()
+        self.cache = feature_cache if feature_cache is not None else self._make_cache(feature_caches)
         self.state = RunState()
         self.stage_metrics: dict = {}
         self.epoch_times: list = []  # seconds per epoch run in this process (dev evaluations included)
@@ -250,7 +253,7 @@ class DownstreamBrain(NonFiniteGuard, ShardedBatchesDDP, sb.Brain):
         if not self.encoder_trainable:
             self.encoder_module.eval()
 
-    def _make_cache(self) -> Optional[FeatureCache]:
+    def _make_cache(self, pool: Optional[FeatureCachePool]) -> Optional[FeatureCache]:
         hp = self.hparams
         if self.encoder_trainable or hp.feature_cache in (None, "none", "off"):
             return None
@@ -260,13 +263,8 @@ class DownstreamBrain(NonFiniteGuard, ShardedBatchesDDP, sb.Brain):
                         dtype=CACHE_DTYPES[hp.feature_cache_dtype],
                         # misses are computed under the stage's autocast: its precision changes the features
                         settings={"sample_rate": 16000, "precision": f"{self.precision}/{self.eval_precision}"})
-        key = (self.fingerprint, str(settings))
-        if SHARED_CACHES is not None and key in SHARED_CACHES:
-            return SHARED_CACHES[key]
-        cache = FeatureCache(self.fingerprint, **settings)
-        if SHARED_CACHES is not None:
-            SHARED_CACHES[key] = cache
-        return cache
+        make = lambda: FeatureCache(self.fingerprint, **settings)  # noqa: E731
+        return make() if pool is None else pool.get((self.fingerprint, str(settings)), make)
 
     def _audio_keys_for_cache(self, dataset) -> None:
         """With the feature cache, batches carry `wav` paths instead of `sig` waveforms: on a cache hit
