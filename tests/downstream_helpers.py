@@ -63,6 +63,21 @@ def run_task(task: str, argv: list, feature_caches=None) -> dict:
     return recipe_module(task).main(list(argv), feature_caches=feature_caches)
 
 
+def assert_loads_without_code(save_dir) -> list:
+    """Every torch file of a run's checkpoints loads with weights_only=True (tensors, numbers, strings, lists and
+    dicts only: resuming never runs code from a checkpoint); returns their names. SpeechBrain's own text files
+    (counter, data-loader position) are not torch files and are left out."""
+    import torch
+
+    names = []
+    for path in sorted(Path(save_dir).glob("CKPT*/*.ckpt")):
+        if path.read_bytes()[:2] == b"PK":  # torch.save's zip format
+            torch.load(path, weights_only=True)
+            names.append(path.name)
+    assert names, f"no torch checkpoint files under {save_dir}"
+    return names
+
+
 # ---------------------------------------------------------------------- a set a head can learn in seconds
 TONES = {"a": 300.0, "b": 900.0, "c": 2200.0}  # one pure tone per class / per "phoneme"
 SR = 16000
