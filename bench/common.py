@@ -68,19 +68,6 @@ PRESETS = {
 }
 
 
-def load_recipe_module(task: str):
-    """recipes/<task>/train.py as a module (recipes are scripts, not a package); loaded once per process."""
-    import importlib.util
-
-    name = f"bench_recipe_{task}_train"
-    if name not in sys.modules:
-        spec = importlib.util.spec_from_file_location(name, REPO / "recipes" / task / "train.py")
-        module = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(module)
-        sys.modules[name] = module
-    return sys.modules[name]
-
-
 def default_encoder_spec() -> str:
     """The committed pretrained/tiny-hubert when it is there, else its random stand-in."""
     from rewire_lib.paths import default_encoder_dir
@@ -210,11 +197,6 @@ def bench_manifest(dataset: str, n: int, seed: int = 0, min_seconds: float = MIN
         raise SystemExit(f"{dataset}: only {len(rows)} usable utterances found (wanted {n}); "
                          f"is the shared data at {shared_data_dir()}? Use synth-mixed / synth-equal otherwise.")
     return _write_manifest(out, rows)
-
-
-def read_manifest(path) -> List[dict]:
-    with open(path, newline="") as f:
-        return list(csv.DictReader(f))
 
 
 # --------------------------------------------------------------------------------------- timing

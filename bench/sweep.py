@@ -160,16 +160,16 @@ def attribute_time(patches: Patches, tasks: List[str]) -> None:
     import speechbrain as sb
     from speechbrain.utils.checkpoints import Checkpointer
 
-    from rewire_lib import audio, encoder, logs
-    from rewire_lib.downstream import brain, feature_cache, hparams, predictions, run
+    from rewire_lib import audio, encoder, logs, recipe
+    from rewire_lib.downstream import brain, feature_cache, predictions, run
     from rewire_study import units
     from rewire_study.recipes import load_recipe_main
 
     mains = {t: load_recipe_main(t) for t in tasks}  # a worker imports each recipe once: not a per-run cost
     recipes = [m.__globals__ for m in mains.values()]
-    for fn, cat in ((sb.parse_arguments, "start-up"), (hparams.load_hparams, "hparams"),
+    for fn, cat in ((sb.parse_arguments, "start-up"), (recipe.load_hparams, "hparams"),
                     (run.prepare_run, "stamps"), (feature_cache.encoder_fingerprint, "stamps"),
-                    (hparams.create_run_folder, "run folder"), (audio.load_audio, "features"),
+                    (recipe.create_run_folder, "run folder"), (audio.load_audio, "features"),
                     (logs.plot_columns, "plots"), (logs.plot_layer_weights, "plots"),
                     (predictions.write_predictions, "result files")):
         patches.function(fn, cat, recipes)
@@ -320,8 +320,10 @@ def bare_step_fn(brain, modules, opt) -> Callable:
 
 def bare_loop_seconds(brain, batches: list, steps: int, limit: int, warmup: int = 2) -> dict:
     """Wall and CPU seconds of `steps` bare steps over the run's first `limit` batches, padded beforehand."""
+    from rewire_lib.recipe import unwrap_ddp
+
     data = padded_batches(brain, batches, limit)
-    modules = [copy.deepcopy(brain.modules_unwrapped(n)).train() for n in ("featurizer", "head")]
+    modules = [copy.deepcopy(unwrap_ddp(brain.modules[n])).train() for n in ("featurizer", "head")]
     opt = brain.hparams.opt_class([p for m in modules for p in m.parameters() if p.requires_grad])
     step = bare_step_fn(brain, modules, opt)
     for i in range(warmup):
@@ -365,7 +367,7 @@ def group_wavs(cfg, items: list) -> Dict[str, float]:
     wavs = {}
     for task, _, setting, seed, _ in items:
         for manifest in stages.task_manifests(cfg, task, setting, seed):
-            for row in stages.read_manifest(manifest)[1]:
+            for row in stages.read_stage_manifest(manifest)[1]:
                 wavs[row["wav"]] = float(row["duration"])
     return wavs
 

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Dict, List, Optional
 
 from rewire_study.config import StudyConfig
+from rewire_study.layout import run_data_folder, task_source
 
 SUFFIX = "-in-domain"
 
@@ -55,16 +56,12 @@ class Domain:
 
 
 def _source_key(cfg: StudyConfig, task: str) -> str:
-    from rewire_study.stages import task_source
-
     src = next(iter(task_source(cfg, task).values()))
     return Path(src).name + "-" + hashlib.sha1(str(Path(src).resolve()).encode()).hexdigest()[:6]
 
 
 def domains(cfg: StudyConfig) -> List[Domain]:
     """Every in-domain rewiring set of the study, in task and fold order."""
-    from rewire_study.stages import run_data_folder
-
     found: Dict[str, dict] = {}
     for task in cfg.tasks:
         if task not in cfg.in_domain:

@@ -3,13 +3,12 @@ columns (label, wrd, phn, action/object/location) derived from the spoken digit.
 from __future__ import annotations
 
 import csv
-import importlib.util
-from functools import lru_cache
 from pathlib import Path
 
 import soundfile as sf
 
 from rewire_lib.paths import REPO_ROOT, shared_data_dir
+from rewire_study.recipes import load_recipe_module
 
 FSDD = shared_data_dir() / "fsdd" / "recordings"
 WORDS = {0: "ZERO", 1: "ONE", 2: "TWO"}
@@ -48,13 +47,9 @@ def make_tiny_corpus(folder: Path) -> Path:
     return folder
 
 
-@lru_cache(maxsize=None)
 def recipe_module(task: str):
-    """recipes/<task>/train.py as a module (a recipe folder is not a package)."""
-    spec = importlib.util.spec_from_file_location(f"downstream_recipe_{task}", REPO_ROOT / "recipes" / task / "train.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    """recipes/<task>/train.py as a module (a recipe folder is not a package): the study's own loader."""
+    return load_recipe_module(task)
 
 
 def run_task(task: str, argv: list, feature_caches=None) -> dict:

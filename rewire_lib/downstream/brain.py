@@ -48,7 +48,7 @@ from rewire_lib.logs import CSVLog, plot_columns, plot_layer_weights
 from rewire_lib.nonfinite import NonFiniteGuard
 from rewire_lib.whitening import FeatureWhitener
 from rewire_lib.paths import cache_dir
-from rewire_lib.recipe import HparamsError
+from rewire_lib.recipe import HparamsError, unwrap_ddp
 from rewire_lib.stats import best_checkpoint
 
 logger = logging.getLogger(__name__)
@@ -538,7 +538,7 @@ class DownstreamBrain(NonFiniteGuard, ShardedBatchesDDP, sb.Brain):
 
         hp, metric, summary = self.hparams, self.metric, self.train_summary
         test = dict(self.stage_metrics.get(sb.Stage.TEST, {}))
-        weights = self.modules_unwrapped("featurizer").weights().detach().cpu().tolist()
+        weights = unwrap_ddp(self.modules.featurizer).weights().detach().cpu().tolist()
         result = {
             "task": task, "metric": metric, "higher_is_better": self.higher_is_better, "metric_unit": "%",
             "encoder": hp.encoder, "encoder_fingerprint": self.fingerprint, "train_fraction": float(hp.train_fraction),
@@ -568,7 +568,3 @@ class DownstreamBrain(NonFiniteGuard, ShardedBatchesDDP, sb.Brain):
                     test.get(metric, math.nan), summary["best_score"], summary["best_step"], summary["steps"],
                     summary["train_time_s"])
         return result
-
-    def modules_unwrapped(self, name: str) -> torch.nn.Module:
-        module = self.modules[name]
-        return getattr(module, "module", module)  # DDP wraps trainable modules
