@@ -327,6 +327,14 @@ def save_json(name: str, obj: dict, folder: Optional[Path] = None) -> Path:
     return atomic_write_json(Path(folder or RESULTS_DIR) / f"{name}.json", obj, indent=1)
 
 
+def finish(name: str, result: dict, print_tables: Callable[[dict], str], folder: Optional[Path] = None) -> dict:
+    """A benchmark's last step: its tables printed and kept in the result, which is saved as <name>.json."""
+    result["table"] = print_tables(result)
+    path = save_json(name, result, folder)
+    print(f"\nJSON: {path}")
+    return result
+
+
 def quiet_logs() -> None:
     """Keep the benchmark's own tables readable (SpeechBrain/HF log at INFO/WARNING a lot)."""
     import logging

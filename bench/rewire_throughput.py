@@ -348,11 +348,8 @@ def main(argv=None) -> dict:
               "settings": dict({k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
                            torch_threads=threads),
               "results": results}
-    result["table"] = print_tables(result)
     name = args.name or (SCRIPT if args.device == "cpu" else f"{SCRIPT}_{args.device.split(':')[0]}")
-    path = common.save_json(name, result, args.out)
-    print(f"\nJSON: {path}")
-    return result
+    return common.finish(name, result, print_tables, args.out)
 
 
 if __name__ == "__main__":
