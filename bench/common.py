@@ -68,19 +68,6 @@ PRESETS = {
 }
 
 
-def load_recipe_module(task: str):
-    """recipes/<task>/train.py as a module (recipes are scripts, not a package); loaded once per process."""
-    import importlib.util
-
-    name = f"bench_recipe_{task}_train"
-    if name not in sys.modules:
-        spec = importlib.util.spec_from_file_location(name, REPO / "recipes" / task / "train.py")
-        module = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(module)
-        sys.modules[name] = module
-    return sys.modules[name]
-
-
 def default_encoder_spec() -> str:
     """The committed pretrained/tiny-hubert when it is there, else its random stand-in."""
     from rewire_lib.paths import default_encoder_dir
@@ -212,11 +199,6 @@ def bench_manifest(dataset: str, n: int, seed: int = 0, min_seconds: float = MIN
     return _write_manifest(out, rows)
 
 
-def read_manifest(path) -> List[dict]:
-    with open(path, newline="") as f:
-        return list(csv.DictReader(f))
-
-
 # --------------------------------------------------------------------------------------- timing
 def median(values: Iterable[float]) -> float:
     values = [v for v in values if v is not None and not math.isnan(v)]
@@ -343,6 +325,14 @@ def table(title: str, headers: Sequence[str], rows: Sequence[Sequence]) -> str:
 
 def save_json(name: str, obj: dict, folder: Optional[Path] = None) -> Path:
     return atomic_write_json(Path(folder or RESULTS_DIR) / f"{name}.json", obj, indent=1)
+
+
+def finish(name: str, result: dict, print_tables: Callable[[dict], str], folder: Optional[Path] = None) -> dict:
+    """A benchmark's last step: its tables printed and kept in the result, which is saved as <name>.json."""
+    result["table"] = print_tables(result)
+    path = save_json(name, result, folder)
+    print(f"\nJSON: {path}")
+    return result
 
 
 def quiet_logs() -> None:

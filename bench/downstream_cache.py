@@ -26,6 +26,7 @@ from pathlib import Path
 
 
 from bench import common
+from rewire_study.recipes import load_recipe_module
 
 SCRIPT = "downstream_cache"
 TASK_DATA = {"ks": "speech_commands", "ic": "synth/ic", "sid": "fsdd/speakers", "er": "synth/er",
@@ -101,7 +102,7 @@ def run_recipe(task: str, encoder_dir: str, csvs, cache: str, epochs: int, args,
             "--train_csv", str(train), "--valid_csv", str(dev), "--test_csv", str(test),
             "--output_folder", str(out / f"{task}_{cache}"), "--number_of_epochs", str(epochs),
             "--eval_every_steps", "1000000", "--feature_cache", cache, "--device", args.device, "--noprogressbar"]
-    common.load_recipe_module(task).main(argv)
+    load_recipe_module(task).main(argv)
     logging.disable(logging.WARNING)
     return list(EPOCHS)
 
@@ -182,10 +183,7 @@ def main(argv=None) -> dict:
             results.append(bench_task(task, encoder_dir, args, Path(work)))
     result = {"script": SCRIPT, "machine": common.machine(), "encoder": encoder,
               "settings": dict(vars(args), out=str(args.out), torch_threads=threads), "results": results}
-    result["table"] = print_tables(result)
-    path = common.save_json(SCRIPT, result, args.out)
-    print(f"\nJSON: {path}")
-    return result
+    return common.finish(SCRIPT, result, print_tables, args.out)
 
 
 if __name__ == "__main__":

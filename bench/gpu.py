@@ -28,6 +28,7 @@ from pathlib import Path
 
 from bench import common
 from bench import rewire_throughput as rt
+from rewire_lib.manifest import read_manifest
 
 SCRIPT = "gpu"
 
@@ -77,7 +78,7 @@ def measure(fn, device) -> dict:
 
 def bench_case(encoder_dir: str, precision: str, manifest, batches, args) -> dict:
     """One encoder at one precision: every loop `args.reps` times (after one untimed warm-up unless --tiny)."""
-    rows = common.read_manifest(manifest)
+    rows = read_manifest(manifest)
     args.precision = precision  # read by rewire_throughput.recipe_argv
     loops = {
         "ours": lambda: rt.ours_loop(encoder_dir, manifest, "twin", args)[0],

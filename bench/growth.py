@@ -159,10 +159,7 @@ def main(argv=None) -> dict:
         results.append({"what": what, "measurements": measurements})
     result = {"script": SCRIPT, "machine": common.machine(), "encoder": encoder,
               "settings": dict(vars(args), out=str(args.out), torch_threads=threads), "results": results}
-    result["table"] = print_tables(result)
-    path = common.save_json(SCRIPT, result, args.out)
-    print(f"\nJSON: {path}")
-    return result
+    return common.finish(SCRIPT, result, print_tables, args.out)
 
 
 if __name__ == "__main__":

@@ -32,6 +32,8 @@ from pathlib import Path
 
 
 from bench import common
+from rewire_lib.manifest import read_manifest
+from rewire_study.recipes import load_recipe_module
 
 SCRIPT = "rewire_throughput"
 
@@ -108,7 +110,7 @@ def _recipe():
 
         from rewire_lib.rewiring import RewireBrain
 
-        module = common.load_recipe_module("rewire")
+        module = load_recipe_module("rewire")
 
         class TimedRewireBrain(RewireBrain):
             def on_stage_start(self, stage, epoch=None):
@@ -216,7 +218,7 @@ def bench_one(encoder_dir, dataset, view, args) -> dict:
     from rewire_lib.tts import make_backend
 
     manifest = common.bench_manifest(dataset, args.pairs, seed=args.seed)
-    rows = common.read_manifest(manifest)
+    rows = read_manifest(manifest)
     tts = make_backend(args.tts) if view == "neutral" else None
     tts_cache, tts_stats = prefill_tts(manifest, args) if view == "neutral" else (None, None)
     with tempfile.TemporaryDirectory(prefix="bound-", dir=common.WORK_DIR) as out:
@@ -346,11 +348,8 @@ def main(argv=None) -> dict:
               "settings": dict({k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
                            torch_threads=threads),
               "results": results}
-    result["table"] = print_tables(result)
     name = args.name or (SCRIPT if args.device == "cpu" else f"{SCRIPT}_{args.device.split(':')[0]}")
-    path = common.save_json(name, result, args.out)
-    print(f"\nJSON: {path}")
-    return result
+    return common.finish(name, result, print_tables, args.out)
 
 
 if __name__ == "__main__":

@@ -9,7 +9,7 @@ What is run: exactly what a study worker runs. The study's own config (`rewire_s
 preset, no rewiring views or controls), its data stage (`stages.stage_data`: `data_prep.prepare_all` for the default
 corpora into a scratch --data-dir, skipped once prepared, then the capped study manifests), then, per task, the
 base encoder's group of `stages.downstream_units` (every setting and seed/fold, in the study's order) through
-`stages._downstream_one` in this one process: the recipe's main() with `downstream_argv`, the disk feature cache
+`stages.DownstreamRuns` in this one process: the recipe's main() with `downstream_argv`, the disk feature cache
 shared within the group, one torch thread. The feature cache folder and run folders are emptied first, so the
 group pays what a first study does.
 
@@ -160,16 +160,16 @@ def attribute_time(patches: Patches, tasks: List[str]) -> None:
     import speechbrain as sb
     from speechbrain.utils.checkpoints import Checkpointer
 
-    from rewire_lib import audio, encoder, logs
-    from rewire_lib.downstream import brain, feature_cache, hparams, predictions, run
+    from rewire_lib import audio, encoder, logs, recipe
+    from rewire_lib.downstream import brain, feature_cache, predictions, run
     from rewire_study import units
     from rewire_study.recipes import load_recipe_main
 
     mains = {t: load_recipe_main(t) for t in tasks}  # a worker imports each recipe once: not a per-run cost
     recipes = [m.__globals__ for m in mains.values()]
-    for fn, cat in ((sb.parse_arguments, "start-up"), (hparams.load_hparams, "hparams"),
+    for fn, cat in ((sb.parse_arguments, "start-up"), (recipe.load_hparams, "hparams"),
                     (run.prepare_run, "stamps"), (feature_cache.encoder_fingerprint, "stamps"),
-                    (hparams.create_run_folder, "run folder"), (audio.load_audio, "features"),
+                    (recipe.create_run_folder, "run folder"), (audio.load_audio, "features"),
                     (logs.plot_columns, "plots"), (logs.plot_layer_weights, "plots"),
                     (predictions.write_predictions, "result files")):
         patches.function(fn, cat, recipes)
@@ -265,13 +265,12 @@ def base_groups(cfg) -> Dict[str, list]:
     return groups
 
 
-def run_one(cfg, item, clock: Attribution, capture: RunCapture) -> dict:
-    """One unit as a study worker runs it; its wall time and the attributed categories."""
-    from rewire_study import stages
-
+def run_one(runs, cfg, item, clock: Attribution, capture: RunCapture) -> dict:
+    """One unit as a study worker runs it (`runs`: the stage's stages.DownstreamRuns); its wall time and the
+    attributed categories."""
     clock.take()
     t0 = time.perf_counter()
-    msg = stages._downstream_one(cfg, item)
+    msg = runs(cfg, item)
     wall = time.perf_counter() - t0
     cats = clock.take()
     if msg.get("failed"):
@@ -321,8 +320,10 @@ def bare_step_fn(brain, modules, opt) -> Callable:
 
 def bare_loop_seconds(brain, batches: list, steps: int, limit: int, warmup: int = 2) -> dict:
     """Wall and CPU seconds of `steps` bare steps over the run's first `limit` batches, padded beforehand."""
+    from rewire_lib.recipe import unwrap_ddp
+
     data = padded_batches(brain, batches, limit)
-    modules = [copy.deepcopy(brain.modules_unwrapped(n)).train() for n in ("featurizer", "head")]
+    modules = [copy.deepcopy(unwrap_ddp(brain.modules[n])).train() for n in ("featurizer", "head")]
     opt = brain.hparams.opt_class([p for m in modules for p in m.parameters() if p.requires_grad])
     step = bare_step_fn(brain, modules, opt)
     for i in range(warmup):
@@ -366,7 +367,7 @@ def group_wavs(cfg, items: list) -> Dict[str, float]:
     wavs = {}
     for task, _, setting, seed, _ in items:
         for manifest in stages.task_manifests(cfg, task, setting, seed):
-            for row in stages.read_manifest(manifest)[1]:
+            for row in stages.read_stage_manifest(manifest)[1]:
                 wavs[row["wav"]] = float(row["duration"])
     return wavs
 
@@ -374,12 +375,12 @@ def group_wavs(cfg, items: list) -> Dict[str, float]:
 # --------------------------------------------------------------------------------------- one task
 def bench_group(cfg, task: str, items: list, clock: Attribution, capture: RunCapture, args) -> dict:
     """Run a task's group as the study does, then its bound; per-run and per-task figures."""
-    from rewire_lib.downstream.run import share_feature_caches_within
+    from rewire_study.stages import DownstreamRuns
 
-    runs, brain = [], None
+    runs, brain, downstream = [], None, DownstreamRuns()
     try:
         for k, item in enumerate(items, 1):
-            r = run_one(cfg, item, clock, capture)
+            r = run_one(downstream, cfg, item, clock, capture)
             brain, batches = capture.take()
             r.update(split_run(r, steps_trained(brain, batches)))
             r["bound_loop"] = bare_loop_seconds(brain, batches, r["steps"], args.bound_batches)
@@ -391,7 +392,7 @@ def bench_group(cfg, task: str, items: list, clock: Attribution, capture: RunCap
                   flush=True)
         forward = encoder_forward_seconds(brain, group_wavs(cfg, items), args.bound_utterances)
     finally:
-        share_feature_caches_within(None)
+        downstream.close()
     summary = summarise_task(task, runs, forward)
     print(f"  [{task}] group: {summary['group_wall_s']:.0f} s wall vs bound {summary['group_bound_s']:.0f} s "
           f"({summary['group_over_bound']:.2f}x); features {summary['group_features_s']:.0f} s vs encoder forward "

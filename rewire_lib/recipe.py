@@ -86,6 +86,13 @@ def hparams_value(hparams_file: str, key: str, cli_overrides: str = ""):
     return merged.get(key)
 
 
+def unwrap_ddp(module: torch.nn.Module) -> torch.nn.Module:
+    """The module itself under a DDP (or DataParallel) wrapper, which SpeechBrain puts around trainable modules:
+    its own attributes and methods (a featurizer's weights, an encoder's save_pretrained) are on the inner one."""
+    parallel = (torch.nn.parallel.DistributedDataParallel, torch.nn.DataParallel)
+    return module.module if isinstance(module, parallel) else module
+
+
 def init_ddp_once(run_opts: dict) -> None:
     """SpeechBrain's `ddp_init_group` (a no-op outside torchrun), skipped when this process already
     joined a group: the study and the tests run several recipes in one process."""

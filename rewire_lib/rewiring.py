@@ -23,6 +23,7 @@ from rewire_lib.losses import nt_xent
 from rewire_lib.nonfinite import NonFiniteGuard
 from rewire_lib.oom import name_the_batch_on_oom
 from rewire_lib.pairs import PairBuilder, pair_pipeline
+from rewire_lib.recipe import unwrap_ddp
 
 logger = logging.getLogger(__name__)
 
@@ -33,10 +34,6 @@ def world_size() -> int:
     if torch.distributed.is_available() and torch.distributed.is_initialized():
         return torch.distributed.get_world_size()
     return 1
-
-
-def unwrap_ddp(module: torch.nn.Module) -> torch.nn.Module:
-    return module.module if isinstance(module, torch.nn.parallel.DistributedDataParallel) else module
 
 
 def gather_across_ranks(embeddings: torch.Tensor) -> torch.Tensor:

@@ -29,6 +29,7 @@ from rewire_lib.leakage import (FingerprintCache, RecordingSet, compare, manifes
 from rewire_lib.logs import atomic_write_csv
 from rewire_study import in_domain
 from rewire_study.config import BASE, StudyConfig
+from rewire_study.layout import encoder_rows, read_sizes, run_data_folder, task_source, tts_views
 from rewire_study.units import StageError, shown_path
 
 AUDIT_FILE = "audit.json"
@@ -72,8 +73,6 @@ def fingerprint_cache_path(cfg: StudyConfig) -> Path:
 def task_targets(cfg: StudyConfig, tasks: List[str]) -> List[Target]:
     """The study's manifests of `tasks` (what the data stage wrote): each fold's train/dev/test for a fold
     task, the task folder's otherwise; a folds_dir task (IEMOCAP) its own fold files."""
-    from rewire_study.stages import run_data_folder, task_source
-
     out = []
     for task in tasks:
         src = task_source(cfg, task)
@@ -93,8 +92,6 @@ def audit_sources(cfg: StudyConfig) -> List[AuditSource]:
     """Every label-free training set behind the study's encoder rows: the rewiring manifest (every view, every
     task), each in-domain rewiring set (rewire_study.in_domain: its fold's splits only) and the base encoder's
     pre-training data when its folder records it."""
-    from rewire_study.stages import encoder_rows, tts_views
-
     targets = task_targets(cfg, cfg.tasks)
     sources = []
     if cfg.views:
@@ -144,8 +141,6 @@ def _labelled(info: dict) -> Dict[str, int]:
 def run_audit(cfg: StudyConfig) -> dict:
     """Audit every source, write audit.json, and raise StageError on a rewiring overlap with a dev or test
     split unless `cfg.allow_rewire_overlap`. Returns counts for stages.json."""
-    from rewire_study.stages import read_sizes
-
     t0 = time.time()
     cache = FingerprintCache(fingerprint_cache_path(cfg))
     splits: Dict[Path, RecordingSet] = {}

@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Dict, List, NamedTuple, Optional
 
 from rewire_lib.paths import REPO_ROOT, cache_dir, data_dir, default_encoder_dir
+from rewire_study.recipes import recipe_data_folder
 
 TASKS = ["pr", "asr", "ks", "ic", "sid", "er"]
 # The default sweep runs on real speech only (connected digits for PR/ASR, Speech Commands, FSDD speakers): the
@@ -27,20 +28,24 @@ TASK_HPARAMS = {"asr": "fsdd_connected", "pr": "fsdd_connected"}
 
 
 class TaskData(NamedTuple):
-    """A task's default data: its folder (relative to the data dir), the column that stratifies capped
-    subsets (None: not stratified), the data_prep.prepare_all corpus that writes the folder and, where the
-    corpus has them, the sub-folder of its speaker folds (fold1, fold2, ... each with train/dev/test.csv)."""
+    """A task's default data: its folder (relative to the data dir; the `data_folder` of the task's hparams file,
+    TASK_HPARAMS), the column that stratifies capped subsets (None: not stratified), the data_prep.prepare_all
+    corpus that writes the folder and, where the corpus has them, the sub-folder of its speaker folds (fold1,
+    fold2, ... each with train/dev/test.csv)."""
     folder: str
     stratify: Optional[str]
     corpus: str
     folds: Optional[str] = None
 
 
+def _task_data(task: str, stratify: Optional[str], corpus: str, folds: Optional[str] = None) -> TaskData:
+    return TaskData(recipe_data_folder(task, TASK_HPARAMS.get(task, "baseline")), stratify, corpus, folds)
+
+
 TASK_DATA = {
-    "pr": TaskData("fsdd/connected", None, "fsdd_connected", "folds"),
-    "asr": TaskData("fsdd/connected", None, "fsdd_connected", "folds"),
-    "ks": TaskData("speech_commands", "label", "speech_commands"), "ic": TaskData("synth/ic", "action", "synth"),
-    "sid": TaskData("fsdd/speakers", "label", "fsdd"), "er": TaskData("synth/er", "label", "synth"),
+    "pr": _task_data("pr", None, "fsdd_connected", "folds"), "asr": _task_data("asr", None, "fsdd_connected", "folds"),
+    "ks": _task_data("ks", "label", "speech_commands"), "ic": _task_data("ic", "action", "synth"),
+    "sid": _task_data("sid", "label", "fsdd"), "er": _task_data("er", "label", "synth"),
 }
 # The default rewiring corpus: read English sentences with transcripts (LibriSpeech test-clean's short utterances,
 # the corpus family the method's authors rewired on), split by speaker: rewiring on train, isotropy and embedding

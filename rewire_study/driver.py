@@ -8,7 +8,6 @@ second time) picks up where it stopped.
 """
 from __future__ import annotations
 
-import functools
 import time
 from pathlib import Path
 from typing import List, Optional
@@ -17,6 +16,7 @@ import torch
 
 from rewire_study import stages as st
 from rewire_study.config import BASE, STAGES, StudyConfig, parse_args
+from rewire_study.launch import remember_environment_description
 from rewire_study.units import StageLog, TreeMemorySampler, portable, reset_logging
 
 
@@ -63,24 +63,21 @@ def check_encoders(cfg: StudyConfig) -> None:
                                 "recipes/pretrain).")
 
 
-def _memoise_environment_description() -> None:
-    """SpeechBrain writes env.log (pip freeze, git revision) into every experiment folder, which costs
-    about a second per run; the environment does not change during a study, so it is computed once."""
-    import speechbrain.utils.logger as sb_logger
+def run_stage(cfg: StudyConfig, name: str, log: StageLog) -> tuple:
+    """One stage of config.STAGES: `stages.stage_<name>(cfg)`, or the report (written from what stages.json
+    holds so far); returns (the stage's counts, the report's computed tables or None)."""
+    if name == "report":
+        from rewire_study.report import write_report
 
-    original = sb_logger.get_environment_description
-    if getattr(original, "_study_cached", False):
-        return
-    cached = functools.lru_cache(maxsize=1)(original)
-    cached._study_cached = True
-    sb_logger.get_environment_description = cached
+        return {}, write_report(cfg, log.data)
+    return getattr(st, f"stage_{name}")(cfg) or {}, None
 
 
 def run_study(cfg: StudyConfig) -> int:
     """Run the stages of `cfg.stages` in the canonical order; returns 0, or 1 if a stage or run failed."""
     reset_logging()
     check_encoders(cfg)
-    _memoise_environment_description()
+    remember_environment_description()
     cfg.out.mkdir(parents=True, exist_ok=True)
     cfg.work.mkdir(parents=True, exist_ok=True)
     log = StageLog(cfg.out / "stages.json", portable(cfg.as_dict(), cfg.out))
@@ -98,22 +95,10 @@ def run_study(cfg: StudyConfig) -> int:
         counts, state = {}, "done"
         sampler = TreeMemorySampler().__enter__()
         try:
-            if name == "data":
-                counts = st.stage_data(cfg)
-            elif name == "tts":
-                counts = st.stage_tts(cfg)
-            elif name == "rewire":
-                counts = st.stage_rewire(cfg)
-            elif name == "isotropy":
-                counts = st.stage_isotropy(cfg)
-            elif name == "downstream":
-                counts = st.stage_downstream(cfg)
-                if counts.get("units_failed"):
-                    state, status = "done with failures", 1
-            elif name == "report":
-                from rewire_study.report import write_report
-
-                computed = write_report(cfg, log.data)
+            counts, tables = run_stage(cfg, name, log)
+            computed = tables if tables is not None else computed
+            if counts.get("units_failed"):
+                state, status = "done with failures", 1
         except Exception as err:
             seconds = time.time() - t0
             sampler.__exit__(None, None, None)

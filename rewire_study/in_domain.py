@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Dict, List, Optional
 
 from rewire_study.config import StudyConfig
+from rewire_study.layout import run_data_folder, task_source
 
 SUFFIX = "-in-domain"
 
@@ -58,8 +59,6 @@ def _source_key(cfg: StudyConfig, task: str) -> str:
     """A folder name for the task's data source: its path under the data dir (`fsdd_connected`), so that a copied
     or moved study folder finds its rewired encoders again; a source elsewhere (the user's --data-folder) gets
     its name and a short hash of its location."""
-    from rewire_study.stages import task_source
-
     src = Path(next(iter(task_source(cfg, task).values()))).resolve()
     try:
         return "_".join(src.relative_to(Path(cfg.data_dir).resolve()).parts)
@@ -69,8 +68,6 @@ def _source_key(cfg: StudyConfig, task: str) -> str:
 
 def domains(cfg: StudyConfig) -> List[Domain]:
     """Every in-domain rewiring set of the study, in task and fold order."""
-    from rewire_study.stages import run_data_folder
-
     found: Dict[str, dict] = {}
     for task in cfg.tasks:
         if task not in cfg.in_domain:

@@ -69,17 +69,20 @@ def release_run_memory() -> None:
     gc.collect()
 
 
-def run_recipe(cfg, recipe: str, argv: List[str], console: Path, ddp: bool = True) -> Optional[dict]:
+def run_recipe(cfg, recipe: str, argv: List[str], console: Path, ddp: bool = True,
+               feature_caches=None) -> Optional[dict]:
     """Run `recipes/<recipe>/train.py` main(argv), its console output to `console`.
 
-    In a job with more than one GPU (and a recipe that supports DDP) it runs under torchrun instead,
-    and the downstream result is read back from the run's result.json."""
+    feature_caches: a downstream recipe's FeatureCachePool, shared with the caller's other runs in this process.
+    In a job with more than one GPU (and a recipe that supports DDP) it runs under torchrun instead (nothing
+    shared), and the downstream result is read back from the run's result.json."""
     gpus = gpus_per_unit(cfg) if ddp else 0
     if gpus <= 1:
         remember_environment_description()
+        main = load_recipe_main(recipe)
         try:
             with quiet(console):
-                return load_recipe_main(recipe)(argv)
+                return main(argv) if feature_caches is None else main(argv, feature_caches=feature_caches)
         finally:
             release_run_memory()
     cmd = torchrun_command(recipe, argv, gpus)

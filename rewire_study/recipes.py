@@ -9,6 +9,7 @@ from __future__ import annotations
 import importlib.util
 from functools import lru_cache
 from pathlib import Path
+from types import ModuleType
 from typing import Callable
 
 from rewire_lib.paths import REPO_ROOT
@@ -26,16 +27,44 @@ def recipe_hparams(name: str, yaml_name: str) -> Path:
     return recipe_dir(name) / "hparams" / f"{yaml_name}.yaml"
 
 
+DATA_REF = "!ref <repo_root>/data/"
+
+
+def recipe_data_folder(name: str, yaml_name: str) -> str:
+    """The default data folder of `recipes/<name>/hparams/<yaml_name>.yaml`, relative to the data dir: its
+    `data_folder: !ref <repo_root>/data/<folder>` (or that of the file it `extends`). The study reads it from
+    there so that a recipe's default data is written down once."""
+    path = recipe_hparams(name, yaml_name)
+    while True:
+        keys = dict(line.split(":", 1) for line in path.read_text().splitlines()
+                    if line[:1].isalpha() and ":" in line)
+        folder = keys.get("data_folder", "").split("#")[0].strip()
+        if folder:
+            if not folder.startswith(DATA_REF):
+                raise ValueError(f"{path}: data_folder {folder!r} is not under {DATA_REF}")
+            return folder[len(DATA_REF):]
+        if "extends" not in keys:
+            raise ValueError(f"{path}: no data_folder")
+        path = path.parent / keys["extends"].split("#")[0].strip()
+
+
 @lru_cache(maxsize=None)
-def load_recipe_main(name: str) -> Callable:
-    """`main(argv)` of `recipes/<name>/train.py` (argv: `[HPARAMS.yaml, "--key", "value", ...]`)."""
+def load_recipe_module(name: str) -> ModuleType:
+    """`recipes/<name>/train.py` as a module, loaded once per process (the study, the benchmarks and the tests
+    all load recipes through here)."""
     path = recipe_dir(name) / "train.py"
     if not path.is_file():
         raise FileNotFoundError(f"recipe {name!r}: {path.relative_to(REPO_ROOT)} does not exist")
     spec = importlib.util.spec_from_file_location(f"recipes_{name}_train", path)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
-    main = getattr(module, "main", None)
+    return module
+
+
+def load_recipe_main(name: str) -> Callable:
+    """`main(argv)` of `recipes/<name>/train.py` (argv: `[HPARAMS.yaml, "--key", "value", ...]`)."""
+    main = getattr(load_recipe_module(name), "main", None)
     if not callable(main):
-        raise AttributeError(f"recipe {name!r}: {path.relative_to(REPO_ROOT)} has no main(argv)")
+        raise AttributeError(f"recipe {name!r}: {(recipe_dir(name) / 'train.py').relative_to(REPO_ROOT)} "
+                             "has no main(argv)")
     return main

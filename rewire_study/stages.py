@@ -15,25 +15,37 @@ from pathlib import Path
 from typing import Dict, List, Optional
 
 from rewire_lib.atomic import atomic_write_json, atomic_write_text
-from rewire_lib.manifest import split_csv
+from rewire_lib.downstream.feature_cache import FeatureCachePool
+from rewire_lib.manifest import ManifestError, read_manifest, split_csv
 from rewire_lib.paths import shared_data_dir
 from rewire_lib.subsets import nested_subset, per_class_subset
-from rewire_study.config import (BASE, CLASS_TASKS, CONTROLS, REAL_CORPORA, REWIRE_CORPUS, TASK_DATA,
+from rewire_study.config import (BASE, CLASS_TASKS, REAL_CORPORA, REWIRE_CORPUS, TASK_DATA,
                                  TASK_HPARAMS, StudyConfig)
 from rewire_study import in_domain
+from rewire_study.layout import (encoder_rows, random_encoder_dir, read_sizes, run_data_folder, sizes_path,
+                                 study_data_folder, task_source, tts_views)
 from rewire_study.launch import run_units
 from rewire_study.recipes import recipe_hparams
 from rewire_study.units import StageError, Unit, data_fingerprint, encoder_stamp, is_inside, quiet, shown_path
 
 
 # ---------------------------------------------------------------------- helpers
-def read_manifest(path) -> tuple[list, List[dict]]:
-    path = Path(path)
-    if not path.is_file():
-        raise StageError(f"manifest {path} does not exist (did the data stage run?)")
+def read_stage_manifest(path) -> tuple[list, List[dict]]:
+    """(columns, rows) of a manifest the study reads (rewire_lib.manifest.read_manifest, which also checks it); a
+    missing one is a StageError saying the data stage has most likely not made it, a malformed one names its line."""
+    try:
+        rows = read_manifest(path, required=("ID",), hint="did the data stage run?")
+    except ManifestError as err:
+        raise StageError(str(err)) from err
+    return manifest_columns(path, rows), rows
+
+
+def manifest_columns(path, rows: List[dict]) -> list:
+    """A manifest's columns in file order: its rows' keys, or its header line when it has no rows."""
+    if rows:
+        return list(rows[0])
     with open(path, newline="", encoding="utf-8") as f:
-        reader = csv.DictReader(f)
-        return list(reader.fieldnames or []), list(reader)
+        return next(csv.reader(f), [])
 
 
 def write_manifest_if_changed(path: Path, fields: list, rows: List[dict]) -> bool:
@@ -64,22 +76,6 @@ def effective_fraction(fraction: float, n_train: int, min_train: int) -> float:
     return min(1.0, max(fraction, min_train / n_train))
 
 
-def task_source(cfg: StudyConfig, task: str) -> Dict[str, str]:
-    """Where a task's data comes from: {'data_folder': DIR} or {'folds_dir': DIR} (IEMOCAP)."""
-    if task in cfg.data_folders:
-        return {"data_folder": str(Path(cfg.data_folders[task]).resolve())}
-    for opt, (_, save, tasks) in REAL_CORPORA.items():
-        if opt in cfg.corpora and task in tasks:
-            if opt == "iemocap":
-                return {"folds_dir": str(cfg.data_dir / save)}
-            return {"data_folder": str(cfg.data_dir / save)}
-    return {"data_folder": str(cfg.data_dir / TASK_DATA[task].folder)}
-
-
-def study_data_folder(cfg: StudyConfig, task: str) -> Path:
-    return cfg.work / "data" / task
-
-
 ALL = "all"
 
 
@@ -106,12 +102,6 @@ def task_manifests(cfg: StudyConfig, task: str, setting: str = ALL, seed: Option
     return files + ([folder / setting_csv_name(setting)] if setting != ALL else [])
 
 
-def run_data_folder(cfg: StudyConfig, task: str, seed: Optional[int] = None) -> Path:
-    """The study's manifests a run reads: the task's folder, or its fold's (`StudyConfig.fold_of`)."""
-    fold = cfg.fold_of(task, seed) if seed is not None else None
-    return study_data_folder(cfg, task) / fold if fold else study_data_folder(cfg, task)
-
-
 def rewire_source_csv(cfg: StudyConfig) -> Path:
     if cfg.rewire_csv:
         return Path(cfg.rewire_csv).resolve()
@@ -122,24 +112,6 @@ def rewire_source_csv(cfg: StudyConfig) -> Path:
 
 def iso_source_csv(cfg: StudyConfig) -> Path:
     return Path(cfg.iso_manifest).resolve() if cfg.iso_manifest else cfg.data_dir / cfg.iso_source
-
-
-def random_encoder_dir(cfg: StudyConfig) -> Path:
-    return cfg.work / "controls" / "random"
-
-
-def encoder_rows(cfg: StudyConfig) -> Dict[str, dict]:
-    """Every encoder row compared: name -> {"path", "overrides"}: the given encoders, the control rows
-    (base+centre, base+whiten: the base encoder with `feature_transform`; random), then the rewired views."""
-    rows = {n: {"path": p, "overrides": []} for n, p in cfg.encoders.items()}
-    for c in cfg.controls:
-        if c == "random":
-            rows[CONTROLS[c]] = {"path": str(random_encoder_dir(cfg)), "overrides": []}
-        else:  # centre / whiten: the base encoder's features transformed at the head's input
-            rows[CONTROLS[c]] = {"path": cfg.encoders[BASE], "overrides": [f"feature_transform={c}"]}
-    for view in cfg.views:
-        rows[view] = {"path": str(cfg.work / "rewire" / view / "encoder"), "overrides": []}
-    return rows
 
 
 def row_names(cfg: StudyConfig, task: Optional[str] = None) -> List[str]:
@@ -262,7 +234,7 @@ def make_study_manifests(cfg: StudyConfig) -> dict:
         sizes[task] = info
         print(f"  {task}: {info}", flush=True)
     if cfg.views:
-        fields, rows = read_manifest(rewire_source_csv(cfg))
+        fields, rows = read_stage_manifest(rewire_source_csv(cfg))
         available = len(rows)
         rows = cap_rows(rows, cfg.rewire_utts, cfg.seed, None)
         write_manifest_if_changed(cfg.work / "data" / "rewire" / "train.csv", fields, rows)
@@ -271,7 +243,7 @@ def make_study_manifests(cfg: StudyConfig) -> dict:
         print(f"  rewire: {sizes['rewire']}", flush=True)
     for d in in_domain.domains(cfg):
         sizes.setdefault("rewire_in_domain", {})[d.name] = write_in_domain_manifest(cfg, d)
-    fields, rows = read_manifest(iso_source_csv(cfg))
+    fields, rows = read_stage_manifest(iso_source_csv(cfg))
     rows = cap_rows(rows, cfg.iso_utts, cfg.seed, "label")
     write_manifest_if_changed(cfg.work / "data" / "isotropy.csv", fields, rows)
     sizes["isotropy"] = {"source": shown_path(iso_source_csv(cfg), cfg.out), "utterances": len(rows)}
@@ -283,7 +255,7 @@ def make_study_manifests(cfg: StudyConfig) -> dict:
 def write_in_domain_manifest(cfg: StudyConfig, d: "in_domain.Domain") -> dict:
     """An in-domain rewiring set's manifest: the training split its tasks' runs read, capped at `rewire_utts`; the
     neutral and mixed views need its transcripts (`wrd`)."""
-    fields, rows = read_manifest(d.train_csv)
+    fields, rows = read_stage_manifest(d.train_csv)
     needs_text = [v for v in cfg.views if v in ("neutral", "mixed")]
     if needs_text and "wrd" not in fields:
         raise StageError(f"--in-domain-rewiring {','.join(d.tasks)}: views {needs_text} render transcripts, but "
@@ -300,13 +272,13 @@ def study_split(cfg: StudyConfig, task: str, folder: Path, dst: Path, info: dict
     """The capped train/dev/test copies of one prepared folder in `dst` and its settings' subsets; `info`
     gets the sizes (and is returned)."""
     strat = TASK_DATA[task].stratify
-    fields, train = read_manifest(folder / "train.csv")
+    fields, train = read_stage_manifest(folder / "train.csv")
     info["train_available"] = len(train)
     train = cap_rows(train, cfg.train_cap[task], cfg.seed, strat)
     write_manifest_if_changed(dst / "train.csv", fields, train)
     info["train"] = len(train)
     for split in ("dev", "test"):  # a source's dev split may be named valid.csv; the study's copy is dev.csv
-        f2, rows = read_manifest(split_csv(folder, split, must_exist=False))
+        f2, rows = read_stage_manifest(split_csv(folder, split, must_exist=False))
         info[f"{split}_available"] = len(rows)
         rows = cap_rows(rows, cfg.eval_cap[task], cfg.seed, strat)
         write_manifest_if_changed(dst / f"{split}.csv", f2, rows)
@@ -358,16 +330,6 @@ def write_settings(cfg: StudyConfig, task: str, dst: Path, fields: list, train: 
     return out
 
 
-def sizes_path(cfg: StudyConfig) -> Path:
-    return cfg.work / "data" / "sizes.json"
-
-
-def read_sizes(cfg: StudyConfig) -> dict:
-    """What the data stage wrote (sizes, settings, folds per task); {} before it has run."""
-    path = sizes_path(cfg)
-    return json.loads(path.read_text()) if path.is_file() else {}
-
-
 def run_settings(cfg: StudyConfig, task: str) -> List[str]:
     """The settings that get runs: those whose subset is not the same as a larger setting's."""
     same = read_sizes(cfg).get(task, {}).get("settings", {})
@@ -375,10 +337,6 @@ def run_settings(cfg: StudyConfig, task: str) -> List[str]:
 
 
 # ---------------------------------------------------------------------- 2. TTS
-def tts_views(cfg: StudyConfig) -> List[str]:
-    return [v for v in cfg.views if v in ("neutral", "mixed")]
-
-
 def rewire_setting(cfg: StudyConfig, view: str, key: str):
     """A rewiring YAML key as the recipe will see it: the view's YAML (with its `extends:` base) under
     the study's `--rewire-override`s. Read from the YAML so that its default lives in one place."""
@@ -568,9 +526,9 @@ def _isotropy_one(cfg: StudyConfig, item) -> dict:
     from rewire_study.embedding_change import alignment_uniformity
 
     with quiet(None):
-        held_out = read_manifest(unit.spec["manifest"])[1]
+        held_out = read_stage_manifest(unit.spec["manifest"])[1]
         transforms = unit.spec.get("transforms", [])
-        fit_rows = read_manifest(unit.spec["fit_manifest"])[1][:FIT_CLIPS] if transforms else []
+        fit_rows = read_stage_manifest(unit.spec["fit_manifest"])[1][:FIT_CLIPS] if transforms else []
         atomic_write_json(unit.folder / "embedding.json",
                           alignment_uniformity(enc, held_out, seed=cfg.seed, fit_rows=fit_rows, transforms=transforms))
     unit.finish()
@@ -578,7 +536,7 @@ def _isotropy_one(cfg: StudyConfig, item) -> dict:
 
 
 def stage_isotropy(cfg: StudyConfig) -> dict:
-    from rewire_lib import isotropy_cli
+    from rewire_lib.isotropy import cli as isotropy_cli
 
     ensure_controls(cfg)
     encs = model_paths(cfg)
@@ -728,19 +686,36 @@ def downstream_argv(cfg: StudyConfig, unit: Unit) -> List[str]:
             *_overrides(s["overrides"])]
 
 
-def _downstream_one(cfg: StudyConfig, item) -> dict:
+class DownstreamRuns:
+    """The unit function of the downstream stage (`run_units(runs, ...)`): one run per item, the runs of a group
+    (one task and encoder) sharing a FeatureCachePool, so the group's utterances are loaded once. The pool goes
+    with the items: a worker process gets its own copy with its group; in-process, a new group drops the
+    previous group's features, and `close` drops the last one's."""
+
+    def __init__(self):
+        self.feature_caches = FeatureCachePool()
+
+    def __call__(self, cfg: StudyConfig, item) -> dict:
+        task, unit = item[0], item[4]
+        self.feature_caches.keep_for((task, unit.spec["encoder"]))
+        return _downstream_one(cfg, item, self.feature_caches)
+
+    def close(self) -> None:
+        self.feature_caches.clear()
+
+
+def _downstream_one(cfg: StudyConfig, item, feature_caches: Optional[FeatureCachePool] = None) -> dict:
     """In a worker or job: one downstream run through the task recipe's own main(); a failure is
-    reported, not raised."""
-    from rewire_lib.downstream.run import share_feature_caches_within
+    reported, not raised. feature_caches: the pool the run shares with its group's other runs."""
     from rewire_study.launch import run_recipe
 
     task, name, setting, seed, unit = item
     label = f"{task} {name} {setting} {unit.folder.name}"  # seed<S>, or fold<K> for a fold task
-    share_feature_caches_within((task, unit.spec["encoder"]))  # a group's runs load its features once
     unit.start()
     t0 = time.time()
     try:
-        result = run_recipe(cfg, task, downstream_argv(cfg, unit), unit.folder / "console.txt")
+        result = run_recipe(cfg, task, downstream_argv(cfg, unit), unit.folder / "console.txt",
+                            feature_caches=feature_caches)
     except Exception as err:  # one failed run must not lose the others: counted, listed, reported
         atomic_write_text(unit.folder / "error.txt", traceback.format_exc())
         where = shown_path(unit.folder, cfg.out)
@@ -756,8 +731,6 @@ def _downstream_one(cfg: StudyConfig, item) -> dict:
 
 
 def stage_downstream(cfg: StudyConfig) -> dict:
-    from rewire_lib.downstream.run import share_feature_caches_within
-
     ensure_controls(cfg)
     units = downstream_units(cfg)
     todo = [u for u in units if not u[4].is_done()]
@@ -770,10 +743,11 @@ def stage_downstream(cfg: StudyConfig) -> dict:
     for u in todo:  # one group per task and model, whole training set first (it fills the feature cache);
         # the centre/whiten rows read the base's cached features, so they join the base's group
         groups.setdefault((u[0], u[4].spec["encoder"]), []).append(u)
+    runs = DownstreamRuns()
     try:
-        msgs = run_units(_downstream_one, cfg, list(groups.values()), "downstream", failures="report")
+        msgs = run_units(runs, cfg, list(groups.values()), "downstream", failures="report")
     finally:
-        share_feature_caches_within(None)  # runs made in this process (one worker) free their features
+        runs.close()  # runs made in this process (one worker) free their features
     failed = [{"unit": m["unit"], "error": m["error"]} for m in msgs if m.get("failed")]
     secs = [m["seconds"] for m in msgs if not m.get("failed")]
     return {"units": len(units), "units_run": len(msgs) - len(failed), "units_skipped": len(units) - len(todo),

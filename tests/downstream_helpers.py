@@ -3,13 +3,12 @@ columns (label, wrd, phn, action/object/location) derived from the spoken digit.
 from __future__ import annotations
 
 import csv
-import importlib.util
-from functools import lru_cache
 from pathlib import Path
 
 import soundfile as sf
 
 from rewire_lib.paths import REPO_ROOT, shared_data_dir
+from rewire_study.recipes import load_recipe_module
 
 FSDD = shared_data_dir() / "fsdd" / "recordings"
 WORDS = {0: "ZERO", 1: "ONE", 2: "TWO"}
@@ -48,18 +47,30 @@ def make_tiny_corpus(folder: Path) -> Path:
     return folder
 
 
-@lru_cache(maxsize=None)
 def recipe_module(task: str):
-    """recipes/<task>/train.py as a module (a recipe folder is not a package)."""
-    spec = importlib.util.spec_from_file_location(f"downstream_recipe_{task}", REPO_ROOT / "recipes" / task / "train.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    """recipes/<task>/train.py as a module (a recipe folder is not a package): the study's own loader."""
+    return load_recipe_module(task)
 
 
-def run_task(task: str, argv: list) -> dict:
-    """What the study and a user's command do: `recipes/<task>/train.py`'s main(argv); result.json's dict."""
-    return recipe_module(task).main(list(argv))
+def run_task(task: str, argv: list, feature_caches=None) -> dict:
+    """What the study and a user's command do: `recipes/<task>/train.py`'s main(argv); result.json's dict.
+    feature_caches: a FeatureCachePool the run shares with other runs (as a study group's do)."""
+    return recipe_module(task).main(list(argv), feature_caches=feature_caches)
+
+
+def assert_loads_without_code(save_dir) -> list:
+    """Every torch file of a run's checkpoints loads with weights_only=True (tensors, numbers, strings, lists and
+    dicts only: resuming never runs code from a checkpoint); returns their names. SpeechBrain's own text files
+    (counter, data-loader position) are not torch files and are left out."""
+    import torch
+
+    names = []
+    for path in sorted(Path(save_dir).glob("CKPT*/*.ckpt")):
+        if path.read_bytes()[:2] == b"PK":  # torch.save's zip format
+            torch.load(path, weights_only=True)
+            names.append(path.name)
+    assert names, f"no torch checkpoint files under {save_dir}"
+    return names
 
 
 # ---------------------------------------------------------------------- a set a head can learn in seconds

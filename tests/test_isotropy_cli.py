@@ -13,7 +13,7 @@ import torch
 from rewire_lib.encoder import SpeechEncoder
 from rewire_lib.featurizer import masked_mean
 from rewire_lib.isotropy import IsotropyError, collect_vectors, measure_encoder
-from rewire_lib.isotropy_cli import CSV_COLUMNS, main, parse_layers
+from rewire_lib.isotropy.cli import CSV_COLUMNS, main, parse_layers
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -186,7 +186,7 @@ def test_csv_fallback_without_shared_reader(tmp_path, monkeypatch, manifest):
 
 
 def test_measures_and_command_line_do_not_import_each_other():
-    code = ("import sys, rewire_lib.isotropy; assert 'rewire_lib.isotropy_cli' not in sys.modules; "
-            "import rewire_lib.isotropy_cli")
+    code = ("import sys, rewire_lib.isotropy; assert 'rewire_lib.isotropy.cli' not in sys.modules; "
+            "import rewire_lib.isotropy.cli")
     done = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True)
     assert done.returncode == 0, done.stderr[-1500:]

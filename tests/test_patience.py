@@ -9,7 +9,8 @@ import pytest
 
 from downstream_helpers import make_tone_corpus, run_task, write_csv
 from rewire_lib.downstream.brain import patience_of
-from rewire_lib.downstream.run import folds_stop_reason, shared_feature_caches
+from rewire_lib.downstream.feature_cache import FeatureCachePool
+from rewire_lib.downstream.run import folds_stop_reason
 from rewire_lib.logs import read_csv
 from rewire_lib.paths import REPO_ROOT
 from rewire_lib.recipe import HparamsError
@@ -20,11 +21,14 @@ EVERY, PATIENCE, CAP = 2, 2, 200
 SHIFT = {"a": "b", "b": "c", "c": "a"}
 
 
+FEATURES = FeatureCachePool()  # the module's runs share their feature caches (one encoder pass per utterance)
+
+
 @pytest.fixture(scope="module", autouse=True)
 def features_once():
-    """The module's runs share their feature caches (one encoder pass per utterance for all of them)."""
-    with shared_feature_caches():
-        yield
+    """The shared features are freed when the module's tests end."""
+    yield
+    FEATURES.clear()
 
 
 @pytest.fixture(scope="module")
@@ -48,7 +52,7 @@ def run_ks(encoder, data, out, *extra):
     argv = [str(REPO_ROOT / "recipes" / "ks" / "hparams" / "baseline.yaml"), "--noprogressbar", "--encoder",
             str(encoder), "--data_folder", str(data), "--output_folder", str(out), "--batch_size", "4",
             "--lr", "0.1", "--number_of_epochs", "1000", "--eval_every_steps", str(EVERY), *extra]
-    return run_task("ks", argv)
+    return run_task("ks", argv, feature_caches=FEATURES)
 
 
 @pytest.fixture(scope="module")

@@ -11,7 +11,7 @@ import pytest
 import soundfile as sf
 
 import rewire_lib.outputs as outputs
-from rewire_lib.isotropy_cli import main as isotropy_main
+from rewire_lib.isotropy.cli import main as isotropy_main
 from rewire_lib.manifest import write_manifest
 from rewire_lib.outputs import OutputFolderError, check_writable
 from rewire_lib.paths import REPO_ROOT
@@ -89,7 +89,7 @@ def test_disk_full_while_writing_a_manifest(tmp_path, monkeypatch):
 
 def test_isotropy_command_checks_its_output_folder_first_and_reports_a_full_disk(tmp_path, tiny_encoder_dir,
                                                                                fsdd_files, monkeypatch, capsys):
-    import rewire_lib.isotropy_cli as cli
+    import rewire_lib.isotropy.cli as cli
 
     manifest = tmp_path / "m.csv"
     with open(manifest, "w", newline="") as f:

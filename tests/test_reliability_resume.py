@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-from downstream_helpers import make_tiny_corpus, run_task
+from downstream_helpers import assert_loads_without_code, make_tiny_corpus, run_task
 from rewire_lib.logs import read_csv
 from rewire_lib.paths import REPO_ROOT
 
@@ -45,6 +45,7 @@ def test_downstream_killed_mid_epoch_resumes_to_the_same_final_metrics(task, tmp
     assert proc.returncode == -signal.SIGKILL, proc.stderr[-2000:]
     assert not (tmp_path / "killed" / "result.json").exists()
     assert [r["step"] for r in read_csv(tmp_path / "killed" / "curve.csv")] == ["4"]
+    assert "rng.ckpt" in assert_loads_without_code(tmp_path / "killed" / "save")
     resumed = run_task(task, argv(tmp_path / "killed"))  # the same command again
 
     assert resumed["steps"] == straight["steps"] == 12

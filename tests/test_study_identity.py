@@ -19,7 +19,7 @@ def recorder(monkeypatch):
     """Stands in for the recipes' main(): writes result.json/curve.csv where the run asked, counts runs."""
     calls = []
 
-    def fake_run_recipe(cfg, recipe, argv, console, ddp=True):
+    def fake_run_recipe(cfg, recipe, argv, console, ddp=True, feature_caches=None):
         out = Path(argv[argv.index("--output_folder") + 1])
         out.mkdir(parents=True, exist_ok=True)
         result = {"task": recipe, "metric": "accuracy", "higher_is_better": True, "test_accuracy": 50.0,

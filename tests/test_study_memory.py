@@ -9,7 +9,7 @@ from types import SimpleNamespace
 import speechbrain as sb
 
 from downstream_helpers import make_tiny_corpus
-from rewire_lib.downstream.feature_cache import FeatureCache
+from rewire_lib.downstream.feature_cache import FeatureCache, FeatureCachePool
 from rewire_lib.paths import REPO_ROOT
 from rewire_study import launch
 from tests.test_finetune import fast_env_log  # noqa: F401 (autouse: no pip freeze / git per run)
@@ -52,39 +52,59 @@ def test_a_study_groups_runs_share_their_features_and_free_them_at_the_end(tiny_
     """The study's runs of one task and encoder (one group) read the features once: the second run touches
     no cache file; a new group or the end of the stage drops them. Without sharing, the same second run
     reads every utterance from the disk cache again (the control that shows the check can fail)."""
-    from rewire_lib.downstream.run import share_feature_caches_within
-
     corpus = make_tiny_corpus(tmp_path / "corpus")
     cfg = SimpleNamespace(launcher="local", slurm={})
     reads = []
     original = FeatureCache._file
     monkeypatch.setattr(FeatureCache, "_file", lambda self, key: reads.append(key) or original(self, key))
+    pool = FeatureCachePool()
     results = {}
-    try:
-        _run_separate_then_shared(tiny_encoder_dir, corpus, cfg, tmp_path, reads, results, share_feature_caches_within)
-        gc.collect()
-        assert _alive(FeatureCache) == 1  # the group's one shared cache, kept for its next run
-        share_feature_caches_within(("ks", "another encoder"))
-        gc.collect()
-        assert _alive(FeatureCache) == 0
-    finally:
-        share_feature_caches_within(None)  # never leave sharing on for the tests that follow
+    _run_separate_then_shared(tiny_encoder_dir, corpus, cfg, tmp_path, reads, results, pool)
+    gc.collect()
+    assert _alive(FeatureCache) == 1 and len(pool) == 1  # the group's one shared cache, kept for its next run
+    pool.keep_for(("ks", "another encoder"))
+    gc.collect()
+    assert _alive(FeatureCache) == 0
     for seed in (0, 1):  # sharing changes where features come from, not what a run computes
         assert results["shared", seed]["test_accuracy"] == results["separate", seed]["test_accuracy"]
         assert results["shared", seed]["best_dev_accuracy"] == results["separate", seed]["best_dev_accuracy"]
 
 
-def _run_separate_then_shared(tiny_encoder_dir, corpus, cfg, tmp_path, reads, results, share_feature_caches_within):
+def _run_separate_then_shared(tiny_encoder_dir, corpus, cfg, tmp_path, reads, results, pool):
     for mode in ("separate", "shared"):
         for seed in (0, 1):
+            shared = {}
             if mode == "shared":
-                share_feature_caches_within(("ks", str(tiny_encoder_dir)))
+                pool.keep_for(("ks", str(tiny_encoder_dir)))  # what stages.DownstreamRuns does for each run
+                shared = {"feature_caches": pool}
             out = tmp_path / mode / f"run{seed}"
             reads.clear()
             results[mode, seed] = launch.run_recipe(cfg, "ks", _ks_argv(tiny_encoder_dir, corpus, out, seed,
-                                                                        tmp_path / "features"), out / "console.txt")
+                                                                        tmp_path / "features"), out / "console.txt",
+                                                    **shared)
             if seed == 1:
                 if mode == "shared":
                     assert reads == [], f"the group's second run read {len(reads)} cache files instead of memory"
                 else:
                     assert reads, "a separate run is expected to read the disk cache"
+
+
+def test_the_downstream_stage_shares_one_pool_per_group_and_empties_it_at_the_end(monkeypatch):
+    """stages.DownstreamRuns hands every run of a group the same pool, starts a new group with an empty one,
+    and `close` (the stage's end) empties it; a pool sent to a worker process arrives empty."""
+    import pickle
+
+    from rewire_study import stages
+
+    seen = []
+    monkeypatch.setattr(stages, "_downstream_one",
+                        lambda cfg, item, caches: seen.append((item[0], len(caches.get(item[0], list)))) or {})
+    runs = stages.DownstreamRuns()
+    unit = SimpleNamespace(spec={"encoder": "base"})
+    for task in ("ks", "ks", "sid"):
+        runs(None, (task, "base", "all", 0, unit))
+        runs.feature_caches.get(task, list).append(1)  # what a run's Brain stores in the pool
+    assert seen == [("ks", 0), ("ks", 1), ("sid", 0)]  # a group's runs share; a new group starts empty
+    assert len(pickle.loads(pickle.dumps(runs)).feature_caches) == 0
+    runs.close()
+    assert len(runs.feature_caches) == 0

@@ -203,3 +203,23 @@ def test_a_missing_fold_folder_is_named_before_any_run(tmp_path):
     cfg = parse_args(base_argv(tmp_path, "--tasks", "asr", "--folds", "asr=2"))
     sizes = st.make_study_manifests(cfg)["sizes"]["asr"]
     assert sorted(sizes["folds"]) == ["fold1", "fold2"] and (cfg.work / "data" / "asr" / "fold2" / "test.csv").is_file()
+
+
+def test_every_stage_of_the_list_has_its_function():
+    """The driver runs config.STAGES by name (`stages.stage_<name>`, the report from stages.json): a stage added
+    to the list without its function fails here, not in the middle of a study."""
+    from rewire_study.config import STAGES
+
+    assert STAGES[-1] == "report"
+    for name in STAGES[:-1]:
+        assert callable(getattr(st, f"stage_{name}", None)), name
+
+
+def test_task_data_folders_are_the_recipes_own():
+    """The study's default data folder of a task is the `data_folder` of its hparams file (followed through
+    `extends`), not a second copy of it."""
+    from rewire_study.config import TASK_DATA
+    from rewire_study.recipes import recipe_data_folder
+
+    assert TASK_DATA["pr"].folder == recipe_data_folder("pr", "fsdd_connected") == "fsdd/connected"
+    assert TASK_DATA["ks"].folder == recipe_data_folder("ks", "rewired") == "speech_commands"  # via extends

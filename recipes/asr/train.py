@@ -90,8 +90,11 @@ def dataio_prep(hparams):
     return datasets, tokenizer
 
 
-def main(argv=None) -> dict:
-    """Train the ASR head (CTC over characters), test its best-dev checkpoint; returns what result.json holds."""
+def main(argv=None, feature_caches=None) -> dict:
+    """Train the ASR head (CTC over characters), test its best-dev checkpoint; returns what result.json holds.
+
+    feature_caches: a FeatureCachePool shared with the caller's other runs (a study group), or None.
+    """
     argv = list(sys.argv[1:] if argv is None else argv)
     hparams_file, run_opts, overrides = sb.parse_arguments(argv)  # HPARAMS.yaml, --device/--precision/..., --key value
     init_ddp_once(run_opts)  # speechbrain ddp_init_group under torchrun (once per process)
@@ -99,11 +102,12 @@ def main(argv=None) -> dict:
     prepare_run(hparams)  # run_on_main(the per-dataset preparer); manifests; run-folder stamp
     create_run_folder(hparams, record)  # sb.create_experiment_directory, once the folder is known to be this run's
     if hparams["folds_dir"]:  # each fold is this same recipe on fold<k>/{train,dev,test}.csv
-        return run_folds(hparams, argv, main)
+        return run_folds(hparams, argv, main, feature_caches)
     datasets, tokenizer = dataio_prep(hparams)
     head = hparams["head"](vocab_size=len(tokenizer))  # output size: the tokens of the training transcripts
     asr_brain = SpeechRecognitionBrain(modules=dict(hparams["modules"], head=head), hparams=hparams,
-                                       run_opts=run_opts, checkpointer=hparams["checkpointer"])
+                                       run_opts=run_opts, checkpointer=hparams["checkpointer"],
+                                       feature_caches=feature_caches)
     asr_brain.tokenizer = tokenizer
     asr_brain.fit(hparams["epoch_counter"], datasets["train"], datasets["valid"])
     asr_brain.evaluate(datasets["test"])  # the best-dev checkpoint

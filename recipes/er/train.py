@@ -45,8 +45,11 @@ def dataio_prep(hparams):
     return datasets, emotions
 
 
-def main(argv=None) -> dict:
-    """Train and test (every fold with folds_dir); returns what result.json holds."""
+def main(argv=None, feature_caches=None) -> dict:
+    """Train and test (every fold with folds_dir); returns what result.json holds.
+
+    feature_caches: a FeatureCachePool shared with the caller's other runs (a study group), or None.
+    """
     argv = list(sys.argv[1:] if argv is None else argv)
     hparams_file, run_opts, overrides = sb.parse_arguments(argv)  # HPARAMS.yaml, --device/--precision/..., --key value
     init_ddp_once(run_opts)  # speechbrain ddp_init_group under torchrun (once per process)
@@ -54,10 +57,11 @@ def main(argv=None) -> dict:
     prepare_run(hparams)  # run_on_main(the per-dataset preparer); manifests; run-folder stamp
     create_run_folder(hparams, record)  # sb.create_experiment_directory, once the folder is known to be this run's
     if hparams["folds_dir"]:  # each fold is this same recipe on fold<k>/{train,dev,test}.csv
-        return run_folds(hparams, argv, main)
+        return run_folds(hparams, argv, main, feature_caches)
     datasets, emotions = dataio_prep(hparams)
     modules = dict(hparams["modules"], head=hparams["head"](num_classes=len(emotions)))  # one output per emotion
-    er_brain = EmotionRecognitionBrain(modules, hparams=hparams, run_opts=run_opts, checkpointer=hparams["checkpointer"])
+    er_brain = EmotionRecognitionBrain(modules, hparams=hparams, run_opts=run_opts, checkpointer=hparams["checkpointer"],
+                                       feature_caches=feature_caches)
     er_brain.label_encoder = emotions  # test_predictions.csv names the emotions
     er_brain.fit(hparams["epoch_counter"], datasets["train"], datasets["valid"])
     er_brain.evaluate(datasets["test"])  # the best-dev checkpoint

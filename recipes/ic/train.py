@@ -90,8 +90,11 @@ def dataio_prep(hparams):
     return datasets, encoders
 
 
-def main(argv=None) -> dict:
-    """Train the three intent-slot classifiers, test its best-dev checkpoint; returns what result.json holds."""
+def main(argv=None, feature_caches=None) -> dict:
+    """Train the three intent-slot classifiers, test its best-dev checkpoint; returns what result.json holds.
+
+    feature_caches: a FeatureCachePool shared with the caller's other runs (a study group), or None.
+    """
     hparams_file, run_opts, overrides = sb.parse_arguments(argv)  # HPARAMS.yaml, --device/--precision/..., --key value
     init_ddp_once(run_opts)  # speechbrain ddp_init_group under torchrun (once per process)
     hparams, record = load_hparams(hparams_file, overrides, run_opts, SCHEMA)  # load_hyperpyyaml, extends chain
@@ -100,7 +103,8 @@ def main(argv=None) -> dict:
     datasets, encoders = dataio_prep(hparams)
     head = hparams["head"](slot_sizes={slot: len(encoder) for slot, encoder in encoders.items()})
     ic_brain = IntentClassificationBrain(modules=dict(hparams["modules"], head=head), hparams=hparams,
-                                         run_opts=run_opts, checkpointer=hparams["checkpointer"])
+                                         run_opts=run_opts, checkpointer=hparams["checkpointer"],
+                                         feature_caches=feature_caches)
     ic_brain.fit(hparams["epoch_counter"], datasets["train"], datasets["valid"])
     ic_brain.evaluate(datasets["test"])  # the best-dev checkpoint
     return ic_brain.write_result("ic", datasets)

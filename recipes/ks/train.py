@@ -46,8 +46,11 @@ def dataio_prep(hparams):
     return datasets, label_encoder
 
 
-def main(argv=None) -> dict:
-    """Train the keyword classifier, test its best-dev checkpoint; returns what result.json holds."""
+def main(argv=None, feature_caches=None) -> dict:
+    """Train the keyword classifier, test its best-dev checkpoint; returns what result.json holds.
+
+    feature_caches: a FeatureCachePool shared with the caller's other runs (a study group), or None.
+    """
     hparams_file, run_opts, overrides = sb.parse_arguments(argv)  # HPARAMS.yaml, --device/--precision/..., --key value
     init_ddp_once(run_opts)  # speechbrain ddp_init_group under torchrun (once per process)
     hparams, record = load_hparams(hparams_file, overrides, run_opts, SCHEMA)  # load_hyperpyyaml, extends chain
@@ -56,7 +59,7 @@ def main(argv=None) -> dict:
     datasets, label_encoder = dataio_prep(hparams)
     head = hparams["head"](num_classes=len(label_encoder))  # sized by the training manifest's keywords
     brain = KeywordSpottingBrain(modules=dict(hparams["modules"], head=head), hparams=hparams, run_opts=run_opts,
-                                 checkpointer=hparams["checkpointer"])
+                                 checkpointer=hparams["checkpointer"], feature_caches=feature_caches)
     brain.label_encoder = label_encoder  # test_predictions.csv names the keywords
     brain.fit(hparams["epoch_counter"], datasets["train"], datasets["valid"])
     brain.evaluate(datasets["test"])  # the best-dev checkpoint

@@ -65,8 +65,11 @@ def dataio_prep(hparams):
     return datasets, tokenizer
 
 
-def main(argv=None) -> dict:
-    """Train the phoneme recogniser (CTC over phonemes), test its best-dev checkpoint; returns what result.json holds."""
+def main(argv=None, feature_caches=None) -> dict:
+    """Train the phoneme recogniser (CTC over phonemes), test its best-dev checkpoint; returns what result.json holds.
+
+    feature_caches: a FeatureCachePool shared with the caller's other runs (a study group), or None.
+    """
     argv = list(sys.argv[1:] if argv is None else argv)
     hparams_file, run_opts, overrides = sb.parse_arguments(argv)  # HPARAMS.yaml, --device/--precision/..., --key value
     init_ddp_once(run_opts)  # speechbrain ddp_init_group under torchrun (once per process)
@@ -74,11 +77,11 @@ def main(argv=None) -> dict:
     prepare_run(hparams)  # run_on_main(the per-dataset preparer); manifests; run-folder stamp
     create_run_folder(hparams, record)  # sb.create_experiment_directory, once the folder is known to be this run's
     if hparams["folds_dir"]:  # each fold is this same recipe on fold<k>/{train,dev,test}.csv
-        return run_folds(hparams, argv, main)
+        return run_folds(hparams, argv, main, feature_caches)
     datasets, tokenizer = dataio_prep(hparams)
     modules = dict(hparams["modules"], head=hparams["head"](vocab_size=len(tokenizer)))
     brain = PhonemeRecognitionBrain(modules=modules, hparams=hparams, run_opts=run_opts,
-                                    checkpointer=hparams["checkpointer"])
+                                    checkpointer=hparams["checkpointer"], feature_caches=feature_caches)
     brain.tokenizer = tokenizer
     brain.fit(hparams["epoch_counter"], datasets["train"], datasets["valid"])
     brain.evaluate(datasets["test"])  # the best-dev checkpoint

@@ -49,8 +49,11 @@ def dataio_prep(hparams):
     return datasets, speakers
 
 
-def main(argv=None) -> dict:
-    """Train the speaker classifier, test its best-dev checkpoint; returns what result.json holds."""
+def main(argv=None, feature_caches=None) -> dict:
+    """Train the speaker classifier, test its best-dev checkpoint; returns what result.json holds.
+
+    feature_caches: a FeatureCachePool shared with the caller's other runs (a study group), or None.
+    """
     hparams_file, run_opts, overrides = sb.parse_arguments(argv)  # HPARAMS.yaml, --device/--precision/..., --key value
     init_ddp_once(run_opts)  # speechbrain ddp_init_group under torchrun (once per process)
     hparams, record = load_hparams(hparams_file, overrides, run_opts, SCHEMA)  # load_hyperpyyaml, extends chain
@@ -58,7 +61,8 @@ def main(argv=None) -> dict:
     create_run_folder(hparams, record)  # sb.create_experiment_directory, once the folder is known to be this run's
     datasets, speakers = dataio_prep(hparams)
     brain = SpeakerIdentificationBrain(modules=dict(hparams["modules"], head=hparams["head"](num_classes=len(speakers))),
-                                       hparams=hparams, run_opts=run_opts, checkpointer=hparams["checkpointer"])
+                                       hparams=hparams, run_opts=run_opts, checkpointer=hparams["checkpointer"],
+                                       feature_caches=feature_caches)
     brain.label_encoder = speakers  # test_predictions.csv names the speakers
     brain.fit(hparams["epoch_counter"], datasets["train"], datasets["valid"])
     brain.evaluate(datasets["test"])  # the best-dev checkpoint

@@ -42,18 +42,17 @@ from speechbrain.utils.distributed import if_main_process
 from rewire_lib.atomic import atomic_write_json
 from rewire_lib.audio import load_audio
 from rewire_lib.dataio import BucketBatchSampler, ShardedBatchesDDP, durations
-from rewire_lib.downstream.feature_cache import FeatureCache, encoder_fingerprint
+from rewire_lib.downstream.feature_cache import FeatureCache, FeatureCachePool, encoder_fingerprint
 from rewire_lib.downstream.predictions import FILENAME as PREDICTIONS_FILE, write_predictions
 from rewire_lib.logs import CSVLog, plot_columns, plot_layer_weights
 from rewire_lib.nonfinite import NonFiniteGuard
 from rewire_lib.whitening import FeatureWhitener
 from rewire_lib.paths import cache_dir
-from rewire_lib.recipe import HparamsError
+from rewire_lib.recipe import HparamsError, unwrap_ddp
 from rewire_lib.stats import best_checkpoint
 
 logger = logging.getLogger(__name__)
 
-SHARED_CACHES: Optional[dict] = None  # a dict within run.shared_feature_caches() (folds) or a study group: one cache per setting
 CACHE_DTYPES = {"float32": torch.float32, "float16": torch.float16}
 # what result.json's settings hold beside the run's result-changing settings (hparams["run_settings"])
 BUDGET_KEYS = ("number_of_epochs", "max_steps", "patience", "eval_every_steps")
@@ -116,7 +115,7 @@ class FeatureTransform:
 
     @mark_as_loader
     def _recover(self, path, end_of_epoch=False):
-        state = torch.load(path, weights_only=False)
+        state = torch.load(path, weights_only=True)  # the whitener's state is plain tensors and numbers
         self.whitener = FeatureWhitener.from_state_dict(state) if state is not None else None
 
 
@@ -214,7 +213,11 @@ class DownstreamBrain(NonFiniteGuard, ShardedBatchesDDP, sb.Brain):
     higher_is_better = True
     curve_metrics: tuple = ("accuracy",)
 
-    def __init__(self, modules, hparams, run_opts=None, checkpointer=None, feature_cache: Optional[FeatureCache] = None):
+    def __init__(self, modules, hparams, run_opts=None, checkpointer=None, feature_cache: Optional[FeatureCache] = None,
+                 feature_caches: Optional[FeatureCachePool] = None):
+        """feature_cache: the run's cache (default: made from the hparams); feature_caches: a pool shared with
+        other runs of the caller (folds, a study group), which gives the same cache to runs with the same
+        encoder and feature setting."""
         self.encoder_trainable = configure_encoder_training(
             modules["encoder"], hparams["freeze_encoder"], hparams["finetune_top_layers"], hparams["freeze_cnn"])
         super().__init__(modules=modules, hparams=hparams, run_opts=run_opts, checkpointer=checkpointer)
@@ -224,7 +227,7 @@ class DownstreamBrain(NonFiniteGuard, ShardedBatchesDDP, sb.Brain):
                                                         self.encoder_trainable)
         self.output_folder = Path(hparams["output_folder"])
         self.fingerprint = hparams.get("encoder_fingerprint") or encoder_fingerprint(self.encoder_module)
-        self.cache = feature_cache if feature_cache is not None else self._make_cache()
+        self.cache = feature_cache if feature_cache is not None else self._make_cache(feature_caches)
         self.state = RunState()
         self.stage_metrics: dict = {}
         self.epoch_times: list = []  # seconds per epoch run in this process (dev evaluations included)
@@ -247,7 +250,7 @@ class DownstreamBrain(NonFiniteGuard, ShardedBatchesDDP, sb.Brain):
         if not self.encoder_trainable:
             self.encoder_module.eval()
 
-    def _make_cache(self) -> Optional[FeatureCache]:
+    def _make_cache(self, pool: Optional[FeatureCachePool]) -> Optional[FeatureCache]:
         hp = self.hparams
         if self.encoder_trainable or hp.feature_cache in (None, "none", "off"):
             return None
@@ -257,13 +260,8 @@ class DownstreamBrain(NonFiniteGuard, ShardedBatchesDDP, sb.Brain):
                         dtype=CACHE_DTYPES[hp.feature_cache_dtype],
                         # misses are computed under the stage's autocast: its precision changes the features
                         settings={"sample_rate": 16000, "precision": f"{self.precision}/{self.eval_precision}"})
-        key = (self.fingerprint, str(settings))
-        if SHARED_CACHES is not None and key in SHARED_CACHES:
-            return SHARED_CACHES[key]
-        cache = FeatureCache(self.fingerprint, **settings)
-        if SHARED_CACHES is not None:
-            SHARED_CACHES[key] = cache
-        return cache
+        make = lambda: FeatureCache(self.fingerprint, **settings)  # noqa: E731
+        return make() if pool is None else pool.get((self.fingerprint, str(settings)), make)
 
     def _audio_keys_for_cache(self, dataset) -> None:
         """With the feature cache, batches carry `wav` paths instead of `sig` waveforms: on a cache hit
@@ -537,7 +535,7 @@ class DownstreamBrain(NonFiniteGuard, ShardedBatchesDDP, sb.Brain):
 
         hp, metric, summary = self.hparams, self.metric, self.train_summary
         test = dict(self.stage_metrics.get(sb.Stage.TEST, {}))
-        weights = self.modules_unwrapped("featurizer").weights().detach().cpu().tolist()
+        weights = unwrap_ddp(self.modules.featurizer).weights().detach().cpu().tolist()
         result = {
             "task": task, "metric": metric, "higher_is_better": self.higher_is_better, "metric_unit": "%",
             "encoder": hp.encoder, "encoder_fingerprint": self.fingerprint, "train_fraction": float(hp.train_fraction),
@@ -568,7 +566,3 @@ class DownstreamBrain(NonFiniteGuard, ShardedBatchesDDP, sb.Brain):
                     test.get(metric, math.nan), summary["best_score"], summary["best_step"], summary["steps"],
                     summary["train_time_s"])
         return result
-
-    def modules_unwrapped(self, name: str) -> torch.nn.Module:
-        module = self.modules[name]
-        return getattr(module, "module", module)  # DDP wraps trainable modules

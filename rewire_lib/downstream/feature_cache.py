@@ -131,3 +131,39 @@ class FeatureCache:
     def stats(self) -> dict:
         return dict(mode=self.mode, entries=len(self._memory), hits=self.hits, misses=self.misses,
                     bad_files=self.bad_files, dtype=str(self.dtype))
+
+
+class FeatureCachePool:
+    """FeatureCaches that several runs share, one per (encoder fingerprint, feature setting), owned by whoever
+    makes those runs and handed to each run's Brain: the folds of one recipe run (`run_folds`) or a study's
+    runs of one task and encoder all read the same utterances, and reloading them from the disk cache cost
+    ~1-2 s a run. Memory: one set of features, which one run holds anyway; `clear` (or a new `group`) drops it."""
+
+    def __init__(self):
+        self._caches: Dict[tuple, FeatureCache] = {}
+        self.group = None
+
+    def get(self, key: tuple, make) -> FeatureCache:
+        """The pool's cache for `key`, made with `make()` the first time it is asked for."""
+        cache = self._caches.get(key)
+        if cache is None:
+            cache = self._caches[key] = make()
+        return cache
+
+    def keep_for(self, group) -> None:
+        """Keep the caches while `group` (any comparable value) stays the same; a new group drops them first."""
+        if group != self.group:
+            self.clear()
+        self.group = group
+
+    def clear(self) -> None:
+        """Drop every cache (their features are freed once no Brain holds them)."""
+        self._caches.clear()
+        self.group = None
+
+    def __len__(self) -> int:
+        return len(self._caches)
+
+    def __getstate__(self) -> dict:
+        """A pool sent to another process (a study worker) arrives empty: features are not worth pickling."""
+        return {"_caches": {}, "group": None}

@@ -9,7 +9,6 @@ and an average over folds at the top.
 """
 from __future__ import annotations
 
-import contextlib
 import logging
 import re
 import sys
@@ -21,6 +20,7 @@ from speechbrain.utils.distributed import if_main_process
 
 from rewire_lib import run_stamp
 from rewire_lib.atomic import atomic_write_json
+from rewire_lib.downstream.feature_cache import FeatureCachePool
 from rewire_lib.logs import atomic_write_csv, plot_columns, plot_layer_weights, read_csv
 from rewire_lib.paths import REPO_ROOT
 from rewire_lib.manifest import split_csv
@@ -108,38 +108,6 @@ def check_run_folder(hparams: dict, fingerprint: str, stamp_settings: dict) -> P
 
 
 # ---------------------------------------------------------------------- folds
-@contextlib.contextmanager
-def shared_feature_caches():
-    """Within this block, runs with the same encoder and cache settings share one FeatureCache
-    (the folds of one study see each utterance several times); outside, every run has its own."""
-    from rewire_lib.downstream import brain
-
-    outer = brain.SHARED_CACHES  # inside a study group (share_feature_caches_within): keep sharing with it
-    brain.SHARED_CACHES = {} if outer is None else outer
-    try:
-        yield
-    finally:
-        brain.SHARED_CACHES = outer
-
-
-_SHARED_GROUP = None  # the key of the runs now sharing caches (share_feature_caches_within)
-
-
-def share_feature_caches_within(group) -> None:
-    """Let the runs this process makes next share their FeatureCaches while `group` stays the same (a
-    study's runs of one task and encoder: every run of the group reads the same utterances, and reloading
-    them from the disk cache cost ~1-2 s a run); a new group drops the previous one's, None drops them all.
-    Memory: one group's features, which one run of it holds anyway."""
-    global _SHARED_GROUP
-    from rewire_lib.downstream import brain
-
-    if group is None:
-        brain.SHARED_CACHES = None
-    elif group != _SHARED_GROUP or brain.SHARED_CACHES is None:
-        brain.SHARED_CACHES = {}
-    _SHARED_GROUP = group
-
-
 def fold_names(folds_dir: str, folds: Optional[list]) -> List[str]:
     folder = Path(folds_dir)
     if not folder.is_dir():
@@ -159,17 +127,24 @@ def fold_names(folds_dir: str, folds: Optional[list]) -> List[str]:
     return names
 
 
-def run_folds(hparams: dict, argv: List[str], train_one: Callable[[List[str]], dict]) -> dict:
-    """One run per fold (`train_one(argv + the fold's manifests and output folder)`), then result.json,
-    curve.csv/png and layer_weights.png at the top with the mean over folds."""
+def run_folds(hparams: dict, argv: List[str], train_one: Callable[..., dict],
+              feature_caches: Optional[FeatureCachePool] = None) -> dict:
+    """One run per fold (`train_one(argv + the fold's manifests and output folder, feature_caches=...)`), then
+    result.json, curve.csv/png and layer_weights.png at the top with the mean over folds. The folds share
+    their feature caches (each utterance is in several folds): the caller's pool (a study group's), else
+    one of their own, dropped when the last fold ends."""
     folder, output = Path(hparams["folds_dir"]), Path(hparams["output_folder"])
+    pool = feature_caches if feature_caches is not None else FeatureCachePool()
     results = {}
-    with shared_feature_caches():
+    try:
         for name in fold_names(hparams["folds_dir"], hparams["folds"]):
             fold = folder / name
             results[name] = train_one(with_overrides(argv, {
                 "folds_dir": "null", "train_csv": fold / "train.csv", "valid_csv": split_csv(fold, "dev"),
-                "test_csv": fold / "test.csv", "output_folder": output / name}))
+                "test_csv": fold / "test.csv", "output_folder": output / name}), feature_caches=pool)
+    finally:
+        if feature_caches is None:
+            pool.clear()
     first = next(iter(results.values()))
     metric = first["metric"]
     mean = lambda key: float(np.mean([r[key] for r in results.values()]))  # noqa: E731

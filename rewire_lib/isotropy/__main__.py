@@ -1,4 +1,4 @@
-"""`python -m rewire_lib.isotropy ...`: the isotropy command line (rewire_lib.isotropy_cli)."""
-from rewire_lib.isotropy_cli import main
+"""`python -m rewire_lib.isotropy ...`: the isotropy command line (rewire_lib.isotropy.cli)."""
+from rewire_lib.isotropy.cli import main
 
 raise SystemExit(main())
