@@ -16,7 +16,7 @@ import torch
 
 from rewire_study import stages as st
 from rewire_study.config import BASE, STAGES, StudyConfig, parse_args
-from rewire_study.launch import remember_environment_description
+from rewire_study.launch import check_launcher, remember_environment_description
 from rewire_study.units import StageLog, TreeMemorySampler, portable, reset_logging
 
 
@@ -77,6 +77,7 @@ def run_study(cfg: StudyConfig) -> int:
     """Run the stages of `cfg.stages` in the canonical order; returns 0, or 1 if a stage or run failed."""
     reset_logging()
     check_encoders(cfg)
+    check_launcher(cfg)
     remember_environment_description()
     cfg.out.mkdir(parents=True, exist_ok=True)
     cfg.work.mkdir(parents=True, exist_ok=True)

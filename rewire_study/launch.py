@@ -117,14 +117,19 @@ def executor_parameters(cfg, cluster: str, desc: str) -> dict:
     return params
 
 
+def check_launcher(cfg) -> None:
+    """A launcher that cannot start jobs here is an error before any stage does work (not after the audit)."""
+    if cfg.launcher == "slurm" and shutil.which("sbatch") is None:
+        raise StageError("--launcher slurm: sbatch is not on this machine's PATH (start the study on the "
+                         "cluster's login node, or use --launcher submitit-local to try the job path here)")
+
+
 def make_executor(cfg, desc: str):
     """A submitit executor for this stage's jobs (logs under OUT/study/jobs/<stage>/)."""
     import submitit
 
+    check_launcher(cfg)
     cluster = "local" if cfg.launcher == "submitit-local" else "slurm"
-    if cluster == "slurm" and shutil.which("sbatch") is None:
-        raise StageError("--launcher slurm: sbatch is not on this machine's PATH (start the study on the "
-                         "cluster's login node, or use --launcher submitit-local to try the job path here)")
     ex = submitit.AutoExecutor(folder=cfg.work / "jobs" / desc, cluster=cluster)
     ex.update_parameters(**executor_parameters(cfg, cluster, desc))
     return ex
