@@ -70,8 +70,18 @@ class NonFiniteGuard:
         value = getattr(self.hparams, "max_nonfinite_in_a_row", None) if self.hparams is not None else None
         return int(value) if value is not None else DEFAULT_MAX_IN_A_ROW
 
+    def _stepped_parameters(self):
+        """The parameters the coming `optimizers_step` updates (SpeechBrain's own choice: the optimisers that
+        `freeze_optimizers` leaves); walking `self.modules` instead visits a frozen encoder's every tensor on
+        each step (measured: ~4 ms of a 9 ms linear-head step)."""
+        optimizers = getattr(self, "optimizers_dict", None)
+        if not optimizers:
+            return self.modules.parameters()
+        return (p for opt in self.freeze_optimizers(optimizers).values() for group in opt.param_groups
+                for p in group["params"])
+
     def _trainable_grads_finite(self) -> bool:
-        grads = [p.grad for p in self.modules.parameters() if p.grad is not None]
+        grads = [p.grad for p in self._stepped_parameters() if p.grad is not None]
         if not grads:
             return True
         # Fast path: one fused 2-norm over all gradients (a NaN/Inf anywhere makes it non-finite) and a single

@@ -48,6 +48,7 @@ HARMLESS_KEYS = frozenset({
     "feature_cache", "num_threads", "num_workers", "tts_workers", "on_changed_run", "log_every_steps", "plot_smooth",
     "find_unused_parameters", "gradient_checkpointing", "eval_batch_size", "ckpt_interval_steps",
     "max_nonfinite_in_a_row", "checkpointer", "epoch_counter", "train_logger", "modules",
+    "checkpoint_every_eval", "hold_dev_features", "plots",
     # the budget and the evaluation cadence: the same run started again with a larger budget trains on from its
     # checkpoint (its patience counter included), with a smaller or spent one it stops at once
     "number_of_epochs", "max_steps", "patience", "eval_every_steps",

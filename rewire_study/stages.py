@@ -683,6 +683,7 @@ def downstream_argv(cfg: StudyConfig, unit: Unit) -> List[str]:
             "--output_folder", str(unit.folder), *steps, "--eval_every_steps", str(s["eval_every_steps"]),
             "--feature_cache", "disk", "--feature_cache_dir", str(cfg.cache_dir / "features"),
             "--feature_cache_dtype", s["feature_dtype"], "--device", cfg.device, "--noprogressbar", *worker_threads(),
+            "--plots", "false",  # the report draws every run's curve in figures/
             *_overrides(s["overrides"])]
 
 

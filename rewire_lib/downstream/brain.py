@@ -13,9 +13,13 @@ What every task shares lives here; what a task is (its `compute_forward`, `compu
 - Fine-tuning (`freeze_encoder: false`): all layers or the top `finetune_top_layers`, the CNN frozen
   with `freeze_cnn`, its own optimiser (`encoder_opt_class`, `encoder_lr`) after
   `encoder_warmup_steps` steps with it frozen.
-- Every `eval_every_steps` optimiser steps (and at the last step) the dev set is evaluated, a row
-  goes to curve.csv and a checkpoint is saved (mid-epoch position included) that keeps the latest
-  state (to resume a killed run) and the best dev state (used for the test metric).
+- Every `eval_every_steps` optimiser steps (and at the last step) the dev set is evaluated and a row
+  goes to curve.csv. A checkpoint (mid-epoch position, RNG and stopping state included) is saved at each
+  new best dev metric and at the end of training (at every evaluation with `checkpoint_every_eval`); at
+  most two are kept: the best (the test pass loads it) and the latest (a killed run resumes there and
+  replays the same steps, so its result is that of an unbroken run).
+- With a frozen encoder the dev set's batches and their padded features are held in memory after the
+  first evaluation (`hold_dev_features`): the later evaluations run the head alone.
 - Stopping: `patience` N stops training after N dev evaluations in a row without a new best (`is_new_best`),
   so a run ends converged instead of at an arbitrary budget; `max_steps` is the cap and `number_of_epochs`
   the other limit. result.json says which ended the run (`stop_reason`: patience | cap | epochs). The
@@ -29,6 +33,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import shutil
 import time
 from pathlib import Path
 from typing import Optional
@@ -37,7 +42,7 @@ import speechbrain as sb
 import torch
 from speechbrain.utils.checkpoints import mark_as_loader, mark_as_saver, register_checkpoint_hooks
 from speechbrain.utils.data_utils import batch_pad_right
-from speechbrain.utils.distributed import if_main_process
+from speechbrain.utils.distributed import ddp_barrier, if_main_process
 
 from rewire_lib.atomic import atomic_write_json
 from rewire_lib.audio import load_audio
@@ -249,6 +254,13 @@ class DownstreamBrain(NonFiniteGuard, ShardedBatchesDDP, sb.Brain):
                 self.checkpointer.add_recoverable(name, modules[name])
         if not self.encoder_trainable:
             self.encoder_module.eval()
+        self.checkpoint_every_eval = bool(hparams.get("checkpoint_every_eval", False))
+        # the dev batches and their encoder states, kept after the first evaluation (frozen encoder only)
+        self.held_dev: Optional[dict] = {} if hparams.get("hold_dev_features", True) and not self.encoder_trainable \
+            else None
+        self._best_checkpoint_dir: Optional[Path] = None
+        self._last_meta: Optional[dict] = None
+        self._saved_step = -1
 
     def _make_cache(self, pool: Optional[FeatureCachePool]) -> Optional[FeatureCache]:
         hp = self.hparams
@@ -282,7 +294,15 @@ class DownstreamBrain(NonFiniteGuard, ShardedBatchesDDP, sb.Brain):
 
     def encoder_states(self, batch, stage):
         """All hidden states [L+1, B, T, D] (zero on padded frames; centred/whitened with
-        `feature_transform`) and the frame mask [B, T]."""
+        `feature_transform`) and the frame mask [B, T]; a dev batch's from memory after its first evaluation."""
+        if stage == sb.Stage.VALID and self.held_dev is not None:
+            key = tuple(batch.id)
+            if key not in self.held_dev:
+                self.held_dev[key] = self._encoder_states(batch, stage)
+            return self.held_dev[key]
+        return self._encoder_states(batch, stage)
+
+    def _encoder_states(self, batch, stage):
         hidden, mask = self.raw_encoder_states(batch, stage)
         if self.feature_transform is not None:
             if not self.feature_transform.fitted:
@@ -306,17 +326,17 @@ class DownstreamBrain(NonFiniteGuard, ShardedBatchesDDP, sb.Brain):
         frozen = self._encoder_frozen_now()
         if self.cache is not None and frozen:
             keys = [self.cache.key(p) for p in batch.wav]
-            feats = [self.cache.get(k) for k in keys]
+            feats = [self.cache.get_stored(k) for k in keys]
             missing = [i for i, f in enumerate(feats) if f is None]
             if missing:
                 wavs, wav_lens = batch_pad_right([load_audio(batch.wav[i]) for i in missing])
                 hidden, mask = self._run_encoder(wavs, wav_lens, grad=False)
                 for j, i in enumerate(missing):
                     self.cache.put(keys[i], hidden[:, j, : int(mask[j].sum())])
-                    feats[i] = self.cache.get(keys[i])
+                    feats[i] = self.cache.get_stored(keys[i])
                     self.cache.hits -= 1  # that read-back was part of the miss
-            hidden, mask = pad_features(feats)
-            return hidden.to(self.device), mask.to(self.device)
+            hidden, mask = pad_features(feats)  # in the cache's dtype, then one conversion for the batch
+            return hidden.to(self.device, torch.float32), mask.to(self.device)
         wavs, wav_lens = batch.sig
         return self._run_encoder(wavs, wav_lens, grad=stage == sb.Stage.TRAIN and not frozen)
 
@@ -374,6 +394,9 @@ class DownstreamBrain(NonFiniteGuard, ShardedBatchesDDP, sb.Brain):
             self.curve.truncate_after("step", self.optimizer_step)
         if self.optimizer_step:
             logger.info("Resumed at optimiser step %d", self.optimizer_step)
+            best = self.checkpointer.find_checkpoint(max_key="best_order") if self.checkpointer is not None else None
+            self._best_checkpoint_dir = best.path if best is not None else None
+            self._saved_step = self.optimizer_step
         self._t_last = time.time()
 
     def on_evaluate_start(self, max_key=None, min_key=None):
@@ -401,8 +424,11 @@ class DownstreamBrain(NonFiniteGuard, ShardedBatchesDDP, sb.Brain):
         if stage != sb.Stage.TRAIN:
             return
         last_epoch = self._epoch_limit is not None and epoch >= self._epoch_limit
-        if (last_epoch or self._optimizer_step_limit_exceeded) and self.state.last_eval_step != self.optimizer_step:
-            self.evaluate_dev_and_checkpoint()
+        if last_epoch or self._optimizer_step_limit_exceeded:  # training ends: evaluated and checkpointed here
+            if self.state.last_eval_step != self.optimizer_step:
+                self.evaluate_dev_and_checkpoint(final=True)
+            elif self._saved_step != self.optimizer_step and self._last_meta is not None:
+                self.save_checkpoint(self._last_meta, best=False)
         seconds = time.time() - self._epoch_t0
         self.epoch_times.append(round(seconds, 3))
         logger.info("epoch %d took %.2f s (dev evaluations included)%s", epoch, seconds,
@@ -480,6 +506,8 @@ class DownstreamBrain(NonFiniteGuard, ShardedBatchesDDP, sb.Brain):
             return {self.metric: math.nan, "loss": math.nan}
         if not hasattr(self, "_dev_loader"):
             self._dev_loader = sb.dataio.dataloader.make_dataloader(self.dev_set, **self.eval_loader_kwargs(self.dev_set))
+            if self.held_dev is not None:  # the same batches every time: collated once
+                self._dev_loader = list(self._dev_loader)
         was_training = self.modules.training
         self.modules.eval()
         self.on_stage_start(sb.Stage.VALID, self._epoch)
@@ -493,7 +521,8 @@ class DownstreamBrain(NonFiniteGuard, ShardedBatchesDDP, sb.Brain):
             self.modules.train()
         return self.stage_metrics[sb.Stage.VALID]
 
-    def evaluate_dev_and_checkpoint(self):
+    def evaluate_dev_and_checkpoint(self, final: bool = False):
+        """final: training ends after this evaluation (also known from the step cap and the patience)."""
         now = time.time()
         self.state.train_time_s += now - self._t_last
         dev = self.run_dev()
@@ -519,13 +548,28 @@ class DownstreamBrain(NonFiniteGuard, ShardedBatchesDDP, sb.Brain):
                     self.state.best_step)
         if self.patience_spent:
             logger.info("stopping at step %d on %s", step, self.stop_text())
-        if self.checkpointer is not None:  # after the counter: a resumed run knows it had stopped
-            # best_order: the best checkpoint's count of improvements, -1 on the others (max_key finds the best)
-            meta = {"dev_score": float(score), "dev_loss": float(dev["loss"]), "step": step, "epoch": self._epoch,
-                    "best_order": self.state.best_order if new_best else -1}
-            self.checkpointer.save_and_keep_only(meta=meta, end_of_epoch=False, num_to_keep=1, max_keys=["best_order"],
-                                                 verbosity=logging.DEBUG)
+        # best_order: the best checkpoint's count of improvements, -1 on the others (max_key finds the best)
+        self._last_meta = {"dev_score": float(score), "dev_loss": float(dev["loss"]), "step": step,
+                           "epoch": self._epoch, "best_order": self.state.best_order if new_best else -1}
+        final = final or self._optimizer_step_limit_exceeded
+        if self.checkpointer is not None and (new_best or final or self.checkpoint_every_eval):
+            self.save_checkpoint(self._last_meta, best=new_best)  # after the counter: a resumed run knows it stopped
         self._t_last = time.time()
+
+    def save_checkpoint(self, meta: dict, best: bool) -> None:
+        """A checkpoint of the current state; then every other one is deleted but the best. Written by hand
+        instead of `save_and_keep_only`, whose search re-reads every checkpoint's YAML about 30 times a save
+        (0.25 s each, measured; more than the training of a linear head), while this Brain knows which is best."""
+        saved = self.checkpointer.save_checkpoint(meta=meta, end_of_epoch=False, verbosity=logging.DEBUG)
+        if saved is not None:  # the main process
+            if best:
+                self._best_checkpoint_dir = saved.path
+            keep = {saved.path, self._best_checkpoint_dir}
+            for folder in Path(self.checkpointer.checkpoints_dir).iterdir():
+                if folder not in keep and (folder / "CKPT.yaml").is_file():
+                    shutil.rmtree(folder)
+        ddp_barrier()
+        self._saved_step = self.optimizer_step
 
     # ------------------------------------------------------------------ outputs
     def write_result(self, task: str, datasets: dict, extra: Optional[dict] = None) -> dict:
@@ -557,6 +601,7 @@ class DownstreamBrain(NonFiniteGuard, ShardedBatchesDDP, sb.Brain):
         }
         if if_main_process():
             atomic_write_json(self.output_folder / "result.json", result, default=float)
+        if if_main_process() and getattr(hp, "plots", True):
             tag = encoder_tag(hp.encoder)
             plot_columns(self.output_folder / "curve.csv", self.output_folder / "curve.png", x="step",
                          ys=["train_loss", f"dev_{metric}"], title=f"{task.upper()} - {tag}")

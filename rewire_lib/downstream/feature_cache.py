@@ -96,6 +96,12 @@ class FeatureCache:
     # ------------------------------------------------------------------ get / put
     def get(self, key: str) -> Optional[torch.Tensor]:
         """The cached [L+1, T, D] float32 tensor, or None (counted as a miss)."""
+        feats = self.get_stored(key)
+        return None if feats is None else feats.float()
+
+    def get_stored(self, key: str) -> Optional[torch.Tensor]:
+        """The cached [L+1, T, D] tensor as stored (`dtype`, not a copy: do not modify it), or None (a miss).
+        A batch is padded in the stored dtype and converted once, instead of one float32 copy per utterance."""
         feats = self._memory.get(key)
         if feats is None and self.mode == "disk":
             path = self._file(key)
@@ -113,7 +119,7 @@ class FeatureCache:
             self.misses += 1
             return None
         self.hits += 1
-        return feats.float()
+        return feats
 
     def put(self, key: str, feats: torch.Tensor) -> None:
         """Store one utterance's [L+1, T, D] hidden states (padding already trimmed)."""

@@ -167,6 +167,7 @@ def run_folds(hparams: dict, argv: List[str], train_one: Callable[..., dict],
         task = first["task"].upper()
         average_curves([output / n / "curve.csv" for n in results], output / "curve.csv")
         atomic_write_json(output / "result.json", summary, default=float)
+    if if_main_process() and hparams.get("plots", True):
         plot_columns(output / "curve.csv", output / "curve.png", x="step", ys=["train_loss", f"dev_{metric}"],
                      title=f"{task} mean of {len(results)} folds")
         plot_layer_weights(summary["layer_weights"], output / "layer_weights.png",

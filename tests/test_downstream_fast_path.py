@@ -1,0 +1,88 @@
+"""The downstream run's fast path gives the run of the slow one, run for run.
+
+Fast (the default): a checkpoint only at each new best dev metric and at the end, at most two kept; the dev
+batches and their padded features held in memory after the first evaluation. Slow: `--checkpoint_every_eval
+true --hold_dev_features false` (a checkpoint at every evaluation, the dev features rebuilt each time), which
+is what every run did before. Same seed, same data: every number but the timings must be the same."""
+import json
+
+import pytest
+import torch
+
+from downstream_helpers import make_tiny_corpus, recipe_module
+from rewire_lib.logs import read_csv
+from tests.test_downstream import run
+from tests.test_finetune import fast_env_log  # noqa: F401 (autouse: no pip freeze / git per run)
+
+TIMINGS = {"wall_time_s", "epoch_times_s", "feature_cache"}  # feature_cache: hit counts differ by design
+SLOW = ("--checkpoint_every_eval", "true", "--hold_dev_features", "false")
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory):
+    return make_tiny_corpus(tmp_path_factory.mktemp("fast_corpus"))
+
+
+def checkpoints(out):
+    return [p for p in (out / "save").iterdir() if (p / "CKPT.yaml").is_file()]
+
+
+def best_checkpoint_head(out):
+    import yaml
+
+    best = max(checkpoints(out), key=lambda p: yaml.safe_load((p / "CKPT.yaml").read_text())["best_order"])
+    return torch.load(best / "head.ckpt", weights_only=True)
+
+
+def without_timings(rows):
+    return [{k: v for k, v in r.items() if k not in ("wall_time_s", "eval_time_s")} for r in rows]
+
+
+@pytest.mark.parametrize("task", ["ks", "pr"])
+def test_fast_path_equals_the_slow_path_run_for_run(task, tiny_encoder_dir, corpus, tmp_path):
+    budget = ("--max_steps", "12", "--number_of_epochs", "100", "--eval_every_steps", "2", "--patience", "3",
+              "--lr", "0.01")
+    fast = run(task, tiny_encoder_dir, corpus, tmp_path / "fast", *budget)
+    slow = run(task, tiny_encoder_dir, corpus, tmp_path / "slow", *budget, *SLOW)
+    assert fast["steps"] >= 4
+    assert {k: v for k, v in fast.items() if k not in TIMINGS} == {k: v for k, v in slow.items() if k not in TIMINGS}
+    assert without_timings(read_csv(tmp_path / "fast" / "curve.csv")) == \
+        without_timings(read_csv(tmp_path / "slow" / "curve.csv"))
+    assert (tmp_path / "fast" / "test_predictions.csv").read_text() == \
+        (tmp_path / "slow" / "test_predictions.csv").read_text()
+    fast_head, slow_head = best_checkpoint_head(tmp_path / "fast"), best_checkpoint_head(tmp_path / "slow")
+    assert fast_head.keys() == slow_head.keys() and all(torch.equal(fast_head[k], slow_head[k]) for k in fast_head)
+    # the dev features were held: the slow run read the dev split from the feature cache at every evaluation,
+    # the fast one at the first only
+    reads = lambda r: r["feature_cache"]["hits"] + r["feature_cache"]["misses"]  # noqa: E731
+    evaluations, dev_rows = len(read_csv(tmp_path / "fast" / "curve.csv")), len(read_csv(corpus / "dev.csv"))
+    assert evaluations >= 2 and reads(slow) - reads(fast) == (evaluations - 1) * dev_rows
+    assert len(checkpoints(tmp_path / "fast")) <= 2
+
+
+def test_a_killed_fast_run_resumes_to_the_unbroken_result(tiny_encoder_dir, corpus, tmp_path, monkeypatch):
+    """Between checkpoints (only at new bests and the end) a killed run resumes from the latest one and replays
+    the same steps: its result is the unbroken run's."""
+    budget = ("--max_steps", "12", "--number_of_epochs", "100", "--eval_every_steps", "2", "--lr", "0.01")
+    unbroken = run("ks", tiny_encoder_dir, corpus, tmp_path / "unbroken", *budget)
+
+    brain_class = recipe_module("ks").KeywordSpottingBrain
+    original = brain_class.on_fit_batch_end
+
+    def killed_at_step_9(self, batch, outputs, loss, should_step):
+        original(self, batch, outputs, loss, should_step)
+        if self.optimizer_step == 9:
+            raise KeyboardInterrupt("killed")
+
+    monkeypatch.setattr(brain_class, "on_fit_batch_end", killed_at_step_9)
+    with pytest.raises(KeyboardInterrupt):
+        run("ks", tiny_encoder_dir, corpus, tmp_path / "killed", *budget)
+    assert not (tmp_path / "killed" / "result.json").exists() and checkpoints(tmp_path / "killed")
+    monkeypatch.undo()
+    resumed = run("ks", tiny_encoder_dir, corpus, tmp_path / "killed", *budget)
+    keep = lambda r: {k: v for k, v in r.items() if k not in TIMINGS | {"train_csv_used"}}  # noqa: E731
+    assert keep(resumed) == keep(unbroken)
+    assert without_timings(read_csv(tmp_path / "killed" / "curve.csv")) == \
+        without_timings(read_csv(tmp_path / "unbroken" / "curve.csv"))
+    saved = json.loads((tmp_path / "killed" / "result.json").read_text())
+    assert saved["steps"] == 12 and saved["stop_reason"] == "cap"
