@@ -64,7 +64,7 @@ def child_isotropy(args) -> dict:
 
 def child_downstream(args) -> dict:
     from bench import downstream_cache as dc
-    from rewire_lib.paths import data_dir
+    from rewire_lib.files.paths import data_dir
 
     with tempfile.TemporaryDirectory(prefix="growth-", dir=common.WORK_DIR) as work:
         csvs, n, _ = dc.subset_manifests("ks", args.n, 4, args.seed, Path(work), data_dir())

@@ -332,7 +332,7 @@ def main(argv=None) -> dict:
     threads = common.set_threads(args.threads)
     common.WORK_DIR.mkdir(parents=True, exist_ok=True)
     if args.tts_cache_dir is None:
-        from rewire_lib.paths import cache_dir
+        from rewire_lib.files.paths import cache_dir
 
         args.tts_cache_dir = cache_dir() / "tts"
     encoder_dir, name = common.resolve_encoder(args.encoder)

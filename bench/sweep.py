@@ -160,7 +160,8 @@ def attribute_time(patches: Patches, tasks: List[str]) -> None:
     import speechbrain as sb
     from speechbrain.utils.checkpoints import Checkpointer
 
-    from rewire_lib import audio, encoder, logs, recipe
+    from rewire_lib import audio, encoder, recipe
+    from rewire_lib.files import logs
     from rewire_lib.downstream import brain, feature_cache, predictions, run
     from rewire_study import units
     from rewire_study.recipes import load_recipe_main

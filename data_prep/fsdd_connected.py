@@ -40,8 +40,8 @@ from data_prep.common import (run_preparer, PrepError, finish, fingerprint, grou
                               require_dir, validate_entries)
 from data_prep.fsdd import DIGITS, NAME
 from rewire_lib.audio import AudioError, load_audio, write_audio
+from rewire_lib.files.paths import shared_data_dir
 from rewire_lib.leakage import SOURCE_SEP
-from rewire_lib.paths import shared_data_dir
 
 VERSION = 3  # bump when the generator changes (part of the fingerprint); 2: per-speaker pools and folds;
 # 3: the `source_wavs` column (the leakage audit resolves an utterance's recordings from it)

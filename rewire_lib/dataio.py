@@ -95,7 +95,7 @@ def filter_by_duration(dataset: DynamicItemDataset, report_csv, min_duration: fl
             skipped.append({"ID": item["id"], "wav": item["wav"], "duration": dur, "reason": reason})
     if not skipped:
         return dataset
-    from rewire_lib.logs import atomic_write_csv
+    from rewire_lib.files.logs import atomic_write_csv
 
     report_csv = Path(report_csv)
     report_csv.parent.mkdir(parents=True, exist_ok=True)

@@ -27,8 +27,8 @@ from typing import Dict, Iterable, List, Optional, Sequence, Tuple
 from tqdm import tqdm
 
 from rewire_lib.audio import AudioError, audio_info
-from rewire_lib.logs import atomic_write_csv
-from rewire_lib.outputs import output_error
+from rewire_lib.files.logs import atomic_write_csv
+from rewire_lib.files.outputs import output_error
 
 log = logging.getLogger(__name__)
 
@@ -54,7 +54,7 @@ SPLIT_FILES = {"train": ("train.csv",), "dev": ("dev.csv", "valid.csv"), "valid"
 
 def make_hint(path: os.PathLike) -> str:
     """The command that makes a manifest: the default data's, or a corpus preparer's."""
-    from rewire_lib.paths import data_dir
+    from rewire_lib.files.paths import data_dir
 
     try:
         Path(path).resolve().relative_to(data_dir().resolve())

@@ -14,8 +14,8 @@ import speechbrain as sb
 import torch
 from hyperpyyaml import load_hyperpyyaml
 
-from rewire_lib.outputs import check_writable, output_error
-from rewire_lib.paths import REPO_ROOT
+from rewire_lib.files.outputs import check_writable, output_error
+from rewire_lib.files.paths import REPO_ROOT
 from rewire_lib.run_stamp import result_settings
 
 logger = logging.getLogger(__name__)

@@ -28,7 +28,7 @@ Cache (`TTSCache(root, backend)`), each transcript is synthesised once, ever::
 
 The text key is the exact text after `str.strip()` (case, punctuation and inner spacing are kept:
 they can change the rendering). Every file is written to a temporary file in the same folder and
-renamed (`rewire_lib.atomic`), so two processes filling one cache never expose a partial file; if both
+renamed (`rewire_lib.files.atomic`), so two processes filling one cache never expose a partial file; if both
 render the same text, the last rename wins and both renderings are identical anyway.
 
 Command (pre-synthesise every `wrd` of one or more manifests, in parallel processes)::
@@ -57,7 +57,7 @@ from typing import Dict, Iterable, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
-from rewire_lib.atomic import atomic_write_text
+from rewire_lib.files.atomic import atomic_write_text
 
 log = logging.getLogger(__name__)
 
@@ -299,7 +299,7 @@ class TTSCache:
 
     def __init__(self, root: Union[str, os.PathLike, None], backend: TTSBackend, retry_skipped: bool = False):
         if root is None:
-            from rewire_lib.paths import cache_dir
+            from rewire_lib.files.paths import cache_dir
 
             root = cache_dir() / "tts"
         self.root = Path(root)

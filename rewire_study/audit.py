@@ -23,10 +23,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Dict, List, NamedTuple, Optional
 
-from rewire_lib.atomic import atomic_write_json
+from rewire_lib.files.atomic import atomic_write_json
 from rewire_lib.leakage import (FingerprintCache, RecordingSet, compare, manifest_wavs, pretraining_manifests,
                                 read_set, transcripts)
-from rewire_lib.logs import atomic_write_csv
+from rewire_lib.files.logs import atomic_write_csv
 from rewire_study import in_domain
 from rewire_study.config import BASE, StudyConfig
 from rewire_study.layout import encoder_rows, read_sizes, run_data_folder, task_source, tts_views

@@ -7,7 +7,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Dict, List, NamedTuple, Optional
 
-from rewire_lib.paths import REPO_ROOT, cache_dir, data_dir, default_encoder_dir
+from rewire_lib.files.paths import REPO_ROOT, cache_dir, data_dir, default_encoder_dir
 from rewire_study.recipes import recipe_data_folder
 
 TASKS = ["pr", "asr", "ks", "ic", "sid", "er"]

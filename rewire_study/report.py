@@ -11,8 +11,8 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Dict, List, Optional, Tuple
 
-from rewire_lib.atomic import atomic_write_bytes, atomic_write_text
-from rewire_lib.logs import pyplot
+from rewire_lib.files.atomic import atomic_write_bytes, atomic_write_text
+from rewire_lib.files.logs import pyplot
 from rewire_lib.stats import BETTER, NO_DIFFERENCE as NO_DIFF, WORSE, mean_std
 from rewire_study.audit import MARK, audit_markdown, mark, marked_cells, read_audit, write_audit_csv
 from rewire_study.config import BASE, CONTROLS, StudyConfig

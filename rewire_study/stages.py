@@ -14,10 +14,10 @@ import traceback
 from pathlib import Path
 from typing import Dict, List, Optional
 
-from rewire_lib.atomic import atomic_write_json, atomic_write_text
 from rewire_lib.downstream.feature_cache import FeatureCachePool
+from rewire_lib.files.atomic import atomic_write_json, atomic_write_text
+from rewire_lib.files.paths import shared_data_dir
 from rewire_lib.manifest import ManifestError, read_manifest, split_csv
-from rewire_lib.paths import shared_data_dir
 from rewire_lib.subsets import nested_subset, per_class_subset
 from rewire_study.config import (BASE, CLASS_TASKS, REAL_CORPORA, REWIRE_CORPUS, TASK_DATA,
                                  TASK_HPARAMS, StudyConfig)
@@ -477,7 +477,7 @@ def continue_by_hand(cfg: StudyConfig, in_report: bool = False) -> str:
     repository root): rewired.yaml finds `<rewire_results>/twin/encoder`, other views by --encoder.
     In the report, a study folder outside the checkout is written `OUT/` (the report's own folder): a
     relative walk from the repository to a scratch folder would only hold on the machine that ran it."""
-    from rewire_lib.paths import REPO_ROOT
+    from rewire_lib.files.paths import REPO_ROOT
 
     outside = not is_inside(cfg.out.resolve(), REPO_ROOT.resolve())
     results = "OUT/study/rewire" if in_report and outside else shown_path(cfg.work / "rewire", REPO_ROOT)

@@ -13,7 +13,7 @@ import time
 from pathlib import Path
 from typing import Optional
 
-from rewire_lib.atomic import atomic_write_json
+from rewire_lib.files.atomic import atomic_write_json
 from rewire_lib.run_stamp import manifest_fingerprint
 
 MARKER = "study_unit.json"
@@ -407,7 +407,7 @@ def shown_path(path, base: Path) -> str:
     p = Path(text)
     if not p.is_absolute():
         return text
-    from rewire_lib.paths import REPO_ROOT
+    from rewire_lib.files.paths import REPO_ROOT
 
     base, repo = Path(base).resolve(), REPO_ROOT.resolve()
     if is_inside(p, repo) and not is_inside(base, repo):

@@ -4,8 +4,8 @@ import pytest
 
 from data_prep import fsdd_connected
 from downstream_helpers import run_task
-from rewire_lib.logs import read_csv
-from rewire_lib.paths import REPO_ROOT, shared_data_dir
+from rewire_lib.files.logs import read_csv
+from rewire_lib.files.paths import REPO_ROOT, shared_data_dir
 from tests.test_finetune import fast_env_log  # noqa: F401 (autouse: no pip freeze / git per run)
 
 

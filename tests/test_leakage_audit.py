@@ -165,7 +165,7 @@ def test_allowed_overlap_marks_the_report(tmp_path):
 
 
 def test_pretraining_manifests_of_the_default_encoder(tmp_path):
-    from rewire_lib.paths import default_encoder_dir
+    from rewire_lib.files.paths import default_encoder_dir
 
     pre = pretraining_manifests(default_encoder_dir(), tmp_path)
     assert pre["train"] == [] and str(tmp_path / "fsdd" / "speakers" / "train.csv") in pre["missing"]

@@ -14,7 +14,7 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from rewire_lib.paths import default_encoder_dir  # noqa: E402
+from rewire_lib.files.paths import default_encoder_dir  # noqa: E402
 
 MODEL_DIR = default_encoder_dir()
 

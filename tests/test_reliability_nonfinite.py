@@ -8,9 +8,9 @@ import pytest
 import torch
 
 from downstream_helpers import make_tiny_corpus
-from rewire_lib.logs import read_csv
+from rewire_lib.files.logs import read_csv
+from rewire_lib.files.paths import REPO_ROOT
 from rewire_lib.nonfinite import TrainingDiverged
-from rewire_lib.paths import REPO_ROOT
 from rewire_lib.rewiring import RewireBrain
 from tests.rewire_helpers import fsdd_manifest, load_train_module
 

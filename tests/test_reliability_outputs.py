@@ -10,11 +10,11 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-import rewire_lib.outputs as outputs
+import rewire_lib.files.outputs as outputs
+from rewire_lib.files.outputs import OutputFolderError, check_writable
+from rewire_lib.files.paths import REPO_ROOT
 from rewire_lib.isotropy.cli import main as isotropy_main
 from rewire_lib.manifest import write_manifest
-from rewire_lib.outputs import OutputFolderError, check_writable
-from rewire_lib.paths import REPO_ROOT
 from rewire_lib.recipe import load_recipe
 
 

@@ -12,7 +12,7 @@ import re
 import pytest
 import torch
 
-from rewire_lib.paths import REPO_ROOT, default_encoder_dir
+from rewire_lib.files.paths import REPO_ROOT, default_encoder_dir
 
 OPTIONAL = ("text2wave", "Festival", "torchrun")
 SKIPS = re.compile(r"\bpytest\.(?:mark\.)?(?:skip|skipif|importorskip)\s*\(")

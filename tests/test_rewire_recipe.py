@@ -10,7 +10,7 @@ import torch
 from transformers import AutoModel
 
 from rewire_lib.encoder import SpeechEncoder
-from rewire_lib.paths import REPO_ROOT
+from rewire_lib.files.paths import REPO_ROOT
 from rewire_lib.rewiring import RewireBrain
 from tests.rewire_helpers import fsdd_manifest, load_train_module
 

@@ -4,7 +4,7 @@ resume a trained folder, naming the key and both values; a key declared harmless
 import pytest
 import ruamel.yaml
 
-from rewire_lib.paths import REPO_ROOT
+from rewire_lib.files.paths import REPO_ROOT
 from rewire_lib.recipe import merged_hparams_text
 from rewire_lib.run_stamp import HARMLESS_KEYS, RunFolderMismatch, check_run_folder, result_settings
 

@@ -246,7 +246,7 @@ def test_two_processes_take_the_same_branch_and_only_rank0_writes(tmp_path):
     import subprocess
     import sys
 
-    from rewire_lib.paths import REPO_ROOT
+    from rewire_lib.files.paths import REPO_ROOT
 
     (tmp_path / "driver.py").write_text(DDP_DRIVER)
     with socket.socket() as s:

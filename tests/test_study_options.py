@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from rewire_lib.paths import REPO_ROOT
+from rewire_lib.files.paths import REPO_ROOT
 from rewire_study import stages as st
 from rewire_study.config import PRESETS, REAL, _short, parse_args
 from rewire_study.driver import _stage_settings, main

@@ -29,8 +29,8 @@ import torch
 import speechbrain as sb
 from speechbrain.utils.checkpoints import Checkpointer
 
-from rewire_lib.atomic import atomic_path
-from rewire_lib.logs import CSVLog, plot_columns
+from rewire_lib.files.atomic import atomic_path
+from rewire_lib.files.logs import CSVLog, plot_columns
 from rewire_lib.pretrain.corpus import (PretrainDataset, StepsBatchSampler, build_pretrain_manifest,
                                         collate, load_packed, pack_corpus)
 from rewire_lib.pretrain.model import HubertPretrainer, tiny_hubert_config
@@ -172,7 +172,7 @@ def export(encoder, folder: Path) -> None:
 
 
 def read_log(path):
-    from rewire_lib.logs import read_csv
+    from rewire_lib.files.logs import read_csv
 
     return read_csv(path)
 
@@ -230,7 +230,7 @@ def main(argv=None):
     rows = []
     log_path = out / "train_log.csv"
     if log_path.is_file():
-        from rewire_lib.logs import read_csv
+        from rewire_lib.files.logs import read_csv
         rows = read_csv(log_path)
     tail = rows[-10:]
     summary = {

@@ -19,10 +19,10 @@ import numpy as np
 from speechbrain.utils.distributed import if_main_process
 
 from rewire_lib import run_stamp
-from rewire_lib.atomic import atomic_write_json
+from rewire_lib.files.atomic import atomic_write_json
 from rewire_lib.downstream.feature_cache import FeatureCachePool
-from rewire_lib.logs import atomic_write_csv, plot_columns, plot_layer_weights, read_csv
-from rewire_lib.paths import REPO_ROOT
+from rewire_lib.files.logs import atomic_write_csv, plot_columns, plot_layer_weights, read_csv
+from rewire_lib.files.paths import REPO_ROOT
 from rewire_lib.manifest import split_csv
 from rewire_lib.recipe import HparamsError
 

@@ -17,7 +17,7 @@ import sys
 from pathlib import Path
 from typing import List, Optional, Sequence
 
-from rewire_lib.atomic import atomic_write_bytes
+from rewire_lib.files.atomic import atomic_write_bytes
 from rewire_lib.isotropy import (DEFAULT_MAX_VECTORS, DEFAULT_PAIRS, DEFAULT_TOP_K, IsotropyError, _check_levels,
                                  measure_encoder)
 
@@ -75,7 +75,7 @@ def _short_names(encoders: Sequence[str]) -> dict:
 
 def plot(path: Path, rows: Sequence[dict], settings: dict) -> None:
     """One panel per measure vs layer index; one colour per encoder, one line style per level."""
-    from rewire_lib.logs import pyplot
+    from rewire_lib.files.logs import pyplot
 
     plt = pyplot()
 
@@ -147,7 +147,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     from rewire_lib.encoder import EncoderLoadError
-    from rewire_lib.outputs import check_writable, output_error
+    from rewire_lib.files.outputs import check_writable, output_error
 
     try:
         _check_levels(args.level)

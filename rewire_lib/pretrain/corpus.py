@@ -19,9 +19,9 @@ from typing import Iterable, Iterator, List, Sequence
 import torch
 from torch.utils.data import Dataset, Sampler
 
-from rewire_lib.atomic import atomic_path
 from rewire_lib.dataio import length_bucketed_batches
-from rewire_lib.logs import atomic_write_csv
+from rewire_lib.files.atomic import atomic_path
+from rewire_lib.files.logs import atomic_write_csv
 
 logger = logging.getLogger(__name__)
 
