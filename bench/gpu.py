@@ -28,7 +28,7 @@ from pathlib import Path
 
 from bench import common
 from bench import rewire_throughput as rt
-from rewire_lib.manifest import read_manifest
+from rewire_lib.data.manifest import read_manifest
 
 SCRIPT = "gpu"
 

@@ -32,7 +32,7 @@ from pathlib import Path
 
 
 from bench import common
-from rewire_lib.manifest import read_manifest
+from rewire_lib.data.manifest import read_manifest
 from rewire_study.recipes import load_recipe_module
 
 SCRIPT = "rewire_throughput"
@@ -46,7 +46,7 @@ def authors_loop(encoder_dir: str, rows: list[dict], view: str, tts, pairs_per_s
     (a TTSCache) replaces the synthesis, only for the untimed warm-up pass (same audio, same shapes)."""
     import torch
 
-    from rewire_lib.audio import load_audio
+    from rewire_lib.data.audio import load_audio
     from rewire_lib.encoder import SpeechEncoder
     from rewire_lib.featurizer import WeightedLayerSum, masked_mean
     from rewire_lib.losses import nt_xent

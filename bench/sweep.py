@@ -160,7 +160,8 @@ def attribute_time(patches: Patches, tasks: List[str]) -> None:
     import speechbrain as sb
     from speechbrain.utils.checkpoints import Checkpointer
 
-    from rewire_lib import audio, encoder, recipe
+    from rewire_lib.data import audio
+    from rewire_lib import encoder, recipe
     from rewire_lib.files import logs
     from rewire_lib.downstream import brain, feature_cache, predictions, run
     from rewire_study import units
@@ -344,7 +345,7 @@ def encoder_forward_seconds(brain, wavs: Dict[str, float], sample: int, seed: in
     import torch
     from speechbrain.utils.data_utils import batch_pad_right
 
-    from rewire_lib.audio import load_audio
+    from rewire_lib.data.audio import load_audio
 
     names = sorted(wavs)
     chosen = random.Random(seed).sample(names, sample) if 0 < sample < len(names) else names

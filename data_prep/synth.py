@@ -346,7 +346,7 @@ def _render_chunk(args) -> List[dict]:
     items, seed, wav_root = args
     import soundfile as sf
 
-    from rewire_lib.audio import write_audio
+    from rewire_lib.data.audio import write_audio
     from rewire_lib.espeak import phonemize_tokens
 
     out = []
@@ -372,7 +372,7 @@ def generate(save_folder, scale: float = 1.0, seed: int = 0, num_workers: int = 
     from tqdm import tqdm
 
     from data_prep.common import finish, fingerprint, is_done, mark_done
-    from rewire_lib.manifest import read_manifest
+    from rewire_lib.data.manifest import read_manifest
 
     save_folder = Path(save_folder).resolve()
     fp = fingerprint(corpus="synth", version=VERSION, save_folder=save_folder, scale=scale, seed=seed,

@@ -16,7 +16,7 @@ import torch
 from speechbrain.dataio.batch import PaddedBatch
 from speechbrain.utils.distributed import if_main_process, run_on_main
 
-from rewire_lib.dataio import MIN_SAMPLES, BucketBatchSampler, ShardedBatchesDDP, audio_dataset, durations
+from rewire_lib.data.dataio import MIN_SAMPLES, BucketBatchSampler, ShardedBatchesDDP, audio_dataset, durations
 from rewire_lib.featurizer import masked_mean
 from rewire_lib.files.logs import CSVLog, atomic_write_csv, plot_columns, plot_layer_weights
 from rewire_lib.losses import nt_xent

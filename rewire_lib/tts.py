@@ -373,7 +373,7 @@ class TTSCache:
             log.warning("TTS %s: skipping %r: %s", self.backend.name, text[:80], reason)
             atomic_write_text(self.skip_path(text), json.dumps({"text": text, "reason": reason}) + "\n")
             return "skipped", reason
-        from rewire_lib.audio import write_audio
+        from rewire_lib.data.audio import write_audio
 
         write_audio(wav_path, audio, SAMPLE_RATE)
         return "done", None
@@ -384,7 +384,7 @@ class TTSCache:
         self.stats.add(status, reason)
         if status == "skipped":
             return None
-        from rewire_lib.audio import load_audio
+        from rewire_lib.data.audio import load_audio
 
         return load_audio(self.path(str(text).strip()), target_sr=SAMPLE_RATE)
 

@@ -257,7 +257,7 @@ def check_names(names, valid, what: str, kind: str) -> None:
 
 def check_prepared_folder(task: str, folder: Path) -> None:
     """A --data-folder holds the three split manifests (checked before any stage does work)."""
-    from rewire_lib.manifest import SPLIT_FILES
+    from rewire_lib.data.manifest import SPLIT_FILES
 
     for split in ("train", "dev", "test"):
         if not any((folder / name).is_file() for name in SPLIT_FILES[split]):

@@ -44,7 +44,7 @@ def twin_pairs(wavs: Sequence[torch.Tensor], ids: Sequence[str], seed: int = 0) 
 def load_clips(rows: Sequence[dict], min_samples: int) -> tuple:
     """(waveforms at 16 kHz, IDs) of the rows long enough for the encoder; unreadable ones raise (they were
     read by the isotropy measurement of the same manifest already)."""
-    from rewire_lib.audio import load_audio
+    from rewire_lib.data.audio import load_audio
 
     wavs, ids = [], []
     for r in rows:

@@ -440,7 +440,7 @@ def what_ran(cfg: StudyConfig) -> List[str]:
     L = ["## What ran\n",
          "Training utterances per task (of those available) and per low-resource setting; dev and test sets are "
          "used whole unless a cap was set. Each setting is a distinct nested subset (k per class: the first k of "
-         "each class in a seeded hash order; fractions: rewire_lib.subsets).\n",
+         "each class in a seeded hash order; fractions: rewire_lib.data.subsets).\n",
          "| task | preset | source | train | dev | test | settings (training utterances) | step cap |",
          "|---|---|---|---|---|---|---|---|"]
     used = lambda info, k: (f"{info[k]} of {info[k + '_available']}" if f"{k}_available" in info  # noqa: E731

@@ -14,11 +14,11 @@ import traceback
 from pathlib import Path
 from typing import Dict, List, Optional
 
+from rewire_lib.data.manifest import ManifestError, read_manifest, split_csv
+from rewire_lib.data.subsets import nested_subset, per_class_subset
 from rewire_lib.downstream.feature_cache import FeatureCachePool
 from rewire_lib.files.atomic import atomic_write_json, atomic_write_text
 from rewire_lib.files.paths import shared_data_dir
-from rewire_lib.manifest import ManifestError, read_manifest, split_csv
-from rewire_lib.subsets import nested_subset, per_class_subset
 from rewire_study.config import (BASE, CLASS_TASKS, REAL_CORPORA, REWIRE_CORPUS, TASK_DATA,
                                  TASK_HPARAMS, StudyConfig)
 from rewire_study import in_domain
@@ -31,7 +31,7 @@ from rewire_study.units import StageError, Unit, data_fingerprint, encoder_stamp
 
 # ---------------------------------------------------------------------- helpers
 def read_stage_manifest(path) -> tuple[list, List[dict]]:
-    """(columns, rows) of a manifest the study reads (rewire_lib.manifest.read_manifest, which also checks it); a
+    """(columns, rows) of a manifest the study reads (rewire_lib.data.manifest.read_manifest, which also checks it); a
     missing one is a StageError saying the data stage has most likely not made it, a malformed one names its line."""
     try:
         rows = read_manifest(path, required=("ID",), hint="did the data stage run?")
@@ -62,7 +62,7 @@ def write_manifest_if_changed(path: Path, fields: list, rows: List[dict]) -> boo
 
 
 def cap_rows(rows: List[dict], cap: int, seed: int, stratify: Optional[str]) -> List[dict]:
-    """At most about `cap` rows (0: all), a seeded stratified nested subset (rewire_lib.subsets)."""
+    """At most about `cap` rows (0: all), a seeded stratified nested subset (rewire_lib.data.subsets)."""
     if not cap or len(rows) <= cap:
         return rows
     strat = stratify if rows and stratify in rows[0] else None

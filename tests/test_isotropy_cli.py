@@ -96,7 +96,7 @@ def test_collected_vectors_are_the_valid_frames(encoder, manifest):
         rows = list(csv.DictReader(f))[:5]
     got = collect_vectors(encoder, rows, ["frame", "utterance"], [0, 2], max_vectors=10_000, seed=0,
                           batch_size=5, progress=False)
-    from rewire_lib.audio import load_audio
+    from rewire_lib.data.audio import load_audio
     frames, pooled = [], []
     with torch.no_grad():
         for row in rows:
@@ -170,9 +170,9 @@ def test_bad_level_in_python_api(encoder, manifest):
 
 
 def test_csv_fallback_without_shared_reader(tmp_path, monkeypatch, manifest):
-    """Where rewire_lib.manifest is absent, the CSV is read with the csv module and the same checks."""
+    """Where rewire_lib.data.manifest is absent, the CSV is read with the csv module and the same checks."""
     from rewire_lib.isotropy import _read_rows
-    monkeypatch.setitem(sys.modules, "rewire_lib.manifest", None)  # import now raises ImportError
+    monkeypatch.setitem(sys.modules, "rewire_lib.data.manifest", None)  # import now raises ImportError
     rows = _read_rows(manifest)
     assert len(rows) == 12 and {"ID", "duration", "wav"} <= set(rows[0])
     (tmp_path / "h.csv").write_text("ID,duration,wav\n")

@@ -1,4 +1,4 @@
-"""The leakage audit (rewire_lib.leakage, rewire_study.audit): each constructed leak is found by audio content,
+"""The leakage audit (rewire_lib.data.leakage, rewire_study.audit): each constructed leak is found by audio content,
 a clean design passes with zeros, a rewiring overlap with dev/test is a one-line error naming what it found
 unless --allow-rewire-overlap, which marks the report; pre-training read from the encoder's folder."""
 import csv
@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from rewire_lib.leakage import (FingerprintCache, compare, pretraining_manifests, read_set, row_recordings,
+from rewire_lib.data.leakage import (FingerprintCache, compare, pretraining_manifests, read_set, row_recordings,
                                 transcripts)
 from rewire_study.audit import marked_cells, run_audit, write_audit_csv
 from rewire_study.config import build_parser, parse_args

@@ -117,7 +117,7 @@ def test_pretrain_manifest_refuses_held_out_splits(tmp_path):
 # --------------------------------------------------------------------------------- the recipe, end to end
 def _tiny_corpus(folder: Path, n: int = 12):
     """Utterances of a few steady harmonic 'phones' in sequence: frames are predictable from context."""
-    from rewire_lib.audio import write_audio
+    from rewire_lib.data.audio import write_audio
 
     rng = np.random.default_rng(0)
     rows = ["ID,duration,wav"]

@@ -11,10 +11,10 @@ import pytest
 import soundfile as sf
 
 import rewire_lib.files.outputs as outputs
+from rewire_lib.data.manifest import write_manifest
 from rewire_lib.files.outputs import OutputFolderError, check_writable
 from rewire_lib.files.paths import REPO_ROOT
 from rewire_lib.isotropy.cli import main as isotropy_main
-from rewire_lib.manifest import write_manifest
 from rewire_lib.recipe import load_recipe
 
 
@@ -71,7 +71,7 @@ def test_preparer_refuses_an_unwritable_save_folder(tmp_path, monkeypatch):
 
 
 def test_disk_full_while_writing_a_manifest(tmp_path, monkeypatch):
-    import rewire_lib.manifest as manifest
+    import rewire_lib.data.manifest as manifest
 
     real_replace = os.replace
 

@@ -15,7 +15,7 @@ from rewire_lib import stats
 from rewire_study.comparison import N_BOOT, NO_FILE
 from rewire_study.config import parse_args
 from rewire_study.report import write_report
-from rewire_lib.subsets import per_class_subset
+from rewire_lib.data.subsets import per_class_subset
 from rewire_study.stages import (downstream_units, make_random_encoder, make_study_manifests,
                                  run_settings)
 

@@ -23,7 +23,7 @@ import torch
 from tqdm import tqdm
 
 
-from rewire_lib.audio import load_audio
+from rewire_lib.data.audio import load_audio
 from rewire_lib.encoder import SpeechEncoder
 from rewire_lib.featurizer import WeightedLayerSum, masked_mean
 from rewire_lib.files.atomic import atomic_write_json

@@ -40,8 +40,8 @@ from speechbrain.utils.data_utils import batch_pad_right
 from speechbrain.utils.distributed import if_main_process
 
 from rewire_lib.files.atomic import atomic_write_json
-from rewire_lib.audio import load_audio
-from rewire_lib.dataio import BucketBatchSampler, ShardedBatchesDDP, durations
+from rewire_lib.data.audio import load_audio
+from rewire_lib.data.dataio import BucketBatchSampler, ShardedBatchesDDP, durations
 from rewire_lib.downstream.feature_cache import FeatureCache, FeatureCachePool, encoder_fingerprint
 from rewire_lib.downstream.predictions import FILENAME as PREDICTIONS_FILE, write_predictions
 from rewire_lib.files.logs import CSVLog, plot_columns, plot_layer_weights

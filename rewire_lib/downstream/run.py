@@ -23,7 +23,7 @@ from rewire_lib.files.atomic import atomic_write_json
 from rewire_lib.downstream.feature_cache import FeatureCachePool
 from rewire_lib.files.logs import atomic_write_csv, plot_columns, plot_layer_weights, read_csv
 from rewire_lib.files.paths import REPO_ROOT
-from rewire_lib.manifest import split_csv
+from rewire_lib.data.manifest import split_csv
 from rewire_lib.recipe import HparamsError
 
 logger = logging.getLogger(__name__)
@@ -219,7 +219,7 @@ def average_curves(paths: List[Path], out: Path) -> None:
 def run_as_script(main: Callable[[], dict]) -> None:
     """`main()`, with the errors a user can fix (missing manifest or encoder, bad key or label, bad
     manifest) printed as one line instead of a traceback."""
-    from rewire_lib.dataio import ManifestFormatError
+    from rewire_lib.data.dataio import ManifestFormatError
     from rewire_lib.downstream.labels import LabelError
     from rewire_lib.encoder import EncoderLoadError
 

@@ -306,7 +306,7 @@ def _read_rows(manifest: ManifestRows, data_root: Optional[str] = None) -> List[
         if not path.read_bytes().strip():
             raise IsotropyError(f"manifest {path} is empty (no header, no rows): nothing to measure")
         try:
-            from rewire_lib.manifest import ManifestError, read_manifest
+            from rewire_lib.data.manifest import ManifestError, read_manifest
         except ImportError:  # fallback where the shared reader is absent
             read_manifest = None
         if read_manifest is not None:
@@ -403,7 +403,7 @@ def collect_vectors(encoder, rows: Sequence[dict], levels: Sequence[str], layers
     offers every valid frame (frame_mask) to the reservoir; utterance level the masked mean over frames.
     Unreadable audio files are skipped with a warning and counted.
     """
-    from rewire_lib.audio import load_audio
+    from rewire_lib.data.audio import load_audio
     from rewire_lib.featurizer import masked_mean
 
     if batch_size < 1:
