@@ -42,7 +42,7 @@ SCRIPT = "rewire_throughput"
 def authors_loop(encoder_dir: str, rows: list[dict], view: str, tts, pairs_per_step: int, seed: int,
                  device: str, lr: float = 1e-6, zero_grad: bool = True, warm_cache=None) -> dict:
     """One pass over `rows` the way the authors' code trains. Returns {"pairs", "seconds"} (model loading
-    excluded). `tts` is a rewire_lib.tts backend (synthesised on every step, never cached). `warm_cache`
+    excluded). `tts` is a rewire_lib.views.tts backend (synthesised on every step, never cached). `warm_cache`
     (a TTSCache) replaces the synthesis, only for the untimed warm-up pass (same audio, same shapes)."""
     import torch
 
@@ -161,7 +161,7 @@ def padded_batches(manifest, view, args, out_folder) -> list:
     """The padded [2N, S] batches, and their relative lengths, that `ours` trains on in epoch 1."""
     import torch
 
-    from rewire_lib.pairs import make_pair_builder
+    from rewire_lib.views.pairs import make_pair_builder
     from rewire_lib.rewiring import build_rewire_dataset, make_train_loader_kwargs, pad_views
 
     builder = make_pair_builder(view, seed=args.seed, tts_backend=args.tts, tts_cache_dir=args.tts_cache_dir)
@@ -208,14 +208,14 @@ def bound_loop(encoder_dir, batches, device, precision: str = "fp32") -> dict:
 # ------------------------------------------------------------------------------------------- driver
 def prefill_tts(manifest, args):
     """Fill the TTS cache `ours` reads (untimed: a run after its first epoch finds it full)."""
-    from rewire_lib.tts import TTSCache, make_backend, read_manifest_texts
+    from rewire_lib.views.tts import TTSCache, make_backend, read_manifest_texts
 
     cache = TTSCache(args.tts_cache_dir, make_backend(args.tts))
     return cache, cache.synthesize_missing(read_manifest_texts(manifest), num_workers=2).as_dict()
 
 
 def bench_one(encoder_dir, dataset, view, args) -> dict:
-    from rewire_lib.tts import make_backend
+    from rewire_lib.views.tts import make_backend
 
     manifest = common.bench_manifest(dataset, args.pairs, seed=args.seed)
     rows = read_manifest(manifest)

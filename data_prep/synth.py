@@ -294,7 +294,7 @@ def _np_rng(seed: int, uid: str) -> np.random.Generator:
 
 def render(item: dict, seed: int) -> Optional[np.ndarray]:
     """16 kHz float32 audio of one planned utterance (None when eSpeak speaks nothing)."""
-    from rewire_lib import espeak
+    from rewire_lib.views import espeak
 
     rng = _np_rng(seed, item["ID"])
     aug = item["aug"]
@@ -347,7 +347,7 @@ def _render_chunk(args) -> List[dict]:
     import soundfile as sf
 
     from rewire_lib.data.audio import write_audio
-    from rewire_lib.espeak import phonemize_tokens
+    from rewire_lib.views.espeak import phonemize_tokens
 
     out = []
     for item in items:

@@ -22,8 +22,8 @@ from rewire_lib.files.logs import CSVLog, atomic_write_csv, plot_columns, plot_l
 from rewire_lib.losses import nt_xent
 from rewire_lib.nonfinite import NonFiniteGuard
 from rewire_lib.oom import name_the_batch_on_oom
-from rewire_lib.pairs import PairBuilder, pair_pipeline
 from rewire_lib.recipe import unwrap_ddp
+from rewire_lib.views.pairs import PairBuilder, pair_pipeline
 
 logger = logging.getLogger(__name__)
 
@@ -230,7 +230,7 @@ def presynthesise(builder: PairBuilder, train_csv, num_workers: int = 2) -> None
     cache = tts_cache_of(builder)
     if cache is None:
         return
-    from rewire_lib.tts import read_manifest_texts
+    from rewire_lib.views.tts import read_manifest_texts
 
     stats = cache.synthesize_missing(read_manifest_texts(train_csv), num_workers=num_workers)
     logger.info("TTS cache for %s: %s", train_csv, stats)

@@ -2,7 +2,7 @@
 2020) of pooled utterance embeddings, with twin views of the held-out clips as the positive pairs.
 
 Pooled embedding: the mean over frames of the mean over hidden states (every layer weighted alike, as the
-downstream featurizer starts). Twin view: the same clip with one zeroed span (rewire_lib.pairs.TwinView,
+downstream featurizer starts). Twin view: the same clip with one zeroed span (rewire_lib.views.pairs.TwinView,
 seeded per clip), so every encoder sees the same pairs.
 """
 from __future__ import annotations
@@ -35,7 +35,7 @@ def pooled_embeddings(encoder, wavs: Sequence[torch.Tensor], batch_size: int = 8
 
 def twin_pairs(wavs: Sequence[torch.Tensor], ids: Sequence[str], seed: int = 0) -> List[torch.Tensor]:
     """The twin positive of each clip (a zeroed span), seeded by (seed, clip ID)."""
-    from rewire_lib.pairs import TwinView, pair_generator
+    from rewire_lib.views.pairs import TwinView, pair_generator
 
     view = TwinView(mask_fraction=MASK_FRACTION, num_spans=1)
     return [view(w, generator=pair_generator(seed, 0, uid))[1] for w, uid in zip(wavs, ids)]

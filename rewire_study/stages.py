@@ -1,4 +1,4 @@
-"""The study's stages. Each calls the project's own entry points (data_prep, rewire_lib.tts, the
+"""The study's stages. Each calls the project's own entry points (data_prep, rewire_lib.views.tts, the
 rewiring recipe's and the downstream recipes' `train.py` main(), rewire_lib.isotropy) and skips the
 units it finds finished. A unit is finished only for the same spec: its settings, the content
 fingerprint of its manifests and the stamp of its encoder's files."""
@@ -367,7 +367,7 @@ def stage_tts(cfg: StudyConfig) -> dict:
     if not views:
         print("  no view needs TTS (twin only): nothing to synthesise", flush=True)
         return {"texts": 0}
-    from rewire_lib.tts import TTSCache, TTSUnavailable, make_backend, read_manifest_texts
+    from rewire_lib.views.tts import TTSCache, TTSUnavailable, make_backend, read_manifest_texts
 
     choice = tts_choice(cfg)
     manifests = [cfg.work / "data" / "rewire" / "train.csv"] + [d.manifest(cfg) for d in in_domain.domains(cfg)]
@@ -412,7 +412,7 @@ def rewire_argv(cfg: StudyConfig, unit: Unit) -> List[str]:
 
 
 def length_rules(cfg: StudyConfig) -> Optional[dict]:
-    """The rewiring's length rules in samples (rewire_lib.pairs.LengthRules), None when the preset sets none."""
+    """The rewiring's length rules in samples (rewire_lib.views.pairs.LengthRules), None when the preset sets none."""
     if cfg.rewire_max_s is None and cfg.rewire_split_s is None:
         return None
     samples = lambda s: None if s is None else int(round(s * 16000))  # noqa: E731

@@ -38,7 +38,7 @@ def test_pinned_requirement_is_installed_at_its_pin(name, version):
 def test_espeakng_loader_imports_and_synthesizes():
     import espeakng_loader  # noqa: F401  (ImportError here means the pinned espeakng-loader is missing)
 
-    from rewire_lib import espeak
+    from rewire_lib.views import espeak
 
     assert espeak.espeak_available(), "espeakng-loader is installed but eSpeak NG cannot be loaded"
     wav, sr = espeak.synthesize("one two")

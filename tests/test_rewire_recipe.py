@@ -111,7 +111,7 @@ def test_run_killed_mid_epoch_resumes_and_ends_like_an_uninterrupted_run(tmp_pat
 def test_paper_preset_has_the_authors_settings(tmp_path, tiny_encoder_dir, view, epochs):
     import shutil
 
-    from rewire_lib.pairs import LengthRules
+    from rewire_lib.views.pairs import LengthRules
     from rewire_lib.recipe import load_recipe
     from rewire_lib.rewiring import tts_cache_of
 

@@ -114,7 +114,7 @@ def test_rewire_override_tts_backend_is_what_the_tts_stage_uses(tmp_path, monkey
     argv = st.rewire_argv(cfg, st.rewire_unit(cfg, "neutral"))
     assert argv[argv.index("--tts_backend") + 1] == "festival"
 
-    import rewire_lib.tts as tts
+    import rewire_lib.views.tts as tts
 
     asked = []
 
