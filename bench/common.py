@@ -58,7 +58,7 @@ PRESETS = {
     "tiny-hubert-random": ("hubert", TINY_HUBERT_SHAPE),
     "base-random": ("wav2vec2", BASE_SHAPE),
     "large-random": ("wav2vec2", LARGE_SHAPE),
-    # the library's stock configs (rewire_lib.tiny.make_stock_encoder, LayerDrop and masking as shipped):
+    # the library's stock configs (rewire_lib.models.tiny.make_stock_encoder, LayerDrop and masking as shipped):
     # full-size wav2vec2-base (group-norm CNN, no attention mask) and wav2vec2-large-lv60 (the paper's shape)
     "base-stock": ("stock:wav2vec2-base", {"size": "base"}),
     "large-stock": ("stock:wav2vec2-large-lv60", {"size": "large"}),
@@ -82,7 +82,7 @@ def resolve_encoder(spec: Optional[str]) -> tuple[str, str]:
         family, settings = PRESETS[spec]
         folder = WORK_DIR / "encoders" / spec
         if not (folder / "config.json").is_file():
-            from rewire_lib.tiny import make_stock_encoder, make_tiny_encoder
+            from rewire_lib.models.tiny import make_stock_encoder, make_tiny_encoder
 
             tmp = folder.with_name(f".{spec}.{os.getpid()}.tmp")  # a folder: swapped in whole below
             if family.startswith("stock:"):

@@ -54,7 +54,7 @@ def feature_loop(encoder_dir, batches, device, precision: str) -> dict:
     """Frozen-feature extraction: eval mode, no_grad, every hidden state computed (as the feature cache does)."""
     import torch
 
-    from rewire_lib.encoder import SpeechEncoder
+    from rewire_lib.models.encoder import SpeechEncoder
 
     encoder = SpeechEncoder.from_pretrained(encoder_dir).to(device).eval()
     batches = [(w.to(device), l.to(device)) for w, l in batches]

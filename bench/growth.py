@@ -47,7 +47,7 @@ def child_rewire(args) -> dict:
 
 
 def child_isotropy(args) -> dict:
-    from rewire_lib.encoder import SpeechEncoder
+    from rewire_lib.models.encoder import SpeechEncoder
     from rewire_lib.isotropy import measure_encoder
 
     manifest = common.bench_manifest(args.data_equal, args.n, seed=args.seed)

@@ -47,8 +47,8 @@ def authors_loop(encoder_dir: str, rows: list[dict], view: str, tts, pairs_per_s
     import torch
 
     from rewire_lib.data.audio import load_audio
-    from rewire_lib.encoder import SpeechEncoder
-    from rewire_lib.featurizer import WeightedLayerSum, masked_mean
+    from rewire_lib.models.encoder import SpeechEncoder
+    from rewire_lib.models.featurizer import WeightedLayerSum, masked_mean
     from rewire_lib.losses import nt_xent
 
     encoder = SpeechEncoder.from_pretrained(encoder_dir).to(device)
@@ -185,8 +185,8 @@ def bound_loop(encoder_dir, batches, device, precision: str = "fp32") -> dict:
     """Forward + backward alone, with the recipe's default LayerDrop (off) so it bounds what `ours` runs."""
     import torch
 
-    from rewire_lib.encoder import SpeechEncoder
-    from rewire_lib.featurizer import WeightedLayerSum, masked_mean
+    from rewire_lib.models.encoder import SpeechEncoder
+    from rewire_lib.models.featurizer import WeightedLayerSum, masked_mean
 
     encoder = SpeechEncoder.from_pretrained(encoder_dir, layerdrop=0.0).to(device).train()
     featurizer = WeightedLayerSum(encoder.num_layers).to(device)

@@ -17,9 +17,9 @@ from speechbrain.dataio.batch import PaddedBatch
 from speechbrain.utils.distributed import if_main_process, run_on_main
 
 from rewire_lib.data.dataio import MIN_SAMPLES, BucketBatchSampler, ShardedBatchesDDP, audio_dataset, durations
-from rewire_lib.featurizer import masked_mean
 from rewire_lib.files.logs import CSVLog, atomic_write_csv, plot_columns, plot_layer_weights
 from rewire_lib.losses import nt_xent
+from rewire_lib.models.featurizer import masked_mean
 from rewire_lib.nonfinite import NonFiniteGuard
 from rewire_lib.oom import name_the_batch_on_oom
 from rewire_lib.recipe import unwrap_ddp

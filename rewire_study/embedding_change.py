@@ -20,7 +20,7 @@ def pooled_embeddings(encoder, wavs: Sequence[torch.Tensor], batch_size: int = 8
     """[N, D] mean over frames of the mean over hidden states, for each waveform (padded batches, masked)."""
     from speechbrain.utils.data_utils import batch_pad_right
 
-    from rewire_lib.featurizer import masked_mean
+    from rewire_lib.models.featurizer import masked_mean
 
     out_rows: List[torch.Tensor] = []
     encoder.eval()
@@ -71,7 +71,7 @@ def alignment_uniformity(encoder_dir: str, rows: Sequence[dict], seed: int = 0,
     """{"model": measures of the encoder on held-out clips, and per transform in `transforms` ("centre",
     "whiten"): the same measures after rewire_lib.whitening.FeatureWhitener fit on the pooled embeddings of
     `fit_rows` (training clips, never the held-out ones)}."""
-    from rewire_lib.encoder import SpeechEncoder
+    from rewire_lib.models.encoder import SpeechEncoder
     from rewire_lib.whitening import FeatureWhitener
 
     encoder = SpeechEncoder.from_pretrained(encoder_dir)

@@ -10,10 +10,10 @@ import pytest
 import soundfile as sf
 import torch
 
-from rewire_lib.encoder import SpeechEncoder
-from rewire_lib.featurizer import masked_mean
 from rewire_lib.isotropy import IsotropyError, collect_vectors, measure_encoder
 from rewire_lib.isotropy.cli import CSV_COLUMNS, main, parse_layers
+from rewire_lib.models.encoder import SpeechEncoder
+from rewire_lib.models.featurizer import masked_mean
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -38,7 +38,7 @@ def encoder(tiny_encoder_dir):
 
 def test_cli_writes_three_files(tmp_path, tiny_encoder_dir, manifest):
     other = tmp_path / "enc_b"
-    from rewire_lib.tiny import make_tiny_encoder
+    from rewire_lib.models.tiny import make_tiny_encoder
     make_tiny_encoder(other, "hubert", seed=1)
     out = tmp_path / "out"
     rc = subprocess.run([sys.executable, "-m", "rewire_lib.isotropy", "--encoder", str(tiny_encoder_dir),

@@ -46,7 +46,7 @@ def test_committed_encoder_loads_offline_and_gives_documented_shapes(monkeypatch
     assert len(out.hidden_states) == 7
     assert all(torch.isfinite(h).all() for h in out.hidden_states)
 
-    from rewire_lib.encoder import SpeechEncoder
+    from rewire_lib.models.encoder import SpeechEncoder
 
     encoder = SpeechEncoder.from_pretrained(MODEL_DIR).eval()
     with torch.no_grad():

@@ -16,8 +16,8 @@ import soundfile as sf
 
 from rewire_lib.data.audio import AudioError
 from rewire_lib.data.dataio import ManifestFormatError, audio_dataset
-from rewire_lib.encoder import EncoderLoadError
 from rewire_lib.files.paths import REPO_ROOT
+from rewire_lib.models.encoder import EncoderLoadError
 from rewire_lib.recipe import HparamsError, load_recipe
 
 SR = 16000

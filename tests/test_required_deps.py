@@ -46,7 +46,7 @@ def test_espeakng_loader_imports_and_synthesizes():
 
 
 def test_committed_encoder_loads_and_runs():
-    from rewire_lib.encoder import SpeechEncoder
+    from rewire_lib.models.encoder import SpeechEncoder
 
     folder = default_encoder_dir()
     assert folder == REPO_ROOT / "pretrained" / "tiny-hubert"

@@ -9,8 +9,8 @@ import pytest
 import torch
 from transformers import AutoModel
 
-from rewire_lib.encoder import SpeechEncoder
 from rewire_lib.files.paths import REPO_ROOT
+from rewire_lib.models.encoder import SpeechEncoder
 from rewire_lib.rewiring import RewireBrain
 from tests.rewire_helpers import fsdd_manifest, load_train_module
 

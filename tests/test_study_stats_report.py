@@ -247,8 +247,8 @@ def test_low_resource_settings_are_distinct_nested_subsets(tmp_path):
 
 
 def test_random_control_differs_from_base_and_loads(tmp_path):
-    from rewire_lib.encoder import SpeechEncoder
-    from rewire_lib.tiny import make_tiny_encoder
+    from rewire_lib.models.encoder import SpeechEncoder
+    from rewire_lib.models.tiny import make_tiny_encoder
 
     base = make_tiny_encoder(tmp_path / "base", seed=0)
     rnd = make_random_encoder(str(base), tmp_path / "random", seed=1)

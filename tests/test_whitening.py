@@ -5,9 +5,9 @@ import pytest
 import torch
 
 from rewire_lib.data.audio import load_audio
-from rewire_lib.encoder import SpeechEncoder
 from rewire_lib.files.paths import default_encoder_dir
 from rewire_lib.isotropy import average_cosine, isoscore
+from rewire_lib.models.encoder import SpeechEncoder
 from rewire_lib.whitening import FeatureWhitener, WhiteningError
 
 

@@ -146,7 +146,7 @@ def prepare_targets(hp, ids, waves, device):
             raise RuntimeError(f"{path} was made for another packed corpus; delete it to recompute the targets")
         return targets
     if hp["target_encoder"]:
-        from rewire_lib.encoder import SpeechEncoder
+        from rewire_lib.models.encoder import SpeechEncoder
 
         featurize = EncoderLayerFrames(SpeechEncoder.from_pretrained(hp["target_encoder"]), hp["target_layer"], device)
         kind = f"{hp['target_encoder']} layer {hp['target_layer']}"

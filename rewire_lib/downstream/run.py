@@ -221,7 +221,7 @@ def run_as_script(main: Callable[[], dict]) -> None:
     manifest) printed as one line instead of a traceback."""
     from rewire_lib.data.dataio import ManifestFormatError
     from rewire_lib.downstream.labels import LabelError
-    from rewire_lib.encoder import EncoderLoadError
+    from rewire_lib.models.encoder import EncoderLoadError
 
     try:
         main()

@@ -358,7 +358,7 @@ def load_encoder(source, **options):
     """
     if not isinstance(source, (str, Path)):
         return source
-    from rewire_lib.encoder import EncoderLoadError, SpeechEncoder
+    from rewire_lib.models.encoder import EncoderLoadError, SpeechEncoder
 
     try:
         return SpeechEncoder.from_pretrained(source, **options)
@@ -404,7 +404,7 @@ def collect_vectors(encoder, rows: Sequence[dict], levels: Sequence[str], layers
     Unreadable audio files are skipped with a warning and counted.
     """
     from rewire_lib.data.audio import load_audio
-    from rewire_lib.featurizer import masked_mean
+    from rewire_lib.models.featurizer import masked_mean
 
     if batch_size < 1:
         raise IsotropyError(f"batch size must be >= 1, got {batch_size}")
