@@ -162,7 +162,7 @@ def attribute_time(patches: Patches, tasks: List[str]) -> None:
 
     from rewire_lib.data import audio
     from rewire_lib.models import encoder
-    from rewire_lib import recipe
+    from rewire_lib.training import recipe
     from rewire_lib.files import logs
     from rewire_lib.downstream import brain, feature_cache, predictions, run
     from rewire_study import units
@@ -323,7 +323,7 @@ def bare_step_fn(brain, modules, opt) -> Callable:
 
 def bare_loop_seconds(brain, batches: list, steps: int, limit: int, warmup: int = 2) -> dict:
     """Wall and CPU seconds of `steps` bare steps over the run's first `limit` batches, padded beforehand."""
-    from rewire_lib.recipe import unwrap_ddp
+    from rewire_lib.training.recipe import unwrap_ddp
 
     data = padded_batches(brain, batches, limit)
     modules = [copy.deepcopy(unwrap_ddp(brain.modules[n])).train() for n in ("featurizer", "head")]

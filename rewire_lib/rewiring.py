@@ -20,9 +20,9 @@ from rewire_lib.data.dataio import MIN_SAMPLES, BucketBatchSampler, ShardedBatch
 from rewire_lib.files.logs import CSVLog, atomic_write_csv, plot_columns, plot_layer_weights
 from rewire_lib.losses import nt_xent
 from rewire_lib.models.featurizer import masked_mean
-from rewire_lib.nonfinite import NonFiniteGuard
-from rewire_lib.oom import name_the_batch_on_oom
-from rewire_lib.recipe import unwrap_ddp
+from rewire_lib.training.nonfinite import NonFiniteGuard
+from rewire_lib.training.oom import name_the_batch_on_oom
+from rewire_lib.training.recipe import unwrap_ddp
 from rewire_lib.views.pairs import PairBuilder, pair_pipeline
 
 logger = logging.getLogger(__name__)
@@ -283,7 +283,7 @@ def write_card(brain: RewireBrain, hparams, folder: Path, train_set=None, argv=N
 
     out = Path(hparams["output_folder"])
     seconds = durations(train_set) if train_set is not None else []
-    # the run's result-changing settings (rewire_lib.run_stamp), the plain ones: objects are the recipe's YAML
+    # the run's result-changing settings (rewire_lib.training.run_stamp), the plain ones: objects are the recipe's YAML
     settings = {k: v for k, v in hparams.get("run_settings", {}).items() if "." not in k}
     settings["precision"] = getattr(brain, "precision", "fp32")
     settings["world_size"] = world_size()

@@ -346,7 +346,7 @@ def rewire_setting(cfg: StudyConfig, view: str, key: str):
 def yaml_setting(hparams: Path, overrides: List[str], key: str):
     """A recipe key's value as the recipe will see it: its hparams file (with `extends:` bases) under
     KEY=VALUE `overrides`."""
-    from rewire_lib.recipe import hparams_value
+    from rewire_lib.training.recipe import hparams_value
 
     text = "".join(f"{k.strip()}: {v.strip()}\n" for k, v in (kv.split("=", 1) for kv in overrides))
     return hparams_value(str(hparams), key, text)

@@ -18,7 +18,7 @@ from rewire_lib.data.audio import AudioError
 from rewire_lib.data.dataio import ManifestFormatError, audio_dataset
 from rewire_lib.files.paths import REPO_ROOT
 from rewire_lib.models.encoder import EncoderLoadError
-from rewire_lib.recipe import HparamsError, load_recipe
+from rewire_lib.training.recipe import HparamsError, load_recipe
 
 SR = 16000
 

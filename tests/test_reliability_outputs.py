@@ -15,7 +15,7 @@ from rewire_lib.data.manifest import write_manifest
 from rewire_lib.files.outputs import OutputFolderError, check_writable
 from rewire_lib.files.paths import REPO_ROOT
 from rewire_lib.isotropy.cli import main as isotropy_main
-from rewire_lib.recipe import load_recipe
+from rewire_lib.training.recipe import load_recipe
 
 
 def _refuse(code):

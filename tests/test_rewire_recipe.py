@@ -112,7 +112,7 @@ def test_paper_preset_has_the_authors_settings(tmp_path, tiny_encoder_dir, view,
     import shutil
 
     from rewire_lib.views.pairs import LengthRules
-    from rewire_lib.recipe import load_recipe
+    from rewire_lib.training.recipe import load_recipe
     from rewire_lib.rewiring import tts_cache_of
 
     if view != "twin" and shutil.which("text2wave") is None:
@@ -134,7 +134,7 @@ def test_paper_preset_has_the_authors_settings(tmp_path, tiny_encoder_dir, view,
 
 
 def test_unknown_or_mistyped_keys_are_clear_errors(tmp_path, tiny_encoder_dir):
-    from rewire_lib.recipe import HparamsError, load_recipe
+    from rewire_lib.training.recipe import HparamsError, load_recipe
 
     schema = load_train_module("rewire").SCHEMA
     base = [str(HPARAMS / "twin.yaml"), "--encoder", str(tiny_encoder_dir), "--output_folder", str(tmp_path)]
@@ -145,7 +145,7 @@ def test_unknown_or_mistyped_keys_are_clear_errors(tmp_path, tiny_encoder_dir):
 
 
 def test_a_batch_that_runs_out_of_memory_is_named_with_what_to_change(tmp_path, tiny_encoder_dir, monkeypatch):
-    from rewire_lib.oom import BatchDoesNotFit
+    from rewire_lib.training.oom import BatchDoesNotFit
 
     def no_memory(self, wavs, wav_lens=None):
         raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 20.00 GiB")
@@ -206,7 +206,7 @@ def test_gradient_checkpointing_key_enables_it_and_gives_the_same_gradients(tiny
 
 def test_tts_cache_follows_rewire_cache(tmp_path, tiny_encoder_dir, monkeypatch):
     """REWIRE_CACHE moves the TTS cache too (the YAML no longer hard-codes <repo>/cache/tts)."""
-    from rewire_lib.recipe import load_recipe
+    from rewire_lib.training.recipe import load_recipe
     from rewire_lib.rewiring import tts_cache_of
 
     monkeypatch.setenv("REWIRE_CACHE", str(tmp_path / "elsewhere"))

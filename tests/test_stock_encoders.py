@@ -67,7 +67,7 @@ def test_rewiring_a_stock_config_runs_with_layerdrop_and_dropout_on(tmp_path, st
 
 
 def test_the_recipe_default_turns_layerdrop_off(tmp_path, stock_dirs):
-    from rewire_lib.recipe import load_recipe
+    from rewire_lib.training.recipe import load_recipe
 
     hparams, *_ = load_recipe([str(HPARAMS / "twin.yaml"), "--encoder", str(stock_dirs["hubert"]),
                                "--output_folder", str(tmp_path / "o")])

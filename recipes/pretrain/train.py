@@ -35,7 +35,7 @@ from rewire_lib.pretrain.corpus import (PretrainDataset, StepsBatchSampler, buil
                                         collate, load_packed, pack_corpus)
 from rewire_lib.pretrain.model import HubertPretrainer, tiny_hubert_config
 from rewire_lib.pretrain.targets import EncoderLayerFrames, MFCCFrames, cluster_targets
-from rewire_lib.recipe import load_recipe
+from rewire_lib.training.recipe import load_recipe
 
 logger = logging.getLogger("pretrain")
 

@@ -45,10 +45,10 @@ from rewire_lib.data.dataio import BucketBatchSampler, ShardedBatchesDDP, durati
 from rewire_lib.downstream.feature_cache import FeatureCache, FeatureCachePool, encoder_fingerprint
 from rewire_lib.downstream.predictions import FILENAME as PREDICTIONS_FILE, write_predictions
 from rewire_lib.files.logs import CSVLog, plot_columns, plot_layer_weights
-from rewire_lib.nonfinite import NonFiniteGuard
+from rewire_lib.training.nonfinite import NonFiniteGuard
 from rewire_lib.whitening import FeatureWhitener
 from rewire_lib.files.paths import cache_dir
-from rewire_lib.recipe import HparamsError, unwrap_ddp
+from rewire_lib.training.recipe import HparamsError, unwrap_ddp
 from rewire_lib.stats import best_checkpoint
 
 logger = logging.getLogger(__name__)
