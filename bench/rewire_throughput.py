@@ -49,7 +49,7 @@ def authors_loop(encoder_dir: str, rows: list[dict], view: str, tts, pairs_per_s
     from rewire_lib.data.audio import load_audio
     from rewire_lib.models.encoder import SpeechEncoder
     from rewire_lib.models.featurizer import WeightedLayerSum, masked_mean
-    from rewire_lib.losses import nt_xent
+    from rewire_lib.rewiring.losses import nt_xent
 
     encoder = SpeechEncoder.from_pretrained(encoder_dir).to(device)
     featurizer = WeightedLayerSum(encoder.num_layers).to(device)
@@ -108,7 +108,7 @@ def _recipe():
     if _RECIPE is None:
         import speechbrain as sb
 
-        from rewire_lib.rewiring import RewireBrain
+        from rewire_lib.rewiring.brain import RewireBrain
 
         module = load_recipe_module("rewire")
 
@@ -162,7 +162,7 @@ def padded_batches(manifest, view, args, out_folder) -> list:
     import torch
 
     from rewire_lib.views.pairs import make_pair_builder
-    from rewire_lib.rewiring import build_rewire_dataset, make_train_loader_kwargs, pad_views
+    from rewire_lib.rewiring.brain import build_rewire_dataset, make_train_loader_kwargs, pad_views
 
     builder = make_pair_builder(view, seed=args.seed, tts_backend=args.tts, tts_cache_dir=args.tts_cache_dir)
     dataset = build_rewire_dataset(manifest, builder, out_folder, sorting="bucket")

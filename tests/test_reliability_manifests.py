@@ -136,7 +136,7 @@ def test_empty_numeric_and_non_ascii_transcripts_in_neutral_rewiring(tmp_path, w
     """The neutral view renders each transcript with TTS: an empty one is a listed skip, digits and
     non-ASCII text are spoken (eSpeak) and kept."""
     from rewire_lib.views.pairs import make_pair_builder
-    from rewire_lib.rewiring import build_rewire_dataset
+    from rewire_lib.rewiring.brain import build_rewire_dataset
 
     manifest = _write(tmp_path / "train.csv", ["ID", "duration", "wav", "wrd"],
                       [["plain", "0.5", str(wav), "hello world"], ["empty", "0.5", str(wav), ""],
@@ -154,7 +154,7 @@ def test_empty_numeric_and_non_ascii_transcripts_in_neutral_rewiring(tmp_path, w
 
 def test_neutral_view_without_transcripts_is_named(tmp_path, wav):
     from rewire_lib.views.pairs import make_pair_builder
-    from rewire_lib.rewiring import build_rewire_dataset
+    from rewire_lib.rewiring.brain import build_rewire_dataset
 
     manifest = _write(tmp_path / "train.csv", ["ID", "duration", "wav"], [["u1", "0.5", str(wav)]])
     with pytest.raises(ValueError, match=r"train\.csv: the neutral view needs transcripts.*'wrd'"):

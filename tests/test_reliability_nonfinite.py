@@ -10,7 +10,7 @@ import torch
 from downstream_helpers import make_tiny_corpus
 from rewire_lib.files.logs import read_csv
 from rewire_lib.files.paths import REPO_ROOT
-from rewire_lib.rewiring import RewireBrain
+from rewire_lib.rewiring.brain import RewireBrain
 from rewire_lib.training.nonfinite import TrainingDiverged
 from tests.rewire_helpers import fsdd_manifest, load_train_module
 

@@ -11,7 +11,7 @@ from transformers import AutoModel
 
 from rewire_lib.files.paths import REPO_ROOT
 from rewire_lib.models.encoder import SpeechEncoder
-from rewire_lib.rewiring import RewireBrain
+from rewire_lib.rewiring.brain import RewireBrain
 from tests.rewire_helpers import fsdd_manifest, load_train_module
 
 HPARAMS = REPO_ROOT / "recipes" / "rewire" / "hparams"
@@ -74,7 +74,7 @@ def test_saved_encoder_reproduces_the_trained_outputs_exactly(tmp_path, tiny_enc
 KILL_AT_STEP = """
 import os, signal, sys
 sys.path.insert(0, {root!r})
-from rewire_lib.rewiring import RewireBrain
+from rewire_lib.rewiring.brain import RewireBrain
 from tests.rewire_helpers import load_train_module
 fit_batch = RewireBrain.fit_batch
 def dying_fit_batch(self, batch):
@@ -113,7 +113,7 @@ def test_paper_preset_has_the_authors_settings(tmp_path, tiny_encoder_dir, view,
 
     from rewire_lib.views.pairs import LengthRules
     from rewire_lib.training.recipe import load_recipe
-    from rewire_lib.rewiring import tts_cache_of
+    from rewire_lib.rewiring.brain import tts_cache_of
 
     if view != "twin" and shutil.which("text2wave") is None:
         pytest.skip("Festival's text2wave is not installed (apt-get install festival)")
@@ -207,7 +207,7 @@ def test_gradient_checkpointing_key_enables_it_and_gives_the_same_gradients(tiny
 def test_tts_cache_follows_rewire_cache(tmp_path, tiny_encoder_dir, monkeypatch):
     """REWIRE_CACHE moves the TTS cache too (the YAML no longer hard-codes <repo>/cache/tts)."""
     from rewire_lib.training.recipe import load_recipe
-    from rewire_lib.rewiring import tts_cache_of
+    from rewire_lib.rewiring.brain import tts_cache_of
 
     monkeypatch.setenv("REWIRE_CACHE", str(tmp_path / "elsewhere"))
     hparams, *_ = load_recipe([str(HPARAMS / "neutral.yaml"), "--encoder", str(tiny_encoder_dir),

@@ -15,9 +15,9 @@ from safetensors.torch import load_file
 from transformers import AutoFeatureExtractor, AutoModel
 
 from rewire_lib.files.paths import REPO_ROOT
-from rewire_lib.model_card import read_front_matter
 from rewire_lib.models.encoder import SpeechEncoder
 from rewire_lib.models.tiny import STOCK_FAMILIES, make_stock_encoder, stock_feature_extractor
+from rewire_lib.rewiring.model_card import read_front_matter
 from tests.rewire_helpers import fsdd_manifest, load_train_module
 
 HPARAMS = REPO_ROOT / "recipes" / "rewire" / "hparams"

@@ -16,7 +16,7 @@ import sys
 import speechbrain as sb
 from speechbrain.utils.distributed import run_on_main
 
-from rewire_lib.rewiring import RewireBrain, build_rewire_dataset, finish, make_train_loader_kwargs, presynthesise
+from rewire_lib.rewiring.brain import RewireBrain, build_rewire_dataset, finish, make_train_loader_kwargs, presynthesise
 from rewire_lib.training.recipe import load_recipe
 
 SCHEMA = {

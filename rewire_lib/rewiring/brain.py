@@ -18,8 +18,8 @@ from speechbrain.utils.distributed import if_main_process, run_on_main
 
 from rewire_lib.data.dataio import MIN_SAMPLES, BucketBatchSampler, ShardedBatchesDDP, audio_dataset, durations
 from rewire_lib.files.logs import CSVLog, atomic_write_csv, plot_columns, plot_layer_weights
-from rewire_lib.losses import nt_xent
 from rewire_lib.models.featurizer import masked_mean
+from rewire_lib.rewiring.losses import nt_xent
 from rewire_lib.training.nonfinite import NonFiniteGuard
 from rewire_lib.training.oom import name_the_batch_on_oom
 from rewire_lib.training.recipe import unwrap_ddp
@@ -277,8 +277,8 @@ def last_epoch_loss(loss_csv) -> float | None:
 
 
 def write_card(brain: RewireBrain, hparams, folder: Path, train_set=None, argv=None) -> Path:
-    """The hub model card of the rewired encoder (see rewire_lib.model_card)."""
-    from rewire_lib.model_card import portable_command, portable_path, write_model_card
+    """The hub model card of the rewired encoder (see rewire_lib.rewiring.model_card)."""
+    from rewire_lib.rewiring.model_card import portable_command, portable_path, write_model_card
     from rewire_lib.files.paths import REPO_ROOT
 
     out = Path(hparams["output_folder"])
