@@ -11,7 +11,7 @@ from typing import List, Sequence
 
 import torch
 
-from rewire_lib.embedding_metrics import alignment, uniformity
+from rewire_lib.analysis.embedding_metrics import alignment, uniformity
 
 MASK_FRACTION = 0.2
 
@@ -57,7 +57,7 @@ def load_clips(rows: Sequence[dict], min_samples: int) -> tuple:
 
 def measures(anchors: torch.Tensor, positives: torch.Tensor, n_clips: int) -> dict:
     """Alignment, uniformity and the isotropy of the pooled held-out embeddings (IsoScore, average cosine)."""
-    from rewire_lib.isotropy import average_cosine, isoscore
+    from rewire_lib.analysis.isotropy import average_cosine, isoscore
 
     return {"alignment": alignment(anchors, positives), "uniformity": uniformity(anchors),
             "isoscore": isoscore(anchors), "avg_cosine": average_cosine(anchors), "n_clips": n_clips,
@@ -69,10 +69,10 @@ def alignment_uniformity(encoder_dir: str, rows: Sequence[dict], seed: int = 0,
                          fit_rows: Sequence[dict] = (), transforms: Sequence[str] = (),
                          shrinkage: float = 0.1) -> dict:
     """{"model": measures of the encoder on held-out clips, and per transform in `transforms` ("centre",
-    "whiten"): the same measures after rewire_lib.whitening.FeatureWhitener fit on the pooled embeddings of
+    "whiten"): the same measures after rewire_lib.analysis.whitening.FeatureWhitener fit on the pooled embeddings of
     `fit_rows` (training clips, never the held-out ones)}."""
     from rewire_lib.models.encoder import SpeechEncoder
-    from rewire_lib.whitening import FeatureWhitener
+    from rewire_lib.analysis.whitening import FeatureWhitener
 
     encoder = SpeechEncoder.from_pretrained(encoder_dir)
     wavs, ids = load_clips(rows, int(encoder.min_samples()))

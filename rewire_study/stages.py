@@ -1,5 +1,5 @@
 """The study's stages. Each calls the project's own entry points (data_prep, rewire_lib.views.tts, the
-rewiring recipe's and the downstream recipes' `train.py` main(), rewire_lib.isotropy) and skips the
+rewiring recipe's and the downstream recipes' `train.py` main(), rewire_lib.analysis.isotropy) and skips the
 units it finds finished. A unit is finished only for the same spec: its settings, the content
 fingerprint of its manifests and the stamp of its encoder's files."""
 from __future__ import annotations
@@ -513,7 +513,7 @@ def isotropy_unit(cfg: StudyConfig, name: str, encoder: str) -> Unit:
 
 def _isotropy_one(cfg: StudyConfig, item) -> dict:
     """In a worker: isotropy of one encoder, frame and utterance level, every layer -> rows.json."""
-    from rewire_lib.isotropy import measure_encoder
+    from rewire_lib.analysis.isotropy import measure_encoder
 
     name, enc = item
     unit = isotropy_unit(cfg, name, enc)
@@ -536,7 +536,7 @@ def _isotropy_one(cfg: StudyConfig, item) -> dict:
 
 
 def stage_isotropy(cfg: StudyConfig) -> dict:
-    from rewire_lib.isotropy import cli as isotropy_cli
+    from rewire_lib.analysis.isotropy import cli as isotropy_cli
 
     ensure_controls(cfg)
     encs = model_paths(cfg)

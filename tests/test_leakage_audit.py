@@ -141,7 +141,7 @@ def test_rewiring_overlap_is_a_one_line_error_and_pretraining_is_reported(tmp_pa
 
 def test_allowed_overlap_marks_the_report(tmp_path):
     from rewire_study.report import verdict_lines, write_markdown
-    from rewire_lib.stats import NO_DIFFERENCE
+    from rewire_lib.analysis.stats import NO_DIFFERENCE
 
     cfg, a = study(tmp_path, "--allow-rewire-overlap")
     assert cfg.allow_rewire_overlap

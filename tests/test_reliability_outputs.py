@@ -11,10 +11,10 @@ import pytest
 import soundfile as sf
 
 import rewire_lib.files.outputs as outputs
+from rewire_lib.analysis.isotropy.cli import main as isotropy_main
 from rewire_lib.data.manifest import write_manifest
 from rewire_lib.files.outputs import OutputFolderError, check_writable
 from rewire_lib.files.paths import REPO_ROOT
-from rewire_lib.isotropy.cli import main as isotropy_main
 from rewire_lib.training.recipe import load_recipe
 
 
@@ -89,7 +89,7 @@ def test_disk_full_while_writing_a_manifest(tmp_path, monkeypatch):
 
 def test_isotropy_command_checks_its_output_folder_first_and_reports_a_full_disk(tmp_path, tiny_encoder_dir,
                                                                                fsdd_files, monkeypatch, capsys):
-    import rewire_lib.isotropy.cli as cli
+    import rewire_lib.analysis.isotropy.cli as cli
 
     manifest = tmp_path / "m.csv"
     with open(manifest, "w", newline="") as f:

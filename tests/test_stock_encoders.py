@@ -139,7 +139,7 @@ def test_padded_batch_matches_the_hub_preprocessing(stock_dirs, family):
 
 
 def test_isotropy_command_on_every_stock_family(tmp_path, stock_dirs, manifest):
-    cmd = [sys.executable, "-m", "rewire_lib.isotropy", "--manifest", str(manifest), "--level", "utterance",
+    cmd = [sys.executable, "-m", "rewire_lib.analysis.isotropy", "--manifest", str(manifest), "--level", "utterance",
            "--out", str(tmp_path / "iso"), "--max-vectors", "100", "--no-progress"]
     for family in STOCK_FAMILIES:
         cmd += ["--encoder", str(stock_dirs[family])]

@@ -1,5 +1,5 @@
 """The study's report on a study folder with KNOWN numbers: per-utterance predictions -> the paired bootstrap
-difference (checked against a direct call of rewire_lib.stats), verdicts (better / worse / no detectable
+difference (checked against a direct call of rewire_lib.analysis.stats), verdicts (better / worse / no detectable
 difference for an exact tie), censored steps-to-target counts, "n/a" without a per-utterance file; the
 low-resource settings are distinct nested subsets; the random control differs from base and loads."""
 import csv
@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 
-from rewire_lib import stats
+from rewire_lib.analysis import stats
 from rewire_study.comparison import N_BOOT, NO_FILE
 from rewire_study.config import parse_args
 from rewire_study.report import write_report

@@ -46,10 +46,10 @@ from rewire_lib.downstream.feature_cache import FeatureCache, FeatureCachePool, 
 from rewire_lib.downstream.predictions import FILENAME as PREDICTIONS_FILE, write_predictions
 from rewire_lib.files.logs import CSVLog, plot_columns, plot_layer_weights
 from rewire_lib.training.nonfinite import NonFiniteGuard
-from rewire_lib.whitening import FeatureWhitener
+from rewire_lib.analysis.whitening import FeatureWhitener
 from rewire_lib.files.paths import cache_dir
 from rewire_lib.training.recipe import HparamsError, unwrap_ddp
-from rewire_lib.stats import best_checkpoint
+from rewire_lib.analysis.stats import best_checkpoint
 
 logger = logging.getLogger(__name__)
 
@@ -141,7 +141,7 @@ def is_better(a: float, b: Optional[float], higher_is_better: bool) -> bool:
 
 def is_new_best(score: float, loss: float, best_score: Optional[float], best_loss: Optional[float],
                 higher_is_better: bool) -> bool:
-    """rewire_lib.stats.best_checkpoint's rule, one evaluation at a time: a strictly better dev metric, or
+    """rewire_lib.analysis.stats.best_checkpoint's rule, one evaluation at a time: a strictly better dev metric, or
     the same metric with a strictly lower dev loss (early CTC training: every checkpoint at 100 % WER, the
     one whose loss fell furthest is the best); a full tie keeps the earlier one."""
     if best_score is None or math.isnan(best_score) or math.isnan(score):

@@ -17,7 +17,7 @@ length (Algorithm R), so memory is bounded by capacity x layers x dim x 4 bytes 
 (default cap `DEFAULT_MAX_VECTORS` = 20,000 vectors per layer, i.e. about 60 MB per layer at d=768).
 `measure_encoder(...)` runs an encoder over a manifest and returns one result row per (level, layer).
 
-Command line: `python -m rewire_lib.isotropy --help` (`cli.py` of this package, started by its
+Command line: `python -m rewire_lib.analysis.isotropy --help` (`cli.py` of this package, started by its
 `__main__.py`; the measures here never import the command line, so the two form no circle).
 """
 from __future__ import annotations

@@ -1,6 +1,6 @@
-"""Command line of `rewire_lib.isotropy`: measure the isotropy of one or more encoders, per layer, and draw it.
+"""Command line of `rewire_lib.analysis.isotropy`: measure the isotropy of one or more encoders, per layer, and draw it.
 
-    python -m rewire_lib.isotropy --encoder BASE --encoder REWIRED --manifest data/fsdd/test.csv \\
+    python -m rewire_lib.analysis.isotropy --encoder BASE --encoder REWIRED --manifest data/fsdd/test.csv \\
         --level frame --out results/isotropy [--max-vectors 20000] [--seed 0] [--layers 0,4-6]
 
 Writes DIR/isotropy.json (settings + one row per encoder/level/layer), DIR/isotropy.csv (the same rows) and
@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import List, Optional, Sequence
 
 from rewire_lib.files.atomic import atomic_write_bytes
-from rewire_lib.isotropy import (DEFAULT_MAX_VECTORS, DEFAULT_PAIRS, DEFAULT_TOP_K, IsotropyError, _check_levels,
+from rewire_lib.analysis.isotropy import (DEFAULT_MAX_VECTORS, DEFAULT_PAIRS, DEFAULT_TOP_K, IsotropyError, _check_levels,
                                  measure_encoder)
 
 logger = logging.getLogger(__name__)
@@ -116,7 +116,7 @@ def plot(path: Path, rows: Sequence[dict], settings: dict) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
-        prog="python -m rewire_lib.isotropy",
+        prog="python -m rewire_lib.analysis.isotropy",
         description="Isotropy (I(W), average cosine, IsoScore, top-PC share) of encoders, per layer.")
     p.add_argument("--encoder", action="append", required=True,
                    help="hub id or local folder; repeat to compare a base and its rewired versions")
