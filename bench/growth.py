@@ -47,8 +47,8 @@ def child_rewire(args) -> dict:
 
 
 def child_isotropy(args) -> dict:
-    from rewire_lib.models.encoder import SpeechEncoder
     from rewire_lib.analysis.isotropy import measure_encoder
+    from rewire_lib.models.encoder import SpeechEncoder
 
     manifest = common.bench_manifest(args.data_equal, args.n, seed=args.seed)
     encoder = SpeechEncoder.from_pretrained(args.encoder_dir)

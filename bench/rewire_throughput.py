@@ -161,8 +161,8 @@ def padded_batches(manifest, view, args, out_folder) -> list:
     """The padded [2N, S] batches, and their relative lengths, that `ours` trains on in epoch 1."""
     import torch
 
-    from rewire_lib.views.pairs import make_pair_builder
     from rewire_lib.rewiring.brain import build_rewire_dataset, make_train_loader_kwargs, pad_views
+    from rewire_lib.views.pairs import make_pair_builder
 
     builder = make_pair_builder(view, seed=args.seed, tts_backend=args.tts, tts_cache_dir=args.tts_cache_dir)
     dataset = build_rewire_dataset(manifest, builder, out_folder, sorting="bucket")

@@ -161,10 +161,10 @@ def attribute_time(patches: Patches, tasks: List[str]) -> None:
     from speechbrain.utils.checkpoints import Checkpointer
 
     from rewire_lib.data import audio
+    from rewire_lib.downstream import brain, feature_cache, predictions, run
+    from rewire_lib.files import logs
     from rewire_lib.models import encoder
     from rewire_lib.training import recipe
-    from rewire_lib.files import logs
-    from rewire_lib.downstream import brain, feature_cache, predictions, run
     from rewire_study import units
     from rewire_study.recipes import load_recipe_main
 

@@ -71,8 +71,8 @@ def alignment_uniformity(encoder_dir: str, rows: Sequence[dict], seed: int = 0,
     """{"model": measures of the encoder on held-out clips, and per transform in `transforms` ("centre",
     "whiten"): the same measures after rewire_lib.analysis.whitening.FeatureWhitener fit on the pooled embeddings of
     `fit_rows` (training clips, never the held-out ones)}."""
-    from rewire_lib.models.encoder import SpeechEncoder
     from rewire_lib.analysis.whitening import FeatureWhitener
+    from rewire_lib.models.encoder import SpeechEncoder
 
     encoder = SpeechEncoder.from_pretrained(encoder_dir)
     wavs, ids = load_clips(rows, int(encoder.min_samples()))

@@ -111,9 +111,9 @@ def test_run_killed_mid_epoch_resumes_and_ends_like_an_uninterrupted_run(tmp_pat
 def test_paper_preset_has_the_authors_settings(tmp_path, tiny_encoder_dir, view, epochs):
     import shutil
 
-    from rewire_lib.views.pairs import LengthRules
-    from rewire_lib.training.recipe import load_recipe
     from rewire_lib.rewiring.brain import tts_cache_of
+    from rewire_lib.training.recipe import load_recipe
+    from rewire_lib.views.pairs import LengthRules
 
     if view != "twin" and shutil.which("text2wave") is None:
         pytest.skip("Festival's text2wave is not installed (apt-get install festival)")
@@ -206,8 +206,8 @@ def test_gradient_checkpointing_key_enables_it_and_gives_the_same_gradients(tiny
 
 def test_tts_cache_follows_rewire_cache(tmp_path, tiny_encoder_dir, monkeypatch):
     """REWIRE_CACHE moves the TTS cache too (the YAML no longer hard-codes <repo>/cache/tts)."""
-    from rewire_lib.training.recipe import load_recipe
     from rewire_lib.rewiring.brain import tts_cache_of
+    from rewire_lib.training.recipe import load_recipe
 
     monkeypatch.setenv("REWIRE_CACHE", str(tmp_path / "elsewhere"))
     hparams, *_ = load_recipe([str(HPARAMS / "neutral.yaml"), "--encoder", str(tiny_encoder_dir),

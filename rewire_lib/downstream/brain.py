@@ -39,17 +39,17 @@ from speechbrain.utils.checkpoints import mark_as_loader, mark_as_saver, registe
 from speechbrain.utils.data_utils import batch_pad_right
 from speechbrain.utils.distributed import if_main_process
 
-from rewire_lib.files.atomic import atomic_write_json
+from rewire_lib.analysis.stats import best_checkpoint
+from rewire_lib.analysis.whitening import FeatureWhitener
 from rewire_lib.data.audio import load_audio
 from rewire_lib.data.dataio import BucketBatchSampler, ShardedBatchesDDP, durations
 from rewire_lib.downstream.feature_cache import FeatureCache, FeatureCachePool, encoder_fingerprint
 from rewire_lib.downstream.predictions import FILENAME as PREDICTIONS_FILE, write_predictions
+from rewire_lib.files.atomic import atomic_write_json
 from rewire_lib.files.logs import CSVLog, plot_columns, plot_layer_weights
-from rewire_lib.training.nonfinite import NonFiniteGuard
-from rewire_lib.analysis.whitening import FeatureWhitener
 from rewire_lib.files.paths import cache_dir
+from rewire_lib.training.nonfinite import NonFiniteGuard
 from rewire_lib.training.recipe import HparamsError, unwrap_ddp
-from rewire_lib.analysis.stats import best_checkpoint
 
 logger = logging.getLogger(__name__)
 

@@ -16,9 +16,9 @@ from speechbrain.utils.distributed import run_on_main
 
 from rewire_lib.data.dataio import audio_dataset, filter_by_duration
 from rewire_lib.data.manifest import read_manifest
+from rewire_lib.data.subsets import nested_subset, subset_name
 from rewire_lib.files.logs import atomic_write_csv
 from rewire_lib.training.recipe import HparamsError
-from rewire_lib.data.subsets import nested_subset, subset_name
 
 logger = logging.getLogger(__name__)
 

@@ -18,12 +18,12 @@ from typing import Callable, List, Optional
 import numpy as np
 from speechbrain.utils.distributed import if_main_process
 
-from rewire_lib.training import run_stamp
-from rewire_lib.files.atomic import atomic_write_json
+from rewire_lib.data.manifest import split_csv
 from rewire_lib.downstream.feature_cache import FeatureCachePool
+from rewire_lib.files.atomic import atomic_write_json
 from rewire_lib.files.logs import atomic_write_csv, plot_columns, plot_layer_weights, read_csv
 from rewire_lib.files.paths import REPO_ROOT
-from rewire_lib.data.manifest import split_csv
+from rewire_lib.training import run_stamp
 from rewire_lib.training.recipe import HparamsError
 
 logger = logging.getLogger(__name__)

@@ -278,8 +278,8 @@ def last_epoch_loss(loss_csv) -> float | None:
 
 def write_card(brain: RewireBrain, hparams, folder: Path, train_set=None, argv=None) -> Path:
     """The hub model card of the rewired encoder (see rewire_lib.rewiring.model_card)."""
-    from rewire_lib.rewiring.model_card import portable_command, portable_path, write_model_card
     from rewire_lib.files.paths import REPO_ROOT
+    from rewire_lib.rewiring.model_card import portable_command, portable_path, write_model_card
 
     out = Path(hparams["output_folder"])
     seconds = durations(train_set) if train_set is not None else []

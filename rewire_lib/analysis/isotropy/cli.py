@@ -146,8 +146,8 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Optional[Sequence[str]] = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    from rewire_lib.models.encoder import EncoderLoadError
     from rewire_lib.files.outputs import check_writable, output_error
+    from rewire_lib.models.encoder import EncoderLoadError
 
     try:
         _check_levels(args.level)
