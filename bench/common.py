@@ -18,9 +18,9 @@ import time
 from pathlib import Path
 from typing import Callable, Dict, Iterable, List, Optional, Sequence
 
-from rewire_lib.atomic import atomic_path, atomic_write_json
-from rewire_lib.paths import REPO_ROOT as REPO
-from rewire_lib.paths import cache_dir
+from rewire_lib.files.atomic import atomic_path, atomic_write_json
+from rewire_lib.files.paths import REPO_ROOT as REPO
+from rewire_lib.files.paths import cache_dir
 
 BENCH_DIR = REPO / "bench"
 RESULTS_DIR = BENCH_DIR / "results"
@@ -58,7 +58,7 @@ PRESETS = {
     "tiny-hubert-random": ("hubert", TINY_HUBERT_SHAPE),
     "base-random": ("wav2vec2", BASE_SHAPE),
     "large-random": ("wav2vec2", LARGE_SHAPE),
-    # the library's stock configs (rewire_lib.tiny.make_stock_encoder, LayerDrop and masking as shipped):
+    # the library's stock configs (rewire_lib.models.tiny.make_stock_encoder, LayerDrop and masking as shipped):
     # full-size wav2vec2-base (group-norm CNN, no attention mask) and wav2vec2-large-lv60 (the paper's shape)
     "base-stock": ("stock:wav2vec2-base", {"size": "base"}),
     "large-stock": ("stock:wav2vec2-large-lv60", {"size": "large"}),
@@ -70,7 +70,7 @@ PRESETS = {
 
 def default_encoder_spec() -> str:
     """The committed pretrained/tiny-hubert when it is there, else its random stand-in."""
-    from rewire_lib.paths import default_encoder_dir
+    from rewire_lib.files.paths import default_encoder_dir
 
     return str(default_encoder_dir()) if (default_encoder_dir() / "config.json").is_file() else "tiny-hubert-random"
 
@@ -82,7 +82,7 @@ def resolve_encoder(spec: Optional[str]) -> tuple[str, str]:
         family, settings = PRESETS[spec]
         folder = WORK_DIR / "encoders" / spec
         if not (folder / "config.json").is_file():
-            from rewire_lib.tiny import make_stock_encoder, make_tiny_encoder
+            from rewire_lib.models.tiny import make_stock_encoder, make_tiny_encoder
 
             tmp = folder.with_name(f".{spec}.{os.getpid()}.tmp")  # a folder: swapped in whole below
             if family.startswith("stock:"):
@@ -178,7 +178,7 @@ DATASETS = {
 
 def bench_manifest(dataset: str, n: int, seed: int = 0, min_seconds: float = MIN_SECONDS) -> Path:
     """A manifest (ID,duration,wav,wrd) of `n` utterances of `dataset` (see DATASETS), written under WORK_DIR."""
-    from rewire_lib.paths import shared_data_dir
+    from rewire_lib.files.paths import shared_data_dir
 
     out = WORK_DIR / "manifests" / f"{dataset}_n{n}_s{seed}.csv"
     if dataset == "fsdd":

@@ -108,7 +108,7 @@ def run_recipe(task: str, encoder_dir: str, csvs, cache: str, epochs: int, args,
 
 
 def bench_task(task: str, encoder_dir: str, args, work: Path) -> dict:
-    from rewire_lib.paths import data_dir
+    from rewire_lib.files.paths import data_dir
 
     csvs, n, audio_s = subset_manifests(task, args.train_size, args.eval_size, args.seed, work, data_dir())
     # interleaved: no-cache and cache runs alternate, so load from other processes hits both alike

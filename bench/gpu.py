@@ -28,7 +28,7 @@ from pathlib import Path
 
 from bench import common
 from bench import rewire_throughput as rt
-from rewire_lib.manifest import read_manifest
+from rewire_lib.data.manifest import read_manifest
 
 SCRIPT = "gpu"
 
@@ -54,7 +54,7 @@ def feature_loop(encoder_dir, batches, device, precision: str) -> dict:
     """Frozen-feature extraction: eval mode, no_grad, every hidden state computed (as the feature cache does)."""
     import torch
 
-    from rewire_lib.encoder import SpeechEncoder
+    from rewire_lib.models.encoder import SpeechEncoder
 
     encoder = SpeechEncoder.from_pretrained(encoder_dir).to(device).eval()
     batches = [(w.to(device), l.to(device)) for w, l in batches]

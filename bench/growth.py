@@ -11,7 +11,7 @@ measured work (imports and model loaded), so the difference is what the work its
 
 - rewire: one epoch of `recipes/rewire/train.py` (RewireBrain, twin view, 4 pairs a step) on FSDD
   (mixed lengths); time from the start of the training stage to the end of its last batch.
-- isotropy: `rewire_lib.isotropy.measure_encoder` at frame and utterance level on Speech Commands clips,
+- isotropy: `rewire_lib.analysis.isotropy.measure_encoder` at frame and utterance level on Speech Commands clips,
   with a reservoir of `--max-vectors` vectors per layer: its memory should not grow with the data.
 - downstream: one KS training epoch of the recipe with its default in-memory feature cache (the first
   epoch: it runs the encoder and fills the cache; the cache's size grows with the data by design).
@@ -47,8 +47,8 @@ def child_rewire(args) -> dict:
 
 
 def child_isotropy(args) -> dict:
-    from rewire_lib.encoder import SpeechEncoder
-    from rewire_lib.isotropy import measure_encoder
+    from rewire_lib.analysis.isotropy import measure_encoder
+    from rewire_lib.models.encoder import SpeechEncoder
 
     manifest = common.bench_manifest(args.data_equal, args.n, seed=args.seed)
     encoder = SpeechEncoder.from_pretrained(args.encoder_dir)
@@ -64,7 +64,7 @@ def child_isotropy(args) -> dict:
 
 def child_downstream(args) -> dict:
     from bench import downstream_cache as dc
-    from rewire_lib.paths import data_dir
+    from rewire_lib.files.paths import data_dir
 
     with tempfile.TemporaryDirectory(prefix="growth-", dir=common.WORK_DIR) as work:
         csvs, n, _ = dc.subset_manifests("ks", args.n, 4, args.seed, Path(work), data_dir())

@@ -32,7 +32,7 @@ from pathlib import Path
 
 
 from bench import common
-from rewire_lib.manifest import read_manifest
+from rewire_lib.data.manifest import read_manifest
 from rewire_study.recipes import load_recipe_module
 
 SCRIPT = "rewire_throughput"
@@ -42,14 +42,14 @@ SCRIPT = "rewire_throughput"
 def authors_loop(encoder_dir: str, rows: list[dict], view: str, tts, pairs_per_step: int, seed: int,
                  device: str, lr: float = 1e-6, zero_grad: bool = True, warm_cache=None) -> dict:
     """One pass over `rows` the way the authors' code trains. Returns {"pairs", "seconds"} (model loading
-    excluded). `tts` is a rewire_lib.tts backend (synthesised on every step, never cached). `warm_cache`
+    excluded). `tts` is a rewire_lib.views.tts backend (synthesised on every step, never cached). `warm_cache`
     (a TTSCache) replaces the synthesis, only for the untimed warm-up pass (same audio, same shapes)."""
     import torch
 
-    from rewire_lib.audio import load_audio
-    from rewire_lib.encoder import SpeechEncoder
-    from rewire_lib.featurizer import WeightedLayerSum, masked_mean
-    from rewire_lib.losses import nt_xent
+    from rewire_lib.data.audio import load_audio
+    from rewire_lib.models.encoder import SpeechEncoder
+    from rewire_lib.models.featurizer import WeightedLayerSum, masked_mean
+    from rewire_lib.rewiring.losses import nt_xent
 
     encoder = SpeechEncoder.from_pretrained(encoder_dir).to(device)
     featurizer = WeightedLayerSum(encoder.num_layers).to(device)
@@ -108,7 +108,7 @@ def _recipe():
     if _RECIPE is None:
         import speechbrain as sb
 
-        from rewire_lib.rewiring import RewireBrain
+        from rewire_lib.rewiring.brain import RewireBrain
 
         module = load_recipe_module("rewire")
 
@@ -161,8 +161,8 @@ def padded_batches(manifest, view, args, out_folder) -> list:
     """The padded [2N, S] batches, and their relative lengths, that `ours` trains on in epoch 1."""
     import torch
 
-    from rewire_lib.pairs import make_pair_builder
-    from rewire_lib.rewiring import build_rewire_dataset, make_train_loader_kwargs, pad_views
+    from rewire_lib.rewiring.brain import build_rewire_dataset, make_train_loader_kwargs, pad_views
+    from rewire_lib.views.pairs import make_pair_builder
 
     builder = make_pair_builder(view, seed=args.seed, tts_backend=args.tts, tts_cache_dir=args.tts_cache_dir)
     dataset = build_rewire_dataset(manifest, builder, out_folder, sorting="bucket")
@@ -185,8 +185,8 @@ def bound_loop(encoder_dir, batches, device, precision: str = "fp32") -> dict:
     """Forward + backward alone, with the recipe's default LayerDrop (off) so it bounds what `ours` runs."""
     import torch
 
-    from rewire_lib.encoder import SpeechEncoder
-    from rewire_lib.featurizer import WeightedLayerSum, masked_mean
+    from rewire_lib.models.encoder import SpeechEncoder
+    from rewire_lib.models.featurizer import WeightedLayerSum, masked_mean
 
     encoder = SpeechEncoder.from_pretrained(encoder_dir, layerdrop=0.0).to(device).train()
     featurizer = WeightedLayerSum(encoder.num_layers).to(device)
@@ -208,14 +208,14 @@ def bound_loop(encoder_dir, batches, device, precision: str = "fp32") -> dict:
 # ------------------------------------------------------------------------------------------- driver
 def prefill_tts(manifest, args):
     """Fill the TTS cache `ours` reads (untimed: a run after its first epoch finds it full)."""
-    from rewire_lib.tts import TTSCache, make_backend, read_manifest_texts
+    from rewire_lib.views.tts import TTSCache, make_backend, read_manifest_texts
 
     cache = TTSCache(args.tts_cache_dir, make_backend(args.tts))
     return cache, cache.synthesize_missing(read_manifest_texts(manifest), num_workers=2).as_dict()
 
 
 def bench_one(encoder_dir, dataset, view, args) -> dict:
-    from rewire_lib.tts import make_backend
+    from rewire_lib.views.tts import make_backend
 
     manifest = common.bench_manifest(dataset, args.pairs, seed=args.seed)
     rows = read_manifest(manifest)
@@ -332,7 +332,7 @@ def main(argv=None) -> dict:
     threads = common.set_threads(args.threads)
     common.WORK_DIR.mkdir(parents=True, exist_ok=True)
     if args.tts_cache_dir is None:
-        from rewire_lib.paths import cache_dir
+        from rewire_lib.files.paths import cache_dir
 
         args.tts_cache_dir = cache_dir() / "tts"
     encoder_dir, name = common.resolve_encoder(args.encoder)

@@ -160,8 +160,11 @@ def attribute_time(patches: Patches, tasks: List[str]) -> None:
     import speechbrain as sb
     from speechbrain.utils.checkpoints import Checkpointer
 
-    from rewire_lib import audio, encoder, logs, recipe
+    from rewire_lib.data import audio
     from rewire_lib.downstream import brain, feature_cache, predictions, run
+    from rewire_lib.files import logs
+    from rewire_lib.models import encoder
+    from rewire_lib.training import recipe
     from rewire_study import units
     from rewire_study.recipes import load_recipe_main
 
@@ -320,7 +323,7 @@ def bare_step_fn(brain, modules, opt) -> Callable:
 
 def bare_loop_seconds(brain, batches: list, steps: int, limit: int, warmup: int = 2) -> dict:
     """Wall and CPU seconds of `steps` bare steps over the run's first `limit` batches, padded beforehand."""
-    from rewire_lib.recipe import unwrap_ddp
+    from rewire_lib.training.recipe import unwrap_ddp
 
     data = padded_batches(brain, batches, limit)
     modules = [copy.deepcopy(unwrap_ddp(brain.modules[n])).train() for n in ("featurizer", "head")]
@@ -343,7 +346,7 @@ def encoder_forward_seconds(brain, wavs: Dict[str, float], sample: int, seed: in
     import torch
     from speechbrain.utils.data_utils import batch_pad_right
 
-    from rewire_lib.audio import load_audio
+    from rewire_lib.data.audio import load_audio
 
     names = sorted(wavs)
     chosen = random.Random(seed).sample(names, sample) if 0 < sample < len(names) else names

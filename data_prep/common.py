@@ -11,10 +11,10 @@ import random
 from pathlib import Path
 from typing import Dict, Iterable, List, Optional, Sequence
 
-from rewire_lib.atomic import atomic_write_text
-from rewire_lib.manifest import Failure, ManifestError, Row, report_failures, validate_entries, write_manifest
-from rewire_lib.outputs import OutputFolderError, check_writable
-from rewire_lib.subsets import nested_subset, subset_name
+from rewire_lib.data.manifest import Failure, ManifestError, Row, report_failures, validate_entries, write_manifest
+from rewire_lib.data.subsets import nested_subset, subset_name
+from rewire_lib.files.atomic import atomic_write_text
+from rewire_lib.files.outputs import OutputFolderError, check_writable
 
 log = logging.getLogger("data_prep")
 

@@ -18,7 +18,7 @@ from pathlib import Path
 
 from data_prep.common import (run_preparer, PrepError, finish, fingerprint, group_split, is_done,
                               log, mark_done, require_dir)
-from rewire_lib.paths import shared_data_dir
+from rewire_lib.files.paths import shared_data_dir
 
 DIGITS = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine")
 NAME = re.compile(r"^(\d+)_([A-Za-z]+)_(\d+)\.wav$")

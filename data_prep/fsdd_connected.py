@@ -24,7 +24,7 @@ ID,duration,wav,spk_id,sample_rate,channels,wrd,phn,sources,source_wavs:
 `wrd` = the digit words ("three one four"), `phn` = their phonemes from a fixed ARPAbet lexicon
 (`LEXICON`, no stress, no word-boundary token), `sources` = the recordings used, in order (their stems),
 `source_wavs` = the same recordings' paths, absolute like `wav`, joined by `|` (what
-rewire_lib.leakage reads: a stem alone does not say which folder it came from). Plus
+rewire_lib.data.leakage reads: a stem alone does not say which folder it came from). Plus
 nested `train_frac{F}.csv`, skipped.csv and prepared.json (with the folds' speakers), as every preparer.
 """
 from __future__ import annotations
@@ -39,9 +39,9 @@ import numpy as np
 from data_prep.common import (run_preparer, PrepError, finish, fingerprint, group_split, is_done, log, mark_done,
                               require_dir, validate_entries)
 from data_prep.fsdd import DIGITS, NAME
-from rewire_lib.audio import AudioError, load_audio, write_audio
-from rewire_lib.leakage import SOURCE_SEP
-from rewire_lib.paths import shared_data_dir
+from rewire_lib.data.audio import AudioError, load_audio, write_audio
+from rewire_lib.data.leakage import SOURCE_SEP
+from rewire_lib.files.paths import shared_data_dir
 
 VERSION = 3  # bump when the generator changes (part of the fingerprint); 2: per-speaker pools and folds;
 # 3: the `source_wavs` column (the leakage audit resolves an utterance's recordings from it)

@@ -19,8 +19,8 @@ from pathlib import Path
 
 from data_prep.common import (run_preparer, PrepError, finish, fingerprint, is_done, log, mark_done,
                               require_dir)
-from rewire_lib.manifest import validate_entries
-from rewire_lib.subsets import nested_subset
+from rewire_lib.data.manifest import validate_entries
+from rewire_lib.data.subsets import nested_subset
 
 CLASSES = {"neu": "neutral", "hap": "happy", "exc": "happy", "sad": "sad", "ang": "angry"}
 LINE = re.compile(r"^\[[\d.]+ - [\d.]+\]\t(\S+)\t(\S+)\t")

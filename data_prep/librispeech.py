@@ -12,7 +12,7 @@ Output: train.csv, dev.csv and test.csv with ID,duration,wav,spk_id,sample_rate,
 - With fewer subsets (the project's shipped test-clean short utterances, say): their utterances are
   split by speaker, 80/10/10 % of the speakers of each sex (SPEAKERS.TXT) to train/dev/test, so no
   speaker of dev or test is in train; the log and prepared.json say which speakers went where.
-`phn` is eSpeak NG's en-us IPA (`rewire_lib.espeak.phonemize_tokens`: offline, stress removed, no
+`phn` is eSpeak NG's en-us IPA (`rewire_lib.views.espeak.phonemize_tokens`: offline, stress removed, no
 word boundaries), `--no_phonemes` leaves it out. A transcript line without audio, or audio without a
 transcript line, is a counted skip in skipped.csv.
 """
@@ -122,7 +122,7 @@ def prepare(data_folder, save_folder, seed: int = 0, fractions=(0.1, 0.01), hour
                  data_folder, "/".join(f"{r:.0%}" for r in SPEAKER_RATIOS))
         out = split_by_speaker(out["all"], speaker_sexes(data_folder), seed)
     if phonemes:
-        from rewire_lib.espeak import phonemize_tokens
+        from rewire_lib.views.espeak import phonemize_tokens
 
         cache = {}
         for rows in out.values():

@@ -52,7 +52,7 @@ from typing import Dict, List, Optional, Sequence, Tuple
 
 from data_prep.common import (run_preparer, PrepError, finish, fingerprint, group_split, is_done, log, mark_done,
                               require_dir, require_file)
-from rewire_lib.manifest import validate_entries
+from rewire_lib.data.manifest import validate_entries
 
 SPLITS = ("train", "dev", "test")
 DEFAULT_RATIOS = (0.8, 0.1, 0.1)

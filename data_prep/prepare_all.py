@@ -19,7 +19,7 @@ from pathlib import Path
 
 from data_prep import fsdd, fsdd_connected, librispeech, speech_commands_test, synth
 from data_prep.common import DEFAULT_FRACTIONS, setup_logging
-from rewire_lib.paths import data_dir, shared_data_dir
+from rewire_lib.files.paths import data_dir, shared_data_dir
 
 
 CORPORA = ("synth", "fsdd", "fsdd_connected", "speech_commands", "librispeech_short")
@@ -55,7 +55,7 @@ def main(argv=None) -> None:
     import argparse
 
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--data_dir", default=None, help="default: rewire_lib.paths.data_dir() (<repo>/data)")
+    p.add_argument("--data_dir", default=None, help="default: rewire_lib.files.paths.data_dir() (<repo>/data)")
     p.add_argument("--shared_dir", default=None, help="default: ../shared/data")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--scale", type=float, default=1.0)

@@ -18,7 +18,7 @@ from pathlib import Path
 
 from data_prep.common import (run_preparer, PrepError, finish, fingerprint, group_split, is_done,
                               log, mark_done, require_dir)
-from rewire_lib.paths import shared_data_dir
+from rewire_lib.files.paths import shared_data_dir
 
 KEYWORDS = ("yes", "no", "up", "down", "left", "right", "on", "off", "stop", "go")
 CLASSES = KEYWORDS + ("_unknown_", "_silence_")

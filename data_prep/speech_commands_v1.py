@@ -36,7 +36,7 @@ def cut_silence(noise_dir: Path, out_dir: Path, seed: int, failures: list) -> di
     """One-second windows of the background-noise files, written as WAV, per split."""
     import numpy as np
 
-    from rewire_lib.audio import AudioError, load_audio, write_audio
+    from rewire_lib.data.audio import AudioError, load_audio, write_audio
 
     clips = []
     for f in sorted(noise_dir.glob("*.wav")):

@@ -294,7 +294,7 @@ def _np_rng(seed: int, uid: str) -> np.random.Generator:
 
 def render(item: dict, seed: int) -> Optional[np.ndarray]:
     """16 kHz float32 audio of one planned utterance (None when eSpeak speaks nothing)."""
-    from rewire_lib import espeak
+    from rewire_lib.views import espeak
 
     rng = _np_rng(seed, item["ID"])
     aug = item["aug"]
@@ -346,8 +346,8 @@ def _render_chunk(args) -> List[dict]:
     items, seed, wav_root = args
     import soundfile as sf
 
-    from rewire_lib.audio import write_audio
-    from rewire_lib.espeak import phonemize_tokens
+    from rewire_lib.data.audio import write_audio
+    from rewire_lib.views.espeak import phonemize_tokens
 
     out = []
     for item in items:
@@ -372,7 +372,7 @@ def generate(save_folder, scale: float = 1.0, seed: int = 0, num_workers: int = 
     from tqdm import tqdm
 
     from data_prep.common import finish, fingerprint, is_done, mark_done
-    from rewire_lib.manifest import read_manifest
+    from rewire_lib.data.manifest import read_manifest
 
     save_folder = Path(save_folder).resolve()
     fp = fingerprint(corpus="synth", version=VERSION, save_folder=save_folder, scale=scale, seed=seed,

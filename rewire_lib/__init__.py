@@ -1,4 +1,9 @@
-"""rewire: label-free contrastive rewiring of pre-trained speech encoders (SpeechBrain recipes)."""
+"""rewire: label-free contrastive rewiring of pre-trained speech encoders (SpeechBrain recipes).
+
+Grouped by job: one package per stage (`rewiring`, `downstream`, `pretrain`) standing on `models` (encoders),
+`views` (positive pairs, TTS), `data` (audio, manifests), `training` (what every run shares), `analysis`
+(isotropy, statistics) and `files` (paths, crash-safe writes, logs). docs/CONVENTIONS.md says what goes where.
+"""
 import logging
 
 

@@ -3,7 +3,7 @@
 For every source of label-free training data behind an encoder row -- the rewiring manifest, and the base
 encoder's own pre-training data where its folder records it -- and every task split that row is evaluated
 on: the split's utterances that hold a recording of that source (by audio content, so renamed copies and
-constructed utterances count: rewire_lib.leakage), the speakers both have, the share of the split's words
+constructed utterances count: rewire_lib.data.leakage), the speakers both have, the share of the split's words
 in the source's transcripts, and the transcripts the rewiring consumed beside each setting's labelled
 training utterances. Written to OUT/study/audit.json; the report shows it (OUT/audit.csv, summary.md).
 
@@ -23,10 +23,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Dict, List, NamedTuple, Optional
 
-from rewire_lib.atomic import atomic_write_json
-from rewire_lib.leakage import (FingerprintCache, RecordingSet, compare, manifest_wavs, pretraining_manifests,
+from rewire_lib.files.atomic import atomic_write_json
+from rewire_lib.data.leakage import (FingerprintCache, RecordingSet, compare, manifest_wavs, pretraining_manifests,
                                 read_set, transcripts)
-from rewire_lib.logs import atomic_write_csv
+from rewire_lib.files.logs import atomic_write_csv
 from rewire_study import in_domain
 from rewire_study.config import BASE, StudyConfig
 from rewire_study.layout import encoder_rows, read_sizes, run_data_folder, task_source, tts_views

@@ -1,12 +1,12 @@
 """Each encoder row against the base encoder in one task x setting cell, from the runs' own files.
 
 - Final metric: the difference to base with a 95 % paired bootstrap interval over seeds and test utterances
-  (rewire_lib.stats.paired_bootstrap_diff; for speaker folds, each with its own test set,
+  (rewire_lib.analysis.stats.paired_bootstrap_diff; for speaker folds, each with its own test set,
   paired_bootstrap_diff_nested) on every run's test_predictions.csv: per utterance errors and
   reference length; accuracy = correct / total, WER/PER = errors / reference words), and its verdict.
 - Speed: steps until the dev metric first reaches the base's best dev metric (same seed); runs that never
   get there are censored at their last evaluated step, counted, and enter a Kaplan-Meier median with an
-  interval (rewire_lib.stats.censored_median); speed-up = ratio of medians (rewire_lib.stats.speedup).
+  interval (rewire_lib.analysis.stats.censored_median); speed-up = ratio of medians (rewire_lib.analysis.stats.speedup).
 """
 from __future__ import annotations
 
@@ -17,7 +17,7 @@ from typing import Dict, Optional, Sequence, Tuple
 
 import numpy as np
 
-from rewire_lib import stats
+from rewire_lib.analysis import stats
 
 N_BOOT = 4000  # bootstrap replicates of the paired difference (seed 0)
 N_BOOT_SPEEDUP = 1000
@@ -83,7 +83,7 @@ def compare_final(base: Dict[int, dict], other: Dict[int, dict], higher_is_bette
                   n_boot: int = N_BOOT, seed: int = 0, folds: bool = False) -> dict:
     """The paired bootstrap difference other - base in metric points, with its verdict; {"na": reason} when the
     runs lack per-utterance files or share no seed. `folds`: the runs are cross-validation folds, each with its
-    own test utterances (rewire_lib.stats.paired_bootstrap_diff_nested); else seeds on one test set."""
+    own test utterances (rewire_lib.analysis.stats.paired_bootstrap_diff_nested); else seeds on one test set."""
     if folds:
         return _compare(fold_arrays(base, other), base, other, higher_is_better, n_boot, seed,
                         stats.paired_bootstrap_diff_nested, lambda a, b: [x - y for x, y in zip(a, b)])

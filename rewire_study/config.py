@@ -7,7 +7,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Dict, List, NamedTuple, Optional
 
-from rewire_lib.paths import REPO_ROOT, cache_dir, data_dir, default_encoder_dir
+from rewire_lib.files.paths import REPO_ROOT, cache_dir, data_dir, default_encoder_dir
 from rewire_study.recipes import recipe_data_folder
 
 TASKS = ["pr", "asr", "ks", "ic", "sid", "er"]
@@ -257,7 +257,7 @@ def check_names(names, valid, what: str, kind: str) -> None:
 
 def check_prepared_folder(task: str, folder: Path) -> None:
     """A --data-folder holds the three split manifests (checked before any stage does work)."""
-    from rewire_lib.manifest import SPLIT_FILES
+    from rewire_lib.data.manifest import SPLIT_FILES
 
     for split in ("train", "dev", "test"):
         if not any((folder / name).is_file() for name in SPLIT_FILES[split]):

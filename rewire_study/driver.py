@@ -59,7 +59,7 @@ def check_encoders(cfg: StudyConfig) -> None:
         local = path.is_absolute() or enc.startswith(".") or path.exists()
         if local and not (path / "config.json").is_file():
             raise st.StageError(f"encoder '{name}' = {enc}: no model there (config.json missing). Give one with "
-                                f"--encoders {name}=FOLDER_OR_HUB_ID (e.g. a folder written by rewire_lib.tiny or "
+                                f"--encoders {name}=FOLDER_OR_HUB_ID (e.g. a folder written by rewire_lib.models.tiny or "
                                 "recipes/pretrain).")
 
 

@@ -2,7 +2,7 @@
 2020) of pooled utterance embeddings, with twin views of the held-out clips as the positive pairs.
 
 Pooled embedding: the mean over frames of the mean over hidden states (every layer weighted alike, as the
-downstream featurizer starts). Twin view: the same clip with one zeroed span (rewire_lib.pairs.TwinView,
+downstream featurizer starts). Twin view: the same clip with one zeroed span (rewire_lib.views.pairs.TwinView,
 seeded per clip), so every encoder sees the same pairs.
 """
 from __future__ import annotations
@@ -11,7 +11,7 @@ from typing import List, Sequence
 
 import torch
 
-from rewire_lib.embedding_metrics import alignment, uniformity
+from rewire_lib.analysis.embedding_metrics import alignment, uniformity
 
 MASK_FRACTION = 0.2
 
@@ -20,7 +20,7 @@ def pooled_embeddings(encoder, wavs: Sequence[torch.Tensor], batch_size: int = 8
     """[N, D] mean over frames of the mean over hidden states, for each waveform (padded batches, masked)."""
     from speechbrain.utils.data_utils import batch_pad_right
 
-    from rewire_lib.featurizer import masked_mean
+    from rewire_lib.models.featurizer import masked_mean
 
     out_rows: List[torch.Tensor] = []
     encoder.eval()
@@ -35,7 +35,7 @@ def pooled_embeddings(encoder, wavs: Sequence[torch.Tensor], batch_size: int = 8
 
 def twin_pairs(wavs: Sequence[torch.Tensor], ids: Sequence[str], seed: int = 0) -> List[torch.Tensor]:
     """The twin positive of each clip (a zeroed span), seeded by (seed, clip ID)."""
-    from rewire_lib.pairs import TwinView, pair_generator
+    from rewire_lib.views.pairs import TwinView, pair_generator
 
     view = TwinView(mask_fraction=MASK_FRACTION, num_spans=1)
     return [view(w, generator=pair_generator(seed, 0, uid))[1] for w, uid in zip(wavs, ids)]
@@ -44,7 +44,7 @@ def twin_pairs(wavs: Sequence[torch.Tensor], ids: Sequence[str], seed: int = 0) 
 def load_clips(rows: Sequence[dict], min_samples: int) -> tuple:
     """(waveforms at 16 kHz, IDs) of the rows long enough for the encoder; unreadable ones raise (they were
     read by the isotropy measurement of the same manifest already)."""
-    from rewire_lib.audio import load_audio
+    from rewire_lib.data.audio import load_audio
 
     wavs, ids = [], []
     for r in rows:
@@ -57,7 +57,7 @@ def load_clips(rows: Sequence[dict], min_samples: int) -> tuple:
 
 def measures(anchors: torch.Tensor, positives: torch.Tensor, n_clips: int) -> dict:
     """Alignment, uniformity and the isotropy of the pooled held-out embeddings (IsoScore, average cosine)."""
-    from rewire_lib.isotropy import average_cosine, isoscore
+    from rewire_lib.analysis.isotropy import average_cosine, isoscore
 
     return {"alignment": alignment(anchors, positives), "uniformity": uniformity(anchors),
             "isoscore": isoscore(anchors), "avg_cosine": average_cosine(anchors), "n_clips": n_clips,
@@ -69,10 +69,10 @@ def alignment_uniformity(encoder_dir: str, rows: Sequence[dict], seed: int = 0,
                          fit_rows: Sequence[dict] = (), transforms: Sequence[str] = (),
                          shrinkage: float = 0.1) -> dict:
     """{"model": measures of the encoder on held-out clips, and per transform in `transforms` ("centre",
-    "whiten"): the same measures after rewire_lib.whitening.FeatureWhitener fit on the pooled embeddings of
+    "whiten"): the same measures after rewire_lib.analysis.whitening.FeatureWhitener fit on the pooled embeddings of
     `fit_rows` (training clips, never the held-out ones)}."""
-    from rewire_lib.encoder import SpeechEncoder
-    from rewire_lib.whitening import FeatureWhitener
+    from rewire_lib.analysis.whitening import FeatureWhitener
+    from rewire_lib.models.encoder import SpeechEncoder
 
     encoder = SpeechEncoder.from_pretrained(encoder_dir)
     wavs, ids = load_clips(rows, int(encoder.min_samples()))

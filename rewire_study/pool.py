@@ -102,7 +102,7 @@ def run_groups(fn: Callable, cfg, groups: List[list], jobs: int, threads: int, d
             bar.close()
         return results
     ctx = multiprocessing.get_context("forkserver")
-    ctx.set_forkserver_preload(["rewire_study.stages", "rewire_lib.downstream", "rewire_lib.isotropy"])
+    ctx.set_forkserver_preload(["rewire_study.stages", "rewire_lib.downstream", "rewire_lib.analysis.isotropy"])
     q = ctx.Queue()
     workers = max(1, min(jobs, len(groups)))
     # one worker alone gets the threads of all the jobs

@@ -11,9 +11,9 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Dict, List, Optional, Tuple
 
-from rewire_lib.atomic import atomic_write_bytes, atomic_write_text
-from rewire_lib.logs import pyplot
-from rewire_lib.stats import BETTER, NO_DIFFERENCE as NO_DIFF, WORSE, mean_std
+from rewire_lib.analysis.stats import BETTER, NO_DIFFERENCE as NO_DIFF, WORSE, mean_std
+from rewire_lib.files.atomic import atomic_write_bytes, atomic_write_text
+from rewire_lib.files.logs import pyplot
 from rewire_study.audit import MARK, audit_markdown, mark, marked_cells, read_audit, write_audit_csv
 from rewire_study.config import BASE, CONTROLS, StudyConfig
 from rewire_study.comparison import N_BOOT, NO_FILE, PREDICTIONS, compare_final, convergence, read_predictions
@@ -440,7 +440,7 @@ def what_ran(cfg: StudyConfig) -> List[str]:
     L = ["## What ran\n",
          "Training utterances per task (of those available) and per low-resource setting; dev and test sets are "
          "used whole unless a cap was set. Each setting is a distinct nested subset (k per class: the first k of "
-         "each class in a seeded hash order; fractions: rewire_lib.subsets).\n",
+         "each class in a seeded hash order; fractions: rewire_lib.data.subsets).\n",
          "| task | preset | source | train | dev | test | settings (training utterances) | step cap |",
          "|---|---|---|---|---|---|---|---|"]
     used = lambda info, k: (f"{info[k]} of {info[k + '_available']}" if f"{k}_available" in info  # noqa: E731
@@ -485,7 +485,7 @@ def what_ran(cfg: StudyConfig) -> List[str]:
 def verdict_lines(cfg: StudyConfig, cells: dict, marks: Optional[Dict[tuple, List[str]]] = None) -> List[str]:
     L = ["## Verdict: difference to the base encoder\n",
          f"Per task and setting, the test metric of each encoder row minus that of `{BASE}`, with a 95 % interval "
-         "from a paired bootstrap over seeds and test utterances (rewire_lib.stats.paired_bootstrap_diff: each "
+         "from a paired bootstrap over seeds and test utterances (rewire_lib.analysis.stats.paired_bootstrap_diff: each "
          "replicate draws seeds and, independently, test utterances with replacement, the same draw for both "
          f"encoders; {N_BOOT} replicates; tasks run on speaker folds, each fold with its own test speaker, draw "
          "folds and then each drawn fold's utterances: paired_bootstrap_diff_nested). *better* / *worse* only when "
@@ -585,8 +585,8 @@ def write_markdown(path: Path, cfg: StudyConfig, cells: dict, iso_rows: List[dic
              "paired bootstrap, 95 % interval. Steps to base's best: training steps until the row's dev metric first "
              f"reaches the best dev metric `{BASE}` reaches in its run of the same seed (or fold); runs that never "
              "reach it are censored at their last evaluated step and counted; Kaplan-Meier median with its 95 % interval "
-             "(rewire_lib.stats.censored_median; ∞: beyond the observed steps). Speed-up: base median / row median "
-             "with a paired bootstrap interval over seeds (rewire_lib.stats.speedup).\n")
+             "(rewire_lib.analysis.stats.censored_median; ∞: beyond the observed steps). Speed-up: base median / row median "
+             "with a paired bootstrap interval over seeds (rewire_lib.analysis.stats.speedup).\n")
     for task in cfg.tasks:
         task_cells = [(st, cells[(task, st)]) for st in cell_settings(cfg, task) if (task, st) in cells]
         if not task_cells:
@@ -646,7 +646,7 @@ def write_markdown(path: Path, cfg: StudyConfig, cells: dict, iso_rows: List[dic
                  f"(`{shown_path(cfg.work / 'data' / 'isotropy.csv', cfg.out)}`); positive pairs: "
                  f"{any_e['positive_pairs']}; with their IsoScore (1: isotropic) and average cosine. The "
                  "`base+centre` / `base+whiten` rows are the base's embeddings centred / whitened "
-                 "(rewire_lib.whitening, fit on pooled embeddings of training clips of the rewiring manifest).\n")
+                 "(rewire_lib.analysis.whitening, fit on pooled embeddings of training clips of the rewiring manifest).\n")
         L.append("| encoder | alignment | uniformity | IsoScore | average cosine |")
         L.append("|---|---|---|---|---|")
         for name, info in emb.items():

@@ -1,5 +1,5 @@
-"""The study's stages. Each calls the project's own entry points (data_prep, rewire_lib.tts, the
-rewiring recipe's and the downstream recipes' `train.py` main(), rewire_lib.isotropy) and skips the
+"""The study's stages. Each calls the project's own entry points (data_prep, rewire_lib.views.tts, the
+rewiring recipe's and the downstream recipes' `train.py` main(), rewire_lib.analysis.isotropy) and skips the
 units it finds finished. A unit is finished only for the same spec: its settings, the content
 fingerprint of its manifests and the stamp of its encoder's files."""
 from __future__ import annotations
@@ -14,11 +14,11 @@ import traceback
 from pathlib import Path
 from typing import Dict, List, Optional
 
-from rewire_lib.atomic import atomic_write_json, atomic_write_text
+from rewire_lib.data.manifest import ManifestError, read_manifest, split_csv
+from rewire_lib.data.subsets import nested_subset, per_class_subset
 from rewire_lib.downstream.feature_cache import FeatureCachePool
-from rewire_lib.manifest import ManifestError, read_manifest, split_csv
-from rewire_lib.paths import shared_data_dir
-from rewire_lib.subsets import nested_subset, per_class_subset
+from rewire_lib.files.atomic import atomic_write_json, atomic_write_text
+from rewire_lib.files.paths import shared_data_dir
 from rewire_study.config import (BASE, CLASS_TASKS, REAL_CORPORA, REWIRE_CORPUS, TASK_DATA,
                                  TASK_HPARAMS, StudyConfig)
 from rewire_study import in_domain
@@ -31,7 +31,7 @@ from rewire_study.units import StageError, Unit, data_fingerprint, encoder_stamp
 
 # ---------------------------------------------------------------------- helpers
 def read_stage_manifest(path) -> tuple[list, List[dict]]:
-    """(columns, rows) of a manifest the study reads (rewire_lib.manifest.read_manifest, which also checks it); a
+    """(columns, rows) of a manifest the study reads (rewire_lib.data.manifest.read_manifest, which also checks it); a
     missing one is a StageError saying the data stage has most likely not made it, a malformed one names its line."""
     try:
         rows = read_manifest(path, required=("ID",), hint="did the data stage run?")
@@ -62,7 +62,7 @@ def write_manifest_if_changed(path: Path, fields: list, rows: List[dict]) -> boo
 
 
 def cap_rows(rows: List[dict], cap: int, seed: int, stratify: Optional[str]) -> List[dict]:
-    """At most about `cap` rows (0: all), a seeded stratified nested subset (rewire_lib.subsets)."""
+    """At most about `cap` rows (0: all), a seeded stratified nested subset (rewire_lib.data.subsets)."""
     if not cap or len(rows) <= cap:
         return rows
     strat = stratify if rows and stratify in rows[0] else None
@@ -346,7 +346,7 @@ def rewire_setting(cfg: StudyConfig, view: str, key: str):
 def yaml_setting(hparams: Path, overrides: List[str], key: str):
     """A recipe key's value as the recipe will see it: its hparams file (with `extends:` bases) under
     KEY=VALUE `overrides`."""
-    from rewire_lib.recipe import hparams_value
+    from rewire_lib.training.recipe import hparams_value
 
     text = "".join(f"{k.strip()}: {v.strip()}\n" for k, v in (kv.split("=", 1) for kv in overrides))
     return hparams_value(str(hparams), key, text)
@@ -367,7 +367,7 @@ def stage_tts(cfg: StudyConfig) -> dict:
     if not views:
         print("  no view needs TTS (twin only): nothing to synthesise", flush=True)
         return {"texts": 0}
-    from rewire_lib.tts import TTSCache, TTSUnavailable, make_backend, read_manifest_texts
+    from rewire_lib.views.tts import TTSCache, TTSUnavailable, make_backend, read_manifest_texts
 
     choice = tts_choice(cfg)
     manifests = [cfg.work / "data" / "rewire" / "train.csv"] + [d.manifest(cfg) for d in in_domain.domains(cfg)]
@@ -412,7 +412,7 @@ def rewire_argv(cfg: StudyConfig, unit: Unit) -> List[str]:
 
 
 def length_rules(cfg: StudyConfig) -> Optional[dict]:
-    """The rewiring's length rules in samples (rewire_lib.pairs.LengthRules), None when the preset sets none."""
+    """The rewiring's length rules in samples (rewire_lib.views.pairs.LengthRules), None when the preset sets none."""
     if cfg.rewire_max_s is None and cfg.rewire_split_s is None:
         return None
     samples = lambda s: None if s is None else int(round(s * 16000))  # noqa: E731
@@ -477,7 +477,7 @@ def continue_by_hand(cfg: StudyConfig, in_report: bool = False) -> str:
     repository root): rewired.yaml finds `<rewire_results>/twin/encoder`, other views by --encoder.
     In the report, a study folder outside the checkout is written `OUT/` (the report's own folder): a
     relative walk from the repository to a scratch folder would only hold on the machine that ran it."""
-    from rewire_lib.paths import REPO_ROOT
+    from rewire_lib.files.paths import REPO_ROOT
 
     outside = not is_inside(cfg.out.resolve(), REPO_ROOT.resolve())
     results = "OUT/study/rewire" if in_report and outside else shown_path(cfg.work / "rewire", REPO_ROOT)
@@ -513,7 +513,7 @@ def isotropy_unit(cfg: StudyConfig, name: str, encoder: str) -> Unit:
 
 def _isotropy_one(cfg: StudyConfig, item) -> dict:
     """In a worker: isotropy of one encoder, frame and utterance level, every layer -> rows.json."""
-    from rewire_lib.isotropy import measure_encoder
+    from rewire_lib.analysis.isotropy import measure_encoder
 
     name, enc = item
     unit = isotropy_unit(cfg, name, enc)
@@ -536,7 +536,7 @@ def _isotropy_one(cfg: StudyConfig, item) -> dict:
 
 
 def stage_isotropy(cfg: StudyConfig) -> dict:
-    from rewire_lib.isotropy import cli as isotropy_cli
+    from rewire_lib.analysis.isotropy import cli as isotropy_cli
 
     ensure_controls(cfg)
     encs = model_paths(cfg)

@@ -13,8 +13,8 @@ import time
 from pathlib import Path
 from typing import Optional
 
-from rewire_lib.atomic import atomic_write_json
-from rewire_lib.run_stamp import manifest_fingerprint
+from rewire_lib.files.atomic import atomic_write_json
+from rewire_lib.training.run_stamp import manifest_fingerprint
 
 MARKER = "study_unit.json"
 
@@ -51,7 +51,7 @@ def encoder_stamp(encoder: str) -> str:
 
 
 def data_fingerprint(*csv_paths) -> str:
-    """Content fingerprint of a unit's manifests (rewire_lib.run_stamp's, of their bytes); before they
+    """Content fingerprint of a unit's manifests (rewire_lib.training.run_stamp's, of their bytes); before they
     exist, the names of the missing ones: a unit trained on other data is another unit."""
     missing = [Path(p).name for p in csv_paths if not Path(p).is_file()]
     if missing:
@@ -407,7 +407,7 @@ def shown_path(path, base: Path) -> str:
     p = Path(text)
     if not p.is_absolute():
         return text
-    from rewire_lib.paths import REPO_ROOT
+    from rewire_lib.files.paths import REPO_ROOT
 
     base, repo = Path(base).resolve(), REPO_ROOT.resolve()
     if is_inside(p, repo) and not is_inside(base, repo):

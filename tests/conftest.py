@@ -8,8 +8,8 @@ import torch
 
 torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
 
-from rewire_lib.paths import shared_data_dir  # noqa: E402
-from rewire_lib.tiny import make_tiny_encoder  # noqa: E402
+from rewire_lib.files.paths import shared_data_dir  # noqa: E402
+from rewire_lib.models.tiny import make_tiny_encoder  # noqa: E402
 
 FSDD = shared_data_dir() / "fsdd" / "recordings"
 

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import soundfile as sf
 
-from rewire_lib.paths import REPO_ROOT, shared_data_dir
+from rewire_lib.files.paths import REPO_ROOT, shared_data_dir
 from rewire_study.recipes import load_recipe_module
 
 FSDD = shared_data_dir() / "fsdd" / "recordings"

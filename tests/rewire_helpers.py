@@ -5,7 +5,7 @@ from pathlib import Path
 
 import soundfile as sf
 
-from rewire_lib.paths import REPO_ROOT, shared_data_dir
+from rewire_lib.files.paths import REPO_ROOT, shared_data_dir
 
 DIGIT_WORDS = "zero one two three four five six seven eight nine".split()
 

@@ -1,10 +1,10 @@
-"""rewire_lib.atomic: the one crash-safe write helper."""
+"""rewire_lib.files.atomic: the one crash-safe write helper."""
 import json
 import os
 
 import pytest
 
-from rewire_lib.atomic import atomic_path, atomic_write_bytes, atomic_write_json, atomic_write_text
+from rewire_lib.files.atomic import atomic_path, atomic_write_bytes, atomic_write_json, atomic_write_text
 
 
 def test_text_json_bytes_round_trip(tmp_path):

@@ -7,7 +7,7 @@ import pytest
 import soundfile as sf
 import torch
 
-from rewire_lib.audio import AudioError, audio_info, load_audio, write_audio
+from rewire_lib.data.audio import AudioError, audio_info, load_audio, write_audio
 
 
 def _tone(sr, seconds=0.5, freq=440.0):
@@ -34,7 +34,7 @@ def test_round_trip_16k(tmp_path):
 def test_resample_8k_to_16k(tmp_path, caplog):
     p = tmp_path / "eight.wav"
     write_audio(p, _tone(8000, 1.0), 8000)
-    with caplog.at_level(logging.INFO, logger="rewire_lib.audio"):
+    with caplog.at_level(logging.INFO, logger="rewire_lib.data.audio"):
         y = load_audio(p, 16000)
         load_audio(p, 16000)
     assert y.numel() == 16000

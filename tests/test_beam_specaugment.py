@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from rewire_lib.downstream import heads
-from rewire_lib.paths import REPO_ROOT
+from rewire_lib.files.paths import REPO_ROOT
 from tests.rewire_helpers import load_train_module
 from tests.test_finetune import fast_env_log, ks, run_ks, small_corpus  # noqa: F401 (fixtures)
 

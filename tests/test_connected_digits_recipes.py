@@ -4,8 +4,8 @@ import pytest
 
 from data_prep import fsdd_connected
 from downstream_helpers import run_task
-from rewire_lib.logs import read_csv
-from rewire_lib.paths import REPO_ROOT, shared_data_dir
+from rewire_lib.files.logs import read_csv
+from rewire_lib.files.paths import REPO_ROOT, shared_data_dir
 from tests.test_finetune import fast_env_log  # noqa: F401 (autouse: no pip freeze / git per run)
 
 
@@ -36,7 +36,7 @@ def test_connected_digits_hparams_run(task, column, connected, tiny_encoder_dir,
 
 def test_asr_token_unit_is_part_of_the_run_stamp(connected, tiny_encoder_dir, tmp_path):
     """The same folder with other CTC targets is another run: the recipe stops and names the key."""
-    from rewire_lib.run_stamp import RunFolderMismatch
+    from rewire_lib.training.run_stamp import RunFolderMismatch
 
     out = tmp_path / "asr"
     argv = [str(REPO_ROOT / "recipes" / "asr" / "hparams" / "fsdd_connected.yaml"), "--noprogressbar",

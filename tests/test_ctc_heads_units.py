@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from rewire_lib.downstream.heads import ConvCTCHead
-from rewire_lib.paths import REPO_ROOT
+from rewire_lib.files.paths import REPO_ROOT
 
 
 def _asr_train():

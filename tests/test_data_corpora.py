@@ -6,8 +6,8 @@ import soundfile as sf
 
 from data_prep import fluent_speech_commands, fsdd, iemocap, librispeech, speech_commands_test, speech_commands_v1, voxceleb1
 from data_prep.common import PrepError
-from rewire_lib.manifest import read_manifest
-from rewire_lib.paths import shared_data_dir
+from rewire_lib.data.manifest import read_manifest
+from rewire_lib.files.paths import shared_data_dir
 
 
 def _audio(path, seconds=0.5, sr=16000, fmt="WAV", seed=0):

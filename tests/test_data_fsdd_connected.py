@@ -5,8 +5,8 @@ import soundfile as sf
 
 from data_prep import fsdd_connected as fc
 from data_prep.fsdd import DIGITS
-from rewire_lib.manifest import read_manifest
-from rewire_lib.paths import shared_data_dir
+from rewire_lib.data.manifest import read_manifest
+from rewire_lib.files.paths import shared_data_dir
 
 FSDD = shared_data_dir() / "fsdd"
 SPLITS = ("train", "dev", "test")

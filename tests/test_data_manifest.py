@@ -3,9 +3,9 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from rewire_lib.manifest import (ManifestError, ManifestNotFoundError, read_manifest, report_failures, require_manifest,
+from rewire_lib.data.manifest import (ManifestError, ManifestNotFoundError, read_manifest, report_failures, require_manifest,
                                  split_csv, validate_entries, write_manifest)
-from rewire_lib.subsets import nested_subset, subset_name
+from rewire_lib.data.subsets import nested_subset, subset_name
 
 
 def _wav(path, seconds=0.2, sr=16000, ch=1):

@@ -5,7 +5,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from rewire_lib import paths
+from rewire_lib.files import paths
 
 
 def test_rewire_cache_and_data_move_their_folders(tmp_path, monkeypatch):

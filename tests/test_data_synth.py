@@ -4,7 +4,7 @@ import filecmp
 import pytest
 
 from data_prep import synth
-from rewire_lib.manifest import read_manifest
+from rewire_lib.data.manifest import read_manifest
 
 # espeakng-loader is a required dependency (requirements.txt): without it these tests fail, they do not skip.
 

@@ -14,9 +14,9 @@ import torch
 
 from ddp_helpers import run_torchrun
 from downstream_helpers import make_tiny_corpus
-from rewire_lib.encoder import SpeechEncoder
-from rewire_lib.paths import REPO_ROOT
-from rewire_lib.tiny import make_tiny_encoder
+from rewire_lib.files.paths import REPO_ROOT
+from rewire_lib.models.encoder import SpeechEncoder
+from rewire_lib.models.tiny import make_tiny_encoder
 from tests.rewire_helpers import load_train_module
 from tests.test_finetune import fast_env_log, ks_argv, latest_checkpoint  # noqa: F401 (autouse fixture)
 

@@ -14,10 +14,10 @@ import torch
 from downstream_helpers import make_tiny_corpus, run_task, write_csv
 from rewire_lib.downstream.feature_cache import FeatureCache, encoder_fingerprint
 from rewire_lib.downstream.labels import LabelError
-from rewire_lib.encoder import SpeechEncoder
-from rewire_lib.logs import read_csv
-from rewire_lib.paths import REPO_ROOT
-from rewire_lib.tiny import make_tiny_encoder
+from rewire_lib.files.logs import read_csv
+from rewire_lib.files.paths import REPO_ROOT
+from rewire_lib.models.encoder import SpeechEncoder
+from rewire_lib.models.tiny import make_tiny_encoder
 from tests.test_finetune import fast_env_log  # noqa: F401 (autouse: no pip freeze / git per run)
 
 TASKS = {"ks": "accuracy", "sid": "accuracy", "er": "accuracy", "ic": "accuracy", "pr": "per", "asr": "wer"}

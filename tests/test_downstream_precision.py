@@ -7,7 +7,7 @@ import math
 
 import pytest
 
-from rewire_lib.logs import read_csv
+from rewire_lib.files.logs import read_csv
 from tests.test_finetune import (TOP, changed_tensors, fast_env_log, initial_state,  # noqa: F401 (fixtures)
                                  ks, latest_checkpoint, run_ks, small_corpus)
 

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import torch
 
-from rewire_lib.embedding_metrics import EmbeddingMetricError, alignment, uniformity
+from rewire_lib.analysis.embedding_metrics import EmbeddingMetricError, alignment, uniformity
 
 
 def test_identical_pairs_are_perfectly_aligned_whatever_their_scale():

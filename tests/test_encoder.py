@@ -3,9 +3,9 @@ import pytest
 import torch
 from transformers import AutoModel, Wav2Vec2FeatureExtractor
 
-from rewire_lib.encoder import EncoderLoadError, SpeechEncoder
-from rewire_lib.featurizer import WeightedLayerSum, masked_mean
-from rewire_lib.tiny import make_tiny_encoder
+from rewire_lib.models.encoder import EncoderLoadError, SpeechEncoder
+from rewire_lib.models.featurizer import WeightedLayerSum, masked_mean
+from rewire_lib.models.tiny import make_tiny_encoder
 
 
 @pytest.mark.parametrize("model_type", ["wav2vec2", "hubert", "wavlm", "data2vec-audio"])

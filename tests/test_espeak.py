@@ -2,7 +2,7 @@
 import numpy as np
 import pytest
 
-from rewire_lib import espeak
+from rewire_lib.views import espeak
 
 # espeakng-loader is a required dependency (requirements.txt): without it these tests fail with its install hint.
 
@@ -68,7 +68,7 @@ def test_fresh_synthesis_does_not_depend_on_what_was_spoken_before():
 
 _RENDER = """
 import hashlib, sys
-from rewire_lib.tts import make_backend
+from rewire_lib.views.tts import make_backend
 backend = make_backend("espeak")
 for text in sys.argv[1:-1]:
     backend.synthesize(text)

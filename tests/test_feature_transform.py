@@ -6,7 +6,7 @@ import torch
 
 from downstream_helpers import assert_loads_without_code, make_tiny_corpus
 from rewire_lib.downstream import brain as brain_module
-from rewire_lib.recipe import HparamsError
+from rewire_lib.training.recipe import HparamsError
 from tests.test_downstream import run
 from tests.test_finetune import fast_env_log  # noqa: F401 (autouse: no pip freeze / git per run)
 

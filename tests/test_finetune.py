@@ -13,10 +13,10 @@ import torch
 import yaml
 
 from downstream_helpers import make_tiny_corpus, write_csv
-from rewire_lib.encoder import SpeechEncoder
-from rewire_lib.logs import read_csv
-from rewire_lib.paths import REPO_ROOT
-from rewire_lib.tiny import STOCK_FAMILIES, make_stock_encoder
+from rewire_lib.files.logs import read_csv
+from rewire_lib.files.paths import REPO_ROOT
+from rewire_lib.models.encoder import SpeechEncoder
+from rewire_lib.models.tiny import STOCK_FAMILIES, make_stock_encoder
 from tests.rewire_helpers import load_train_module
 
 CNN = "model.feature_extractor."

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import torch
 
-from rewire_lib.isotropy import (IsotropyError, ReservoirSampler, all_measures, average_cosine, isoscore,
+from rewire_lib.analysis.isotropy import (IsotropyError, ReservoirSampler, all_measures, average_cosine, isoscore,
                                  isoscore_details, isotropy_iw, preprocess, top_pc_share)
 
 N, D = 20000, 16

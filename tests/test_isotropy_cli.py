@@ -10,10 +10,10 @@ import pytest
 import soundfile as sf
 import torch
 
-from rewire_lib.encoder import SpeechEncoder
-from rewire_lib.featurizer import masked_mean
-from rewire_lib.isotropy import IsotropyError, collect_vectors, measure_encoder
-from rewire_lib.isotropy.cli import CSV_COLUMNS, main, parse_layers
+from rewire_lib.analysis.isotropy import IsotropyError, collect_vectors, measure_encoder
+from rewire_lib.analysis.isotropy.cli import CSV_COLUMNS, main, parse_layers
+from rewire_lib.models.encoder import SpeechEncoder
+from rewire_lib.models.featurizer import masked_mean
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -38,10 +38,10 @@ def encoder(tiny_encoder_dir):
 
 def test_cli_writes_three_files(tmp_path, tiny_encoder_dir, manifest):
     other = tmp_path / "enc_b"
-    from rewire_lib.tiny import make_tiny_encoder
+    from rewire_lib.models.tiny import make_tiny_encoder
     make_tiny_encoder(other, "hubert", seed=1)
     out = tmp_path / "out"
-    rc = subprocess.run([sys.executable, "-m", "rewire_lib.isotropy", "--encoder", str(tiny_encoder_dir),
+    rc = subprocess.run([sys.executable, "-m", "rewire_lib.analysis.isotropy", "--encoder", str(tiny_encoder_dir),
                          "--encoder", str(other), "--manifest", str(manifest), "--level", "frame", "--out", str(out),
                          "--max-vectors", "200", "--seed", "3", "--no-progress"],
                         cwd=REPO, capture_output=True, text=True, timeout=300)
@@ -96,7 +96,7 @@ def test_collected_vectors_are_the_valid_frames(encoder, manifest):
         rows = list(csv.DictReader(f))[:5]
     got = collect_vectors(encoder, rows, ["frame", "utterance"], [0, 2], max_vectors=10_000, seed=0,
                           batch_size=5, progress=False)
-    from rewire_lib.audio import load_audio
+    from rewire_lib.data.audio import load_audio
     frames, pooled = [], []
     with torch.no_grad():
         for row in rows:
@@ -170,9 +170,9 @@ def test_bad_level_in_python_api(encoder, manifest):
 
 
 def test_csv_fallback_without_shared_reader(tmp_path, monkeypatch, manifest):
-    """Where rewire_lib.manifest is absent, the CSV is read with the csv module and the same checks."""
-    from rewire_lib.isotropy import _read_rows
-    monkeypatch.setitem(sys.modules, "rewire_lib.manifest", None)  # import now raises ImportError
+    """Where rewire_lib.data.manifest is absent, the CSV is read with the csv module and the same checks."""
+    from rewire_lib.analysis.isotropy import _read_rows
+    monkeypatch.setitem(sys.modules, "rewire_lib.data.manifest", None)  # import now raises ImportError
     rows = _read_rows(manifest)
     assert len(rows) == 12 and {"ID", "duration", "wav"} <= set(rows[0])
     (tmp_path / "h.csv").write_text("ID,duration,wav\n")
@@ -186,7 +186,7 @@ def test_csv_fallback_without_shared_reader(tmp_path, monkeypatch, manifest):
 
 
 def test_measures_and_command_line_do_not_import_each_other():
-    code = ("import sys, rewire_lib.isotropy; assert 'rewire_lib.isotropy.cli' not in sys.modules; "
-            "import rewire_lib.isotropy.cli")
+    code = ("import sys, rewire_lib.analysis.isotropy; assert 'rewire_lib.analysis.isotropy.cli' not in sys.modules; "
+            "import rewire_lib.analysis.isotropy.cli")
     done = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True)
     assert done.returncode == 0, done.stderr[-1500:]

@@ -1,4 +1,4 @@
-"""The leakage audit (rewire_lib.leakage, rewire_study.audit): each constructed leak is found by audio content,
+"""The leakage audit (rewire_lib.data.leakage, rewire_study.audit): each constructed leak is found by audio content,
 a clean design passes with zeros, a rewiring overlap with dev/test is a one-line error naming what it found
 unless --allow-rewire-overlap, which marks the report; pre-training read from the encoder's folder."""
 import csv
@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from rewire_lib.leakage import (FingerprintCache, compare, pretraining_manifests, read_set, row_recordings,
+from rewire_lib.data.leakage import (FingerprintCache, compare, pretraining_manifests, read_set, row_recordings,
                                 transcripts)
 from rewire_study.audit import marked_cells, run_audit, write_audit_csv
 from rewire_study.config import build_parser, parse_args
@@ -141,7 +141,7 @@ def test_rewiring_overlap_is_a_one_line_error_and_pretraining_is_reported(tmp_pa
 
 def test_allowed_overlap_marks_the_report(tmp_path):
     from rewire_study.report import verdict_lines, write_markdown
-    from rewire_lib.stats import NO_DIFFERENCE
+    from rewire_lib.analysis.stats import NO_DIFFERENCE
 
     cfg, a = study(tmp_path, "--allow-rewire-overlap")
     assert cfg.allow_rewire_overlap
@@ -165,7 +165,7 @@ def test_allowed_overlap_marks_the_report(tmp_path):
 
 
 def test_pretraining_manifests_of_the_default_encoder(tmp_path):
-    from rewire_lib.paths import default_encoder_dir
+    from rewire_lib.files.paths import default_encoder_dir
 
     pre = pretraining_manifests(default_encoder_dir(), tmp_path)
     assert pre["train"] == [] and str(tmp_path / "fsdd" / "speakers" / "train.csv") in pre["missing"]

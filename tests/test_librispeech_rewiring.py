@@ -8,7 +8,7 @@ import pytest
 
 from data_prep import librispeech
 from data_prep.common import PrepError
-from rewire_lib.paths import shared_data_dir
+from rewire_lib.files.paths import shared_data_dir
 from tests.rewire_helpers import load_train_module
 
 SHIPPED = shared_data_dir() / "librispeech_test_clean_short" / "LibriSpeech"

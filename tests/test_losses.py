@@ -3,7 +3,7 @@ import math
 import pytest
 import torch
 
-from rewire_lib.losses import nt_xent
+from rewire_lib.rewiring.losses import nt_xent
 
 
 def _nt_xent_by_loops(a, b, tau):

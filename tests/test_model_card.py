@@ -4,8 +4,8 @@ import re
 from huggingface_hub import ModelCard
 from transformers import AutoFeatureExtractor, AutoModel
 
-from rewire_lib.model_card import is_hub_id, portable_command, read_front_matter, render_model_card
-from rewire_lib.paths import REPO_ROOT
+from rewire_lib.files.paths import REPO_ROOT
+from rewire_lib.rewiring.model_card import is_hub_id, portable_command, read_front_matter, render_model_card
 from tests.rewire_helpers import fsdd_manifest, load_train_module
 
 HPARAMS = REPO_ROOT / "recipes" / "rewire" / "hparams"

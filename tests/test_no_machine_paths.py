@@ -2,7 +2,7 @@
 import re
 import subprocess
 
-from rewire_lib.paths import REPO_ROOT
+from rewire_lib.files.paths import REPO_ROOT
 
 # Text files a person reads or a tool loads; source code and tests may name example paths.
 DOC_SUFFIXES = (".md", ".json", ".yaml", ".yml", ".csv", ".log", ".txt")

@@ -9,8 +9,8 @@ import soundfile as sf
 
 from data_prep import own_folder
 from data_prep.common import PrepError
-from rewire_lib.dataio import audio_dataset
-from rewire_lib.manifest import read_manifest
+from rewire_lib.data.dataio import audio_dataset
+from rewire_lib.data.manifest import read_manifest
 
 SPEAKERS = ("george", "jackson", "lucas", "theo")
 WORDS = {1: "one", 2: "two"}

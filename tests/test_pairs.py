@@ -2,7 +2,7 @@
 import pytest
 import torch
 
-from rewire_lib.pairs import (LengthRules, MissingPositive, NeutralView, PairBuilder, TwinView,
+from rewire_lib.views.pairs import (LengthRules, MissingPositive, NeutralView, PairBuilder, TwinView,
                               make_pair_builder, pair_pipeline, pair_seed, take_half)
 
 

@@ -8,13 +8,13 @@ import json
 import pytest
 
 from downstream_helpers import make_tone_corpus, run_task, write_csv
+from rewire_lib.analysis.stats import best_checkpoint
 from rewire_lib.downstream.brain import patience_of
 from rewire_lib.downstream.feature_cache import FeatureCachePool
 from rewire_lib.downstream.run import folds_stop_reason
-from rewire_lib.logs import read_csv
-from rewire_lib.paths import REPO_ROOT
-from rewire_lib.recipe import HparamsError
-from rewire_lib.stats import best_checkpoint
+from rewire_lib.files.logs import read_csv
+from rewire_lib.files.paths import REPO_ROOT
+from rewire_lib.training.recipe import HparamsError
 from tests.test_finetune import fast_env_log  # noqa: F401 (autouse: no pip freeze / git per run)
 
 EVERY, PATIENCE, CAP = 2, 2, 200

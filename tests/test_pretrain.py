@@ -14,7 +14,7 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from rewire_lib.paths import default_encoder_dir  # noqa: E402
+from rewire_lib.files.paths import default_encoder_dir  # noqa: E402
 
 MODEL_DIR = default_encoder_dir()
 
@@ -46,7 +46,7 @@ def test_committed_encoder_loads_offline_and_gives_documented_shapes(monkeypatch
     assert len(out.hidden_states) == 7
     assert all(torch.isfinite(h).all() for h in out.hidden_states)
 
-    from rewire_lib.encoder import SpeechEncoder
+    from rewire_lib.models.encoder import SpeechEncoder
 
     encoder = SpeechEncoder.from_pretrained(MODEL_DIR).eval()
     with torch.no_grad():
@@ -117,7 +117,7 @@ def test_pretrain_manifest_refuses_held_out_splits(tmp_path):
 # --------------------------------------------------------------------------------- the recipe, end to end
 def _tiny_corpus(folder: Path, n: int = 12):
     """Utterances of a few steady harmonic 'phones' in sequence: frames are predictable from context."""
-    from rewire_lib.audio import write_audio
+    from rewire_lib.data.audio import write_audio
 
     rng = np.random.default_rng(0)
     rows = ["ID,duration,wav"]

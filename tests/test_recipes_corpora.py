@@ -8,7 +8,7 @@ import pytest
 import ruamel.yaml
 
 from downstream_helpers import run_task
-from rewire_lib.paths import REPO_ROOT
+from rewire_lib.files.paths import REPO_ROOT
 from tests.test_finetune import fast_env_log  # noqa: F401 (autouse: no pip freeze / git per run)
 from test_data_corpora import _audio
 

@@ -15,10 +15,10 @@ import soundfile as sf
 import torch
 
 from downstream_helpers import make_tiny_corpus, run_task
-from rewire_lib.audio import AudioError, load_audio
-from rewire_lib.dataio import MIN_SAMPLES, ManifestFormatError, audio_dataset, filter_by_duration
-from rewire_lib.manifest import validate_entries
-from rewire_lib.paths import REPO_ROOT
+from rewire_lib.data.audio import AudioError, load_audio
+from rewire_lib.data.dataio import MIN_SAMPLES, ManifestFormatError, audio_dataset, filter_by_duration
+from rewire_lib.data.manifest import validate_entries
+from rewire_lib.files.paths import REPO_ROOT
 
 SR = 16000
 

@@ -18,7 +18,7 @@ import pytest
 from ddp_helpers import run_torchrun
 from downstream_helpers import make_tiny_corpus
 from downstream_helpers import run_task
-from rewire_lib.paths import REPO_ROOT
+from rewire_lib.files.paths import REPO_ROOT
 from tests.rewire_helpers import fsdd_manifest, load_train_module
 
 TASKS = ["ks", "sid", "er", "ic", "pr", "asr"]

@@ -14,11 +14,11 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from rewire_lib.audio import AudioError
-from rewire_lib.dataio import ManifestFormatError, audio_dataset
-from rewire_lib.encoder import EncoderLoadError
-from rewire_lib.paths import REPO_ROOT
-from rewire_lib.recipe import HparamsError, load_recipe
+from rewire_lib.data.audio import AudioError
+from rewire_lib.data.dataio import ManifestFormatError, audio_dataset
+from rewire_lib.files.paths import REPO_ROOT
+from rewire_lib.models.encoder import EncoderLoadError
+from rewire_lib.training.recipe import HparamsError, load_recipe
 
 SR = 16000
 
@@ -135,8 +135,8 @@ def test_downstream_label_columns(column, kind, tmp_path, wav):
 def test_empty_numeric_and_non_ascii_transcripts_in_neutral_rewiring(tmp_path, wav):
     """The neutral view renders each transcript with TTS: an empty one is a listed skip, digits and
     non-ASCII text are spoken (eSpeak) and kept."""
-    from rewire_lib.pairs import make_pair_builder
-    from rewire_lib.rewiring import build_rewire_dataset
+    from rewire_lib.rewiring.brain import build_rewire_dataset
+    from rewire_lib.views.pairs import make_pair_builder
 
     manifest = _write(tmp_path / "train.csv", ["ID", "duration", "wav", "wrd"],
                       [["plain", "0.5", str(wav), "hello world"], ["empty", "0.5", str(wav), ""],
@@ -153,8 +153,8 @@ def test_empty_numeric_and_non_ascii_transcripts_in_neutral_rewiring(tmp_path, w
 
 
 def test_neutral_view_without_transcripts_is_named(tmp_path, wav):
-    from rewire_lib.pairs import make_pair_builder
-    from rewire_lib.rewiring import build_rewire_dataset
+    from rewire_lib.rewiring.brain import build_rewire_dataset
+    from rewire_lib.views.pairs import make_pair_builder
 
     manifest = _write(tmp_path / "train.csv", ["ID", "duration", "wav"], [["u1", "0.5", str(wav)]])
     with pytest.raises(ValueError, match=r"train\.csv: the neutral view needs transcripts.*'wrd'"):

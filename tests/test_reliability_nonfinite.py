@@ -1,4 +1,4 @@
-"""Non-finite losses and gradients (rewire_lib.nonfinite.NonFiniteGuard) in the rewiring recipe and a
+"""Non-finite losses and gradients (rewire_lib.training.nonfinite.NonFiniteGuard) in the rewiring recipe and a
 downstream recipe: a bad step is skipped and counted, good steps reset the count, and too many in a
 row stop the run with TrainingDiverged while the last good checkpoint stays on disk, finite."""
 import csv
@@ -8,10 +8,10 @@ import pytest
 import torch
 
 from downstream_helpers import make_tiny_corpus
-from rewire_lib.logs import read_csv
-from rewire_lib.nonfinite import TrainingDiverged
-from rewire_lib.paths import REPO_ROOT
-from rewire_lib.rewiring import RewireBrain
+from rewire_lib.files.logs import read_csv
+from rewire_lib.files.paths import REPO_ROOT
+from rewire_lib.rewiring.brain import RewireBrain
+from rewire_lib.training.nonfinite import TrainingDiverged
 from tests.rewire_helpers import fsdd_manifest, load_train_module
 
 HPARAMS = REPO_ROOT / "recipes" / "rewire" / "hparams"

@@ -10,12 +10,12 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-import rewire_lib.outputs as outputs
-from rewire_lib.isotropy.cli import main as isotropy_main
-from rewire_lib.manifest import write_manifest
-from rewire_lib.outputs import OutputFolderError, check_writable
-from rewire_lib.paths import REPO_ROOT
-from rewire_lib.recipe import load_recipe
+import rewire_lib.files.outputs as outputs
+from rewire_lib.analysis.isotropy.cli import main as isotropy_main
+from rewire_lib.data.manifest import write_manifest
+from rewire_lib.files.outputs import OutputFolderError, check_writable
+from rewire_lib.files.paths import REPO_ROOT
+from rewire_lib.training.recipe import load_recipe
 
 
 def _refuse(code):
@@ -71,7 +71,7 @@ def test_preparer_refuses_an_unwritable_save_folder(tmp_path, monkeypatch):
 
 
 def test_disk_full_while_writing_a_manifest(tmp_path, monkeypatch):
-    import rewire_lib.manifest as manifest
+    import rewire_lib.data.manifest as manifest
 
     real_replace = os.replace
 
@@ -89,7 +89,7 @@ def test_disk_full_while_writing_a_manifest(tmp_path, monkeypatch):
 
 def test_isotropy_command_checks_its_output_folder_first_and_reports_a_full_disk(tmp_path, tiny_encoder_dir,
                                                                                fsdd_files, monkeypatch, capsys):
-    import rewire_lib.isotropy.cli as cli
+    import rewire_lib.analysis.isotropy.cli as cli
 
     manifest = tmp_path / "m.csv"
     with open(manifest, "w", newline="") as f:

@@ -9,8 +9,8 @@ import sys
 import pytest
 
 from downstream_helpers import assert_loads_without_code, make_tiny_corpus, run_task
-from rewire_lib.logs import read_csv
-from rewire_lib.paths import REPO_ROOT
+from rewire_lib.files.logs import read_csv
+from rewire_lib.files.paths import REPO_ROOT
 
 KILL_AT_STEP = """
 import os, signal, sys

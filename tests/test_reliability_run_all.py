@@ -4,7 +4,7 @@ import subprocess
 
 import pytest
 
-from rewire_lib.paths import REPO_ROOT
+from rewire_lib.files.paths import REPO_ROOT
 
 CASES = {
     "unknown_task": (["--tasks", "ks,foo"], "--tasks: unknown task 'foo'; valid: pr, asr, ks, ic, sid, er"),

@@ -1,7 +1,7 @@
 """The report with missing runs (known numbers: test_study_stats_report), and its mean/sd."""
 import pytest
 
-from rewire_lib.stats import mean_std
+from rewire_lib.analysis.stats import mean_std
 from rewire_study.report import write_report
 from rewire_study.stages import downstream_units
 

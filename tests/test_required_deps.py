@@ -12,7 +12,7 @@ import re
 import pytest
 import torch
 
-from rewire_lib.paths import REPO_ROOT, default_encoder_dir
+from rewire_lib.files.paths import REPO_ROOT, default_encoder_dir
 
 OPTIONAL = ("text2wave", "Festival", "torchrun")
 SKIPS = re.compile(r"\bpytest\.(?:mark\.)?(?:skip|skipif|importorskip)\s*\(")
@@ -38,7 +38,7 @@ def test_pinned_requirement_is_installed_at_its_pin(name, version):
 def test_espeakng_loader_imports_and_synthesizes():
     import espeakng_loader  # noqa: F401  (ImportError here means the pinned espeakng-loader is missing)
 
-    from rewire_lib import espeak
+    from rewire_lib.views import espeak
 
     assert espeak.espeak_available(), "espeakng-loader is installed but eSpeak NG cannot be loaded"
     wav, sr = espeak.synthesize("one two")
@@ -46,7 +46,7 @@ def test_espeakng_loader_imports_and_synthesizes():
 
 
 def test_committed_encoder_loads_and_runs():
-    from rewire_lib.encoder import SpeechEncoder
+    from rewire_lib.models.encoder import SpeechEncoder
 
     folder = default_encoder_dir()
     assert folder == REPO_ROOT / "pretrained" / "tiny-hubert"

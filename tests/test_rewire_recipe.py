@@ -9,9 +9,9 @@ import pytest
 import torch
 from transformers import AutoModel
 
-from rewire_lib.encoder import SpeechEncoder
-from rewire_lib.paths import REPO_ROOT
-from rewire_lib.rewiring import RewireBrain
+from rewire_lib.files.paths import REPO_ROOT
+from rewire_lib.models.encoder import SpeechEncoder
+from rewire_lib.rewiring.brain import RewireBrain
 from tests.rewire_helpers import fsdd_manifest, load_train_module
 
 HPARAMS = REPO_ROOT / "recipes" / "rewire" / "hparams"
@@ -74,7 +74,7 @@ def test_saved_encoder_reproduces_the_trained_outputs_exactly(tmp_path, tiny_enc
 KILL_AT_STEP = """
 import os, signal, sys
 sys.path.insert(0, {root!r})
-from rewire_lib.rewiring import RewireBrain
+from rewire_lib.rewiring.brain import RewireBrain
 from tests.rewire_helpers import load_train_module
 fit_batch = RewireBrain.fit_batch
 def dying_fit_batch(self, batch):
@@ -111,9 +111,9 @@ def test_run_killed_mid_epoch_resumes_and_ends_like_an_uninterrupted_run(tmp_pat
 def test_paper_preset_has_the_authors_settings(tmp_path, tiny_encoder_dir, view, epochs):
     import shutil
 
-    from rewire_lib.pairs import LengthRules
-    from rewire_lib.recipe import load_recipe
-    from rewire_lib.rewiring import tts_cache_of
+    from rewire_lib.rewiring.brain import tts_cache_of
+    from rewire_lib.training.recipe import load_recipe
+    from rewire_lib.views.pairs import LengthRules
 
     if view != "twin" and shutil.which("text2wave") is None:
         pytest.skip("Festival's text2wave is not installed (apt-get install festival)")
@@ -134,7 +134,7 @@ def test_paper_preset_has_the_authors_settings(tmp_path, tiny_encoder_dir, view,
 
 
 def test_unknown_or_mistyped_keys_are_clear_errors(tmp_path, tiny_encoder_dir):
-    from rewire_lib.recipe import HparamsError, load_recipe
+    from rewire_lib.training.recipe import HparamsError, load_recipe
 
     schema = load_train_module("rewire").SCHEMA
     base = [str(HPARAMS / "twin.yaml"), "--encoder", str(tiny_encoder_dir), "--output_folder", str(tmp_path)]
@@ -145,7 +145,7 @@ def test_unknown_or_mistyped_keys_are_clear_errors(tmp_path, tiny_encoder_dir):
 
 
 def test_a_batch_that_runs_out_of_memory_is_named_with_what_to_change(tmp_path, tiny_encoder_dir, monkeypatch):
-    from rewire_lib.oom import BatchDoesNotFit
+    from rewire_lib.training.oom import BatchDoesNotFit
 
     def no_memory(self, wavs, wav_lens=None):
         raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 20.00 GiB")
@@ -206,8 +206,8 @@ def test_gradient_checkpointing_key_enables_it_and_gives_the_same_gradients(tiny
 
 def test_tts_cache_follows_rewire_cache(tmp_path, tiny_encoder_dir, monkeypatch):
     """REWIRE_CACHE moves the TTS cache too (the YAML no longer hard-codes <repo>/cache/tts)."""
-    from rewire_lib.recipe import load_recipe
-    from rewire_lib.rewiring import tts_cache_of
+    from rewire_lib.rewiring.brain import tts_cache_of
+    from rewire_lib.training.recipe import load_recipe
 
     monkeypatch.setenv("REWIRE_CACHE", str(tmp_path / "elsewhere"))
     hparams, *_ = load_recipe([str(HPARAMS / "neutral.yaml"), "--encoder", str(tiny_encoder_dir),

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from rewire_lib.paths import REPO_ROOT
+from rewire_lib.files.paths import REPO_ROOT
 from rewire_study.config import PRESETS, TASKS, parse_args
 from rewire_study.driver import main
 from rewire_study.stages import downstream_units, effective_fraction

@@ -1,12 +1,12 @@
-"""What defines a run is declared once (rewire_lib.run_stamp.HARMLESS_KEYS): every other key of a recipe's
+"""What defines a run is declared once (rewire_lib.training.run_stamp.HARMLESS_KEYS): every other key of a recipe's
 merged hparams, every argument of its objects and the precision are stamped, so changing any of them refuses to
 resume a trained folder, naming the key and both values; a key declared harmless resumes it."""
 import pytest
 import ruamel.yaml
 
-from rewire_lib.paths import REPO_ROOT
-from rewire_lib.recipe import merged_hparams_text
-from rewire_lib.run_stamp import HARMLESS_KEYS, RunFolderMismatch, check_run_folder, result_settings
+from rewire_lib.files.paths import REPO_ROOT
+from rewire_lib.training.recipe import merged_hparams_text
+from rewire_lib.training.run_stamp import HARMLESS_KEYS, RunFolderMismatch, check_run_folder, result_settings
 
 RECIPES = {task: REPO_ROOT / "recipes" / task / "hparams" / name
            for task, name in (("pr", "fsdd_connected.yaml"), ("asr", "fsdd_connected.yaml"), ("ks", "baseline.yaml"),

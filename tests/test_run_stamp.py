@@ -1,4 +1,4 @@
-"""A run folder keeps a stamp of what made it (rewire_lib.run_stamp): same stamp resumes, a changed run
+"""A run folder keeps a stamp of what made it (rewire_lib.training.run_stamp): same stamp resumes, a changed run
 over checkpoints/results stops with a message naming the difference or moves to a fresh sibling folder."""
 import json
 import logging
@@ -8,7 +8,7 @@ import shutil
 import pytest
 import yaml
 
-from rewire_lib.run_stamp import (RunFolderMismatch, check_run_folder, manifest_fingerprint,
+from rewire_lib.training.run_stamp import (RunFolderMismatch, check_run_folder, manifest_fingerprint,
                                   settings_fingerprint)
 from tests.test_finetune import fast_env_log, ks, run_ks, small_corpus  # noqa: F401 (fixtures)
 
@@ -115,7 +115,7 @@ def test_changed_run_with_new_goes_to_a_stamped_sibling_and_resumes_there(tmp_pa
     folder = _trained(tmp_path / "run")
     check_run_folder(folder, STAMP)
     changed = dict(STAMP, lr=0.5)
-    with caplog.at_level(logging.INFO, logger="rewire_lib.run_stamp"):
+    with caplog.at_level(logging.INFO, logger="rewire_lib.training.run_stamp"):
         sibling = check_run_folder(folder, changed, on_mismatch="new")
     assert sibling == tmp_path / f"run-{settings_fingerprint(changed)[:8]}"
     assert str(sibling) in caplog.text and "lr" in caplog.text
@@ -227,7 +227,7 @@ DDP_DRIVER = """
 import datetime, json, sys, time
 from pathlib import Path
 import torch.distributed as dist
-from rewire_lib.run_stamp import check_run_folder
+from rewire_lib.training.run_stamp import check_run_folder
 dist.init_process_group("gloo", timeout=datetime.timedelta(seconds=20))
 folder = Path(sys.argv[1])
 for lr in sys.argv[2:]:  # the first stamps the fresh folder, the next restamps it (nothing trained)
@@ -246,7 +246,7 @@ def test_two_processes_take_the_same_branch_and_only_rank0_writes(tmp_path):
     import subprocess
     import sys
 
-    from rewire_lib.paths import REPO_ROOT
+    from rewire_lib.files.paths import REPO_ROOT
 
     (tmp_path / "driver.py").write_text(DDP_DRIVER)
     with socket.socket() as s:

@@ -1,7 +1,7 @@
 """rewire_study.units.shown_path: how the study's report writes paths (never a machine's absolute path)."""
 from pathlib import Path
 
-from rewire_lib.paths import REPO_ROOT
+from rewire_lib.files.paths import REPO_ROOT
 from rewire_study.units import portable, shown_path
 
 

@@ -7,8 +7,8 @@ import inspect
 import pytest
 import speechbrain as sb
 
-from rewire_lib.dataio import MIRRORED_TRAIN_LOADER_SPECIFICS, ShardedBatchesDDP
-from rewire_lib.nonfinite import MIRRORED_FIT_BATCH, NonFiniteGuard
+from rewire_lib.data.dataio import MIRRORED_TRAIN_LOADER_SPECIFICS, ShardedBatchesDDP
+from rewire_lib.training.nonfinite import MIRRORED_FIT_BATCH, NonFiniteGuard
 
 
 def _hash(function) -> str:

@@ -1,10 +1,10 @@
-"""Statistics on constructed runs with known answers (rewire_lib.stats)."""
+"""Statistics on constructed runs with known answers (rewire_lib.analysis.stats)."""
 import math
 
 import numpy as np
 import pytest
 
-from rewire_lib.stats import (BETTER, NO_DIFFERENCE, WORSE, StatsError, best_checkpoint, censored_median,
+from rewire_lib.analysis.stats import (BETTER, NO_DIFFERENCE, WORSE, StatsError, best_checkpoint, censored_median,
                               paired_bootstrap_diff, paired_bootstrap_diff_nested, speedup, steps_to_target,
                               verdict)
 
@@ -196,7 +196,7 @@ def test_median_interval_matches_a_hand_computed_greenwood_log_log_band():
 
 
 def test_bootstrap_km_median_agrees_with_the_reported_scipy_curve():
-    from rewire_lib.stats import _km_median, _observations
+    from rewire_lib.analysis.stats import _km_median, _observations
 
     rng = np.random.default_rng(0)
     for _ in range(200):

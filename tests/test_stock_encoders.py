@@ -14,10 +14,10 @@ import torch
 from safetensors.torch import load_file
 from transformers import AutoFeatureExtractor, AutoModel
 
-from rewire_lib.encoder import SpeechEncoder
-from rewire_lib.model_card import read_front_matter
-from rewire_lib.paths import REPO_ROOT
-from rewire_lib.tiny import STOCK_FAMILIES, make_stock_encoder, stock_feature_extractor
+from rewire_lib.files.paths import REPO_ROOT
+from rewire_lib.models.encoder import SpeechEncoder
+from rewire_lib.models.tiny import STOCK_FAMILIES, make_stock_encoder, stock_feature_extractor
+from rewire_lib.rewiring.model_card import read_front_matter
 from tests.rewire_helpers import fsdd_manifest, load_train_module
 
 HPARAMS = REPO_ROOT / "recipes" / "rewire" / "hparams"
@@ -67,7 +67,7 @@ def test_rewiring_a_stock_config_runs_with_layerdrop_and_dropout_on(tmp_path, st
 
 
 def test_the_recipe_default_turns_layerdrop_off(tmp_path, stock_dirs):
-    from rewire_lib.recipe import load_recipe
+    from rewire_lib.training.recipe import load_recipe
 
     hparams, *_ = load_recipe([str(HPARAMS / "twin.yaml"), "--encoder", str(stock_dirs["hubert"]),
                                "--output_folder", str(tmp_path / "o")])
@@ -139,7 +139,7 @@ def test_padded_batch_matches_the_hub_preprocessing(stock_dirs, family):
 
 
 def test_isotropy_command_on_every_stock_family(tmp_path, stock_dirs, manifest):
-    cmd = [sys.executable, "-m", "rewire_lib.isotropy", "--manifest", str(manifest), "--level", "utterance",
+    cmd = [sys.executable, "-m", "rewire_lib.analysis.isotropy", "--manifest", str(manifest), "--level", "utterance",
            "--out", str(tmp_path / "iso"), "--max-vectors", "100", "--no-progress"]
     for family in STOCK_FAMILIES:
         cmd += ["--encoder", str(stock_dirs[family])]

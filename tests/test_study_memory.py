@@ -10,7 +10,7 @@ import speechbrain as sb
 
 from downstream_helpers import make_tiny_corpus
 from rewire_lib.downstream.feature_cache import FeatureCache, FeatureCachePool
-from rewire_lib.paths import REPO_ROOT
+from rewire_lib.files.paths import REPO_ROOT
 from rewire_study import launch
 from tests.test_finetune import fast_env_log  # noqa: F401 (autouse: no pip freeze / git per run)
 

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from rewire_lib.paths import REPO_ROOT
+from rewire_lib.files.paths import REPO_ROOT
 from rewire_study import stages as st
 from rewire_study.config import PRESETS, REAL, _short, parse_args
 from rewire_study.driver import _stage_settings, main
@@ -114,7 +114,7 @@ def test_rewire_override_tts_backend_is_what_the_tts_stage_uses(tmp_path, monkey
     argv = st.rewire_argv(cfg, st.rewire_unit(cfg, "neutral"))
     assert argv[argv.index("--tts_backend") + 1] == "festival"
 
-    import rewire_lib.tts as tts
+    import rewire_lib.views.tts as tts
 
     asked = []
 

@@ -9,8 +9,8 @@ from pathlib import Path
 import ruamel.yaml
 import torch
 
-from rewire_lib.paths import REPO_ROOT
-from rewire_lib.recipe import HparamsError, apply_num_threads
+from rewire_lib.files.paths import REPO_ROOT
+from rewire_lib.training.recipe import HparamsError, apply_num_threads
 from rewire_study import stages as st
 from rewire_study.config import PRESETS, REAL, build_parser, parse_args
 from rewire_study.report import seeds_note

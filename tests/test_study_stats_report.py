@@ -1,5 +1,5 @@
 """The study's report on a study folder with KNOWN numbers: per-utterance predictions -> the paired bootstrap
-difference (checked against a direct call of rewire_lib.stats), verdicts (better / worse / no detectable
+difference (checked against a direct call of rewire_lib.analysis.stats), verdicts (better / worse / no detectable
 difference for an exact tie), censored steps-to-target counts, "n/a" without a per-utterance file; the
 low-resource settings are distinct nested subsets; the random control differs from base and loads."""
 import csv
@@ -11,11 +11,11 @@ import numpy as np
 import pytest
 import torch
 
-from rewire_lib import stats
+from rewire_lib.analysis import stats
 from rewire_study.comparison import N_BOOT, NO_FILE
 from rewire_study.config import parse_args
 from rewire_study.report import write_report
-from rewire_lib.subsets import per_class_subset
+from rewire_lib.data.subsets import per_class_subset
 from rewire_study.stages import (downstream_units, make_random_encoder, make_study_manifests,
                                  run_settings)
 
@@ -247,8 +247,8 @@ def test_low_resource_settings_are_distinct_nested_subsets(tmp_path):
 
 
 def test_random_control_differs_from_base_and_loads(tmp_path):
-    from rewire_lib.encoder import SpeechEncoder
-    from rewire_lib.tiny import make_tiny_encoder
+    from rewire_lib.models.encoder import SpeechEncoder
+    from rewire_lib.models.tiny import make_tiny_encoder
 
     base = make_tiny_encoder(tmp_path / "base", seed=0)
     rnd = make_random_encoder(str(base), tmp_path / "random", seed=1)

@@ -13,7 +13,7 @@ import pytest
 import soundfile as sf
 import torch
 
-from rewire_lib.tts import (ESpeakBackend, FestivalBackend, TTSBackend, TTSCache, TTSFailure, TTSUnavailable,
+from rewire_lib.views.tts import (ESpeakBackend, FestivalBackend, TTSBackend, TTSCache, TTSFailure, TTSUnavailable,
                             make_backend, text_key)
 
 REPO = Path(__file__).resolve().parent.parent
@@ -51,7 +51,7 @@ def _no_tmp_left(folder):
 # ---- backends -------------------------------------------------------------------------------
 
 def test_espeak_backend_16k_plausible_length():
-    from rewire_lib import espeak
+    from rewire_lib.views import espeak
 
     backend = ESpeakBackend()
     wav = backend.synthesize("hello world")
@@ -109,7 +109,7 @@ def test_missing_backend_errors_name_the_package(monkeypatch):
     with pytest.raises(TTSUnavailable, match="festival"):
         lazy.synthesize("hello")
 
-    from rewire_lib import espeak
+    from rewire_lib.views import espeak
 
     def broken():
         raise espeak.EspeakError("library missing")
@@ -252,7 +252,7 @@ def test_two_processes_fill_one_cache(tmp_path, backend_name, num_texts):
 
 def _run_cli(*args):
     env = dict(os.environ, PYTHONPATH=str(REPO))
-    return subprocess.run([sys.executable, "-m", "rewire_lib.tts", *args], cwd=REPO, env=env,
+    return subprocess.run([sys.executable, "-m", "rewire_lib.views.tts", *args], cwd=REPO, env=env,
                           capture_output=True, text=True, timeout=300)
 
 

@@ -1,14 +1,14 @@
-"""The "isotropy for free" control (rewire_lib.whitening): centring and PCA whitening fitted by streaming."""
+"""The "isotropy for free" control (rewire_lib.analysis.whitening): centring and PCA whitening fitted by streaming."""
 import io
 
 import pytest
 import torch
 
-from rewire_lib.audio import load_audio
-from rewire_lib.encoder import SpeechEncoder
-from rewire_lib.isotropy import average_cosine, isoscore
-from rewire_lib.paths import default_encoder_dir
-from rewire_lib.whitening import FeatureWhitener, WhiteningError
+from rewire_lib.analysis.isotropy import average_cosine, isoscore
+from rewire_lib.analysis.whitening import FeatureWhitener, WhiteningError
+from rewire_lib.data.audio import load_audio
+from rewire_lib.files.paths import default_encoder_dir
+from rewire_lib.models.encoder import SpeechEncoder
 
 
 def _cov(x: torch.Tensor) -> torch.Tensor:

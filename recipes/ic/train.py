@@ -26,11 +26,10 @@ import torch
 
 from rewire_lib.downstream.brain import DownstreamBrain
 from rewire_lib.downstream.data import split_datasets
-from rewire_lib.recipe import create_run_folder, load_hparams
 from rewire_lib.downstream.labels import fit_label_encoder
 from rewire_lib.downstream.predictions import rows_from_classification_stats
 from rewire_lib.downstream.run import SCHEMA, prepare_run, run_as_script
-from rewire_lib.recipe import init_ddp_once
+from rewire_lib.training.recipe import create_run_folder, init_ddp_once, load_hparams
 
 
 class IntentClassificationBrain(DownstreamBrain):

@@ -26,9 +26,8 @@ import speechbrain as sb
 
 from rewire_lib.downstream.classification import UtteranceClassifierBrain, add_label_pipeline
 from rewire_lib.downstream.data import split_datasets
-from rewire_lib.recipe import create_run_folder, load_hparams
 from rewire_lib.downstream.run import SCHEMA, prepare_run, run_as_script
-from rewire_lib.recipe import init_ddp_once
+from rewire_lib.training.recipe import create_run_folder, init_ddp_once, load_hparams
 
 
 class KeywordSpottingBrain(UtteranceClassifierBrain):

@@ -23,12 +23,12 @@ import torch
 from tqdm import tqdm
 
 
-from rewire_lib.atomic import atomic_write_json
-from rewire_lib.audio import load_audio
-from rewire_lib.encoder import SpeechEncoder
-from rewire_lib.featurizer import WeightedLayerSum, masked_mean
-from rewire_lib.paths import REPO_ROOT as REPO
-from rewire_lib.paths import data_dir, default_encoder_dir
+from rewire_lib.data.audio import load_audio
+from rewire_lib.files.atomic import atomic_write_json
+from rewire_lib.files.paths import REPO_ROOT as REPO
+from rewire_lib.files.paths import data_dir, default_encoder_dir
+from rewire_lib.models.encoder import SpeechEncoder
+from rewire_lib.models.featurizer import WeightedLayerSum, masked_mean
 
 TASKS = {"digits": "fsdd/digits", "speakers": "fsdd/speakers"}
 

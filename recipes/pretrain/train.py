@@ -29,13 +29,13 @@ import torch
 import speechbrain as sb
 from speechbrain.utils.checkpoints import Checkpointer
 
-from rewire_lib.atomic import atomic_path
-from rewire_lib.logs import CSVLog, plot_columns
+from rewire_lib.files.atomic import atomic_path
+from rewire_lib.files.logs import CSVLog, plot_columns
 from rewire_lib.pretrain.corpus import (PretrainDataset, StepsBatchSampler, build_pretrain_manifest,
                                         collate, load_packed, pack_corpus)
 from rewire_lib.pretrain.model import HubertPretrainer, tiny_hubert_config
 from rewire_lib.pretrain.targets import EncoderLayerFrames, MFCCFrames, cluster_targets
-from rewire_lib.recipe import load_recipe
+from rewire_lib.training.recipe import load_recipe
 
 logger = logging.getLogger("pretrain")
 
@@ -146,7 +146,7 @@ def prepare_targets(hp, ids, waves, device):
             raise RuntimeError(f"{path} was made for another packed corpus; delete it to recompute the targets")
         return targets
     if hp["target_encoder"]:
-        from rewire_lib.encoder import SpeechEncoder
+        from rewire_lib.models.encoder import SpeechEncoder
 
         featurize = EncoderLayerFrames(SpeechEncoder.from_pretrained(hp["target_encoder"]), hp["target_layer"], device)
         kind = f"{hp['target_encoder']} layer {hp['target_layer']}"
@@ -172,7 +172,7 @@ def export(encoder, folder: Path) -> None:
 
 
 def read_log(path):
-    from rewire_lib.logs import read_csv
+    from rewire_lib.files.logs import read_csv
 
     return read_csv(path)
 
@@ -230,7 +230,7 @@ def main(argv=None):
     rows = []
     log_path = out / "train_log.csv"
     if log_path.is_file():
-        from rewire_lib.logs import read_csv
+        from rewire_lib.files.logs import read_csv
         rows = read_csv(log_path)
     tail = rows[-10:]
     summary = {

@@ -16,8 +16,8 @@ import sys
 import speechbrain as sb
 from speechbrain.utils.distributed import run_on_main
 
-from rewire_lib.recipe import load_recipe
-from rewire_lib.rewiring import RewireBrain, build_rewire_dataset, finish, make_train_loader_kwargs, presynthesise
+from rewire_lib.rewiring.brain import RewireBrain, build_rewire_dataset, finish, make_train_loader_kwargs, presynthesise
+from rewire_lib.training.recipe import load_recipe
 
 SCHEMA = {
     "encoder": str, "train_csv": str, "output_folder": str, "number_of_epochs": int, "batch_size": int,

@@ -44,17 +44,17 @@ from speechbrain.utils.checkpoints import mark_as_loader, mark_as_saver, registe
 from speechbrain.utils.data_utils import batch_pad_right
 from speechbrain.utils.distributed import ddp_barrier, if_main_process
 
-from rewire_lib.atomic import atomic_write_json
-from rewire_lib.audio import load_audio
-from rewire_lib.dataio import BucketBatchSampler, ShardedBatchesDDP, durations
+from rewire_lib.analysis.stats import best_checkpoint
+from rewire_lib.analysis.whitening import FeatureWhitener
+from rewire_lib.data.audio import load_audio
+from rewire_lib.data.dataio import BucketBatchSampler, ShardedBatchesDDP, durations
 from rewire_lib.downstream.feature_cache import FeatureCache, FeatureCachePool, encoder_fingerprint
 from rewire_lib.downstream.predictions import FILENAME as PREDICTIONS_FILE, write_predictions
-from rewire_lib.logs import CSVLog, plot_columns, plot_layer_weights
-from rewire_lib.nonfinite import NonFiniteGuard
-from rewire_lib.whitening import FeatureWhitener
-from rewire_lib.paths import cache_dir
-from rewire_lib.recipe import HparamsError, unwrap_ddp
-from rewire_lib.stats import best_checkpoint
+from rewire_lib.files.atomic import atomic_write_json
+from rewire_lib.files.logs import CSVLog, plot_columns, plot_layer_weights
+from rewire_lib.files.paths import cache_dir
+from rewire_lib.training.nonfinite import NonFiniteGuard
+from rewire_lib.training.recipe import HparamsError, unwrap_ddp
 
 logger = logging.getLogger(__name__)
 
@@ -146,7 +146,7 @@ def is_better(a: float, b: Optional[float], higher_is_better: bool) -> bool:
 
 def is_new_best(score: float, loss: float, best_score: Optional[float], best_loss: Optional[float],
                 higher_is_better: bool) -> bool:
-    """rewire_lib.stats.best_checkpoint's rule, one evaluation at a time: a strictly better dev metric, or
+    """rewire_lib.analysis.stats.best_checkpoint's rule, one evaluation at a time: a strictly better dev metric, or
     the same metric with a strictly lower dev loss (early CTC training: every checkpoint at 100 % WER, the
     one whose loss fell furthest is the best); a full tie keeps the earlier one."""
     if best_score is None or math.isnan(best_score) or math.isnan(score):

@@ -9,10 +9,10 @@ from typing import Callable, List
 
 import speechbrain as sb
 
-from rewire_lib.atomic import atomic_path
 from rewire_lib.downstream.brain import DownstreamBrain
 from rewire_lib.downstream.labels import fit_ctc_tokenizer
 from rewire_lib.downstream.predictions import rows_from_error_rate_stats
+from rewire_lib.files.atomic import atomic_path
 
 logger = logging.getLogger(__name__)
 

@@ -14,11 +14,11 @@ from typing import Callable, Dict, Iterable, Optional
 from speechbrain.dataio.dataset import DynamicItemDataset
 from speechbrain.utils.distributed import run_on_main
 
-from rewire_lib.dataio import audio_dataset, filter_by_duration
-from rewire_lib.manifest import read_manifest
-from rewire_lib.logs import atomic_write_csv
-from rewire_lib.recipe import HparamsError
-from rewire_lib.subsets import nested_subset, subset_name
+from rewire_lib.data.dataio import audio_dataset, filter_by_duration
+from rewire_lib.data.manifest import read_manifest
+from rewire_lib.data.subsets import nested_subset, subset_name
+from rewire_lib.files.logs import atomic_write_csv
+from rewire_lib.training.recipe import HparamsError
 
 logger = logging.getLogger(__name__)
 

@@ -9,7 +9,7 @@ Keys are content-addressed so that nothing stale is ever reused:
 
 Storage: a dict in memory (default), or one `.pt` file per utterance under
 `<cache_dir>/<encoder fingerprint[:16]>/<key[:2]>/<key>.pt` (a memory layer sits in front).
-Disk writes are atomic (`rewire_lib.atomic`: a temporary sibling, then `os.replace`), so two processes
+Disk writes are atomic (`rewire_lib.files.atomic`: a temporary sibling, then `os.replace`), so two processes
 filling the same cache at once can only ever both write a complete, identical file; a file
 that cannot be read (truncated by a crash, foreign format) is logged, counted and recomputed.
 `dtype=torch.float16` halves memory and disk; features are returned in float32.
@@ -25,7 +25,7 @@ from typing import Dict, Optional
 
 import torch
 
-from rewire_lib.atomic import atomic_path
+from rewire_lib.files.atomic import atomic_path
 
 logger = logging.getLogger(__name__)
 

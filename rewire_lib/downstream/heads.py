@@ -6,7 +6,7 @@ from typing import Dict, Optional, Sequence
 
 import torch
 
-from rewire_lib.featurizer import masked_mean
+from rewire_lib.models.featurizer import masked_mean
 
 
 class LinearCTCHead(torch.nn.Module):

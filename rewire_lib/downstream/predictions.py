@@ -12,7 +12,7 @@ from typing import Callable, List, Optional
 
 import torch
 
-from rewire_lib.logs import atomic_write_csv
+from rewire_lib.files.logs import atomic_write_csv
 
 FILENAME = "test_predictions.csv"
 FIELDS = ["ID", "errors", "ref_len", "prediction", "target"]

@@ -18,17 +18,17 @@ from typing import Callable, List, Optional
 import numpy as np
 from speechbrain.utils.distributed import if_main_process
 
-from rewire_lib import run_stamp
-from rewire_lib.atomic import atomic_write_json
+from rewire_lib.data.manifest import split_csv
 from rewire_lib.downstream.feature_cache import FeatureCachePool
-from rewire_lib.logs import atomic_write_csv, plot_columns, plot_layer_weights, read_csv
-from rewire_lib.paths import REPO_ROOT
-from rewire_lib.manifest import split_csv
-from rewire_lib.recipe import HparamsError
+from rewire_lib.files.atomic import atomic_write_json
+from rewire_lib.files.logs import atomic_write_csv, plot_columns, plot_layer_weights, read_csv
+from rewire_lib.files.paths import REPO_ROOT
+from rewire_lib.training import run_stamp
+from rewire_lib.training.recipe import HparamsError
 
 logger = logging.getLogger(__name__)
 
-# Keys every downstream YAML must have, with their types (checked by rewire_lib.recipe.load_hparams).
+# Keys every downstream YAML must have, with their types (checked by rewire_lib.training.recipe.load_hparams).
 SCHEMA = {
     "encoder": str, "train_csv": str, "valid_csv": str, "test_csv": str, "output_folder": str,
     "number_of_epochs": int, "max_steps": (int, type(None)), "patience": (int, type(None)), "train_fraction": float, "seed": int,
@@ -87,7 +87,7 @@ def prepare_run(hparams: dict) -> None:
     if hparams.get("folds_dir"):  # ER, ASR, PR
         return  # each fold is its own run, checked when it starts
     hparams["encoder_fingerprint"] = encoder_fingerprint(hparams["encoder_model"])
-    # every result-changing key (rewire_lib.run_stamp.result_settings); the budget is not among them: the same run
+    # every result-changing key (rewire_lib.training.run_stamp.result_settings); the budget is not among them: the same run
     # started again with a larger one trains on from its checkpoint, with a smaller or spent one it stops at once
     folder = check_run_folder(hparams, hparams["encoder_fingerprint"], hparams["run_settings"])
     if folder != Path(hparams["output_folder"]):
@@ -98,7 +98,7 @@ def prepare_run(hparams: dict) -> None:
 
 
 def check_run_folder(hparams: dict, fingerprint: str, stamp_settings: dict) -> Path:
-    """The folder this run may use (rewire_lib.run_stamp): a folder whose checkpoints came from another
+    """The folder this run may use (rewire_lib.training.run_stamp): a folder whose checkpoints came from another
     encoder, other manifests or other settings is refused (`on_changed_run: error`) or left for a fresh
     sibling (`new`)."""
     stamp = {"encoder_fingerprint": fingerprint,
@@ -220,9 +220,9 @@ def average_curves(paths: List[Path], out: Path) -> None:
 def run_as_script(main: Callable[[], dict]) -> None:
     """`main()`, with the errors a user can fix (missing manifest or encoder, bad key or label, bad
     manifest) printed as one line instead of a traceback."""
-    from rewire_lib.dataio import ManifestFormatError
+    from rewire_lib.data.dataio import ManifestFormatError
     from rewire_lib.downstream.labels import LabelError
-    from rewire_lib.encoder import EncoderLoadError
+    from rewire_lib.models.encoder import EncoderLoadError
 
     try:
         main()

@@ -19,9 +19,9 @@ from typing import Iterable, Iterator, List, Sequence
 import torch
 from torch.utils.data import Dataset, Sampler
 
-from rewire_lib.atomic import atomic_path
-from rewire_lib.dataio import length_bucketed_batches
-from rewire_lib.logs import atomic_write_csv
+from rewire_lib.data.dataio import length_bucketed_batches
+from rewire_lib.files.atomic import atomic_path
+from rewire_lib.files.logs import atomic_write_csv
 
 logger = logging.getLogger(__name__)
 
@@ -41,7 +41,7 @@ def _check_train_manifest(path: Path) -> None:
 
 
 def _wavs_of(csv_path: Path, data_root) -> set:
-    from rewire_lib.manifest import resolve_wav
+    from rewire_lib.data.manifest import resolve_wav
 
     with open(csv_path, newline="") as f:
         reader = csv.DictReader(f)
@@ -61,7 +61,7 @@ def build_pretrain_manifest(train_csvs: Sequence[os.PathLike], out_csv: os.PathL
     Refuses training files named like dev/test splits. A file listed twice is kept once. IDs get the
     manifest's corpus folder as prefix; `$data_root` in `wav` is resolved. Returns counts.
     """
-    from rewire_lib.manifest import resolve_wav
+    from rewire_lib.data.manifest import resolve_wav
 
     heldout = set()
     for csv_path in heldout_csvs:
@@ -151,7 +151,7 @@ def pack_corpus(manifest_csv: os.PathLike, out_path: os.PathLike, min_seconds: f
         raise CorpusError(f"pack format must be 'int16' or 'mulaw8', got {fmt!r}")
     from tqdm import tqdm
 
-    from rewire_lib.audio import AudioError, audio_info, load_audio
+    from rewire_lib.data.audio import AudioError, audio_info, load_audio
 
     with open(manifest_csv, newline="") as f:
         rows = list(csv.DictReader(f))

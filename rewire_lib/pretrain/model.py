@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import torch
 from transformers import HubertConfig, HubertModel
 
-from rewire_lib.encoder import SpeechEncoder
+from rewire_lib.models.encoder import SpeechEncoder
 
 
 def tiny_hubert_config(hidden_size: int = 256, num_layers: int = 6, num_heads: int = 4,

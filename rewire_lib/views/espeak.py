@@ -5,7 +5,7 @@ needed). libespeak-ng keeps global state (current voice, parameters, callback), 
 holds one engine (`get_engine()`), every call goes through a lock, and a forked child
 re-initialises the library on first use.
 
-    from rewire_lib.espeak import synthesize, phonemize, phonemize_tokens
+    from rewire_lib.views.espeak import synthesize, phonemize, phonemize_tokens
     wav, sr = synthesize("hello world", voice="en-us+f3", rate=160, pitch=60)   # float32, 22050
     phonemize("hello world")          # 'həlˈoʊ wˈɜːld'
     phonemize_tokens("hello world")   # ['h', 'ə', 'l', 'oʊ', '|', 'w', 'ɜː', 'l', 'd'] (no stress)
@@ -16,7 +16,7 @@ nor `espeak_ng_SetRandSeed` resets it), so a repeat in one process can differ by
 A fresh process speaking the same sequence of calls gives the same bytes: deterministic corpora
 render fixed chunks of utterances in fresh (spawned) worker processes (see data_prep/synth.py), and
 `synthesize(..., fresh=True)` speaks each call from the engine's initial state (a child forked per call),
-which the TTS views use (rewire_lib.tts.ESpeakBackend): a rendering then depends only on its text.
+which the TTS views use (rewire_lib.views.tts.ESpeakBackend): a rendering then depends only on its text.
 
 Voice names are eSpeak NG voice names, optionally with a variant after `+`
 ("en-us", "en+m2", "en-us+f3", "en-gb-x-rp+klatt").  A text that yields no audio gives an

@@ -7,7 +7,7 @@ variables on machines where the data lives elsewhere.
 import os
 from pathlib import Path
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
+REPO_ROOT = Path(__file__).resolve().parents[2]  # rewire_lib/files/paths.py -> the checkout
 
 
 def shared_data_dir() -> Path:

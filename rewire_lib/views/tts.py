@@ -3,7 +3,7 @@
 Backends (one interface, `TTSBackend`; all return float32 numpy audio at 16 kHz):
 
 - `ESpeakBackend(voice="en-us", rate=175, pitch=50, pitch_range=50)`: eSpeak NG through the library
-  shipped by the `espeakng-loader` wheel (`rewire_lib.espeak`, ctypes; no system package).
+  shipped by the `espeakng-loader` wheel (`rewire_lib.views.espeak`, ctypes; no system package).
 - `FestivalBackend(voice=None, text2wave="text2wave")`: Festival's `text2wave` as a subprocess (the
   authors' choice; Debian package `festival`). `voice=None` is Festival's default voice (kal_diphone
   on Debian); otherwise e.g. "kal_diphone" is passed as `-eval (voice_kal_diphone)`. Every call uses
@@ -28,12 +28,12 @@ Cache (`TTSCache(root, backend)`), each transcript is synthesised once, ever::
 
 The text key is the exact text after `str.strip()` (case, punctuation and inner spacing are kept:
 they can change the rendering). Every file is written to a temporary file in the same folder and
-renamed (`rewire_lib.atomic`), so two processes filling one cache never expose a partial file; if both
+renamed (`rewire_lib.files.atomic`), so two processes filling one cache never expose a partial file; if both
 render the same text, the last rename wins and both renderings are identical anyway.
 
 Command (pre-synthesise every `wrd` of one or more manifests, in parallel processes)::
 
-    python -m rewire_lib.tts --manifest data/synth/train.csv --backend espeak --num-workers 2
+    python -m rewire_lib.views.tts --manifest data/synth/train.csv --backend espeak --num-workers 2
 """
 from __future__ import annotations
 
@@ -57,7 +57,7 @@ from typing import Dict, Iterable, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
-from rewire_lib.atomic import atomic_write_text
+from rewire_lib.files.atomic import atomic_write_text
 
 log = logging.getLogger(__name__)
 
@@ -113,7 +113,7 @@ class TTSBackend:
 
 
 class ESpeakBackend(TTSBackend):
-    """eSpeak NG (ctypes, `rewire_lib.espeak`). Voice names like "en-us", "en-us+f3", "en+m2";
+    """eSpeak NG (ctypes, `rewire_lib.views.espeak`). Voice names like "en-us", "en-us+f3", "en+m2";
     rate in words per minute; pitch and pitch_range 0..100. Digits are spoken as words."""
 
     name = "espeak"
@@ -144,7 +144,7 @@ class ESpeakBackend(TTSBackend):
         espeak = _espeak_module()
         try:
             # fresh: each text from eSpeak's initial state, so a rendering depends only on its text and
-            # settings, not on which worker rendered it after which other texts (rewire_lib.espeak)
+            # settings, not on which worker rendered it after which other texts (rewire_lib.views.espeak)
             wav, sr = espeak.synthesize(text, voice=self.voice, rate=self.rate, pitch=self.pitch,
                                         pitch_range=self.pitch_range, fresh=True)
         except espeak.EspeakError as exc:
@@ -154,7 +154,7 @@ class ESpeakBackend(TTSBackend):
 
 def _espeak_module():
     try:
-        from rewire_lib import espeak
+        from rewire_lib.views import espeak
     except ImportError as exc:  # pragma: no cover - the module is part of the project
         raise TTSUnavailable(f"{ESPEAK_MISSING} ({exc})") from exc
     return espeak
@@ -299,7 +299,7 @@ class TTSCache:
 
     def __init__(self, root: Union[str, os.PathLike, None], backend: TTSBackend, retry_skipped: bool = False):
         if root is None:
-            from rewire_lib.paths import cache_dir
+            from rewire_lib.files.paths import cache_dir
 
             root = cache_dir() / "tts"
         self.root = Path(root)
@@ -373,7 +373,7 @@ class TTSCache:
             log.warning("TTS %s: skipping %r: %s", self.backend.name, text[:80], reason)
             atomic_write_text(self.skip_path(text), json.dumps({"text": text, "reason": reason}) + "\n")
             return "skipped", reason
-        from rewire_lib.audio import write_audio
+        from rewire_lib.data.audio import write_audio
 
         write_audio(wav_path, audio, SAMPLE_RATE)
         return "done", None
@@ -384,7 +384,7 @@ class TTSCache:
         self.stats.add(status, reason)
         if status == "skipped":
             return None
-        from rewire_lib.audio import load_audio
+        from rewire_lib.data.audio import load_audio
 
         return load_audio(self.path(str(text).strip()), target_sr=SAMPLE_RATE)
 
@@ -488,7 +488,7 @@ def read_manifest_texts(path: Union[str, os.PathLike], column: str = "wrd") -> L
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     parser = argparse.ArgumentParser(
-        prog="python -m rewire_lib.tts",
+        prog="python -m rewire_lib.views.tts",
         description="Pre-synthesise the transcripts of SpeechBrain manifests into the TTS cache.")
     parser.add_argument("--manifest", action="append", required=True, help="CSV manifest (repeatable)")
     parser.add_argument("--column", default="wrd", help="text column (default: wrd)")

@@ -20,8 +20,8 @@ import torch
 from speechbrain.dataio.dataset import DynamicItemDataset
 from torch.utils.data import Sampler
 
-from rewire_lib.audio import AudioError, load_audio
-from rewire_lib.manifest import ManifestError, audio_rows, read_manifest
+from rewire_lib.data.audio import AudioError, load_audio
+from rewire_lib.data.manifest import ManifestError, audio_rows, read_manifest
 
 logger = logging.getLogger(__name__)
 
@@ -37,7 +37,7 @@ def audio_dataset(csv_path, data_root: str | None = None, output_keys: Iterable[
                   sample_rate: int = 16000, min_samples: int = MIN_SAMPLES) -> DynamicItemDataset:
     """A DynamicItemDataset over a manifest whose `sig` item is the 16 kHz mono waveform of `wav`.
 
-    The manifest is read and checked by `rewire_lib.manifest.audio_rows` before anything else: `wav`
+    The manifest is read and checked by `rewire_lib.data.manifest.audio_rows` before anything else: `wav`
     is resolved (`$data_root` by `data_root`, relative paths against the manifest's folder) and every
     file must exist, so a bad manifest is one line naming it and the row, never a traceback from deep
     inside training. Audio errors at load time name the file and the manifest, and so does audio
@@ -95,7 +95,7 @@ def filter_by_duration(dataset: DynamicItemDataset, report_csv, min_duration: fl
             skipped.append({"ID": item["id"], "wav": item["wav"], "duration": dur, "reason": reason})
     if not skipped:
         return dataset
-    from rewire_lib.logs import atomic_write_csv
+    from rewire_lib.files.logs import atomic_write_csv
 
     report_csv = Path(report_csv)
     report_csv.parent.mkdir(parents=True, exist_ok=True)

@@ -12,7 +12,7 @@ import os
 from pathlib import Path
 from typing import Iterable, Sequence
 
-from rewire_lib.atomic import atomic_path, atomic_write_text
+from rewire_lib.files.atomic import atomic_path, atomic_write_text
 
 
 def pyplot():
@@ -72,7 +72,7 @@ def csv_text(fields: Sequence[str], rows: Iterable[dict], extrasaction: str = "i
 
 def atomic_write_csv(path: str | os.PathLike, fields: Sequence[str], rows: Iterable[dict],
                      extrasaction: str = "ignore") -> Path:
-    """Write rows as CSV crash-safe (rewire_lib.atomic): a killed run leaves the old file or the new one."""
+    """Write rows as CSV crash-safe (rewire_lib.files.atomic): a killed run leaves the old file or the new one."""
     return atomic_write_text(path, csv_text(fields, rows, extrasaction))
 
 

@@ -16,14 +16,14 @@ import torch
 from speechbrain.dataio.batch import PaddedBatch
 from speechbrain.utils.distributed import if_main_process, run_on_main
 
-from rewire_lib.dataio import MIN_SAMPLES, BucketBatchSampler, ShardedBatchesDDP, audio_dataset, durations
-from rewire_lib.featurizer import masked_mean
-from rewire_lib.logs import CSVLog, atomic_write_csv, plot_columns, plot_layer_weights
-from rewire_lib.losses import nt_xent
-from rewire_lib.nonfinite import NonFiniteGuard
-from rewire_lib.oom import name_the_batch_on_oom
-from rewire_lib.pairs import PairBuilder, pair_pipeline
-from rewire_lib.recipe import unwrap_ddp
+from rewire_lib.data.dataio import MIN_SAMPLES, BucketBatchSampler, ShardedBatchesDDP, audio_dataset, durations
+from rewire_lib.files.logs import CSVLog, atomic_write_csv, plot_columns, plot_layer_weights
+from rewire_lib.models.featurizer import masked_mean
+from rewire_lib.rewiring.losses import nt_xent
+from rewire_lib.training.nonfinite import NonFiniteGuard
+from rewire_lib.training.oom import name_the_batch_on_oom
+from rewire_lib.training.recipe import unwrap_ddp
+from rewire_lib.views.pairs import PairBuilder, pair_pipeline
 
 logger = logging.getLogger(__name__)
 
@@ -230,7 +230,7 @@ def presynthesise(builder: PairBuilder, train_csv, num_workers: int = 2) -> None
     cache = tts_cache_of(builder)
     if cache is None:
         return
-    from rewire_lib.tts import read_manifest_texts
+    from rewire_lib.views.tts import read_manifest_texts
 
     stats = cache.synthesize_missing(read_manifest_texts(train_csv), num_workers=num_workers)
     logger.info("TTS cache for %s: %s", train_csv, stats)
@@ -277,13 +277,13 @@ def last_epoch_loss(loss_csv) -> float | None:
 
 
 def write_card(brain: RewireBrain, hparams, folder: Path, train_set=None, argv=None) -> Path:
-    """The hub model card of the rewired encoder (see rewire_lib.model_card)."""
-    from rewire_lib.model_card import portable_command, portable_path, write_model_card
-    from rewire_lib.paths import REPO_ROOT
+    """The hub model card of the rewired encoder (see rewire_lib.rewiring.model_card)."""
+    from rewire_lib.files.paths import REPO_ROOT
+    from rewire_lib.rewiring.model_card import portable_command, portable_path, write_model_card
 
     out = Path(hparams["output_folder"])
     seconds = durations(train_set) if train_set is not None else []
-    # the run's result-changing settings (rewire_lib.run_stamp), the plain ones: objects are the recipe's YAML
+    # the run's result-changing settings (rewire_lib.training.run_stamp), the plain ones: objects are the recipe's YAML
     settings = {k: v for k, v in hparams.get("run_settings", {}).items() if "." not in k}
     settings["precision"] = getattr(brain, "precision", "fp32")
     settings["world_size"] = world_size()

@@ -17,7 +17,7 @@ length (Algorithm R), so memory is bounded by capacity x layers x dim x 4 bytes 
 (default cap `DEFAULT_MAX_VECTORS` = 20,000 vectors per layer, i.e. about 60 MB per layer at d=768).
 `measure_encoder(...)` runs an encoder over a manifest and returns one result row per (level, layer).
 
-Command line: `python -m rewire_lib.isotropy --help` (`cli.py` of this package, started by its
+Command line: `python -m rewire_lib.analysis.isotropy --help` (`cli.py` of this package, started by its
 `__main__.py`; the measures here never import the command line, so the two form no circle).
 """
 from __future__ import annotations
@@ -306,7 +306,7 @@ def _read_rows(manifest: ManifestRows, data_root: Optional[str] = None) -> List[
         if not path.read_bytes().strip():
             raise IsotropyError(f"manifest {path} is empty (no header, no rows): nothing to measure")
         try:
-            from rewire_lib.manifest import ManifestError, read_manifest
+            from rewire_lib.data.manifest import ManifestError, read_manifest
         except ImportError:  # fallback where the shared reader is absent
             read_manifest = None
         if read_manifest is not None:
@@ -358,7 +358,7 @@ def load_encoder(source, **options):
     """
     if not isinstance(source, (str, Path)):
         return source
-    from rewire_lib.encoder import EncoderLoadError, SpeechEncoder
+    from rewire_lib.models.encoder import EncoderLoadError, SpeechEncoder
 
     try:
         return SpeechEncoder.from_pretrained(source, **options)
@@ -403,8 +403,8 @@ def collect_vectors(encoder, rows: Sequence[dict], levels: Sequence[str], layers
     offers every valid frame (frame_mask) to the reservoir; utterance level the masked mean over frames.
     Unreadable audio files are skipped with a warning and counted.
     """
-    from rewire_lib.audio import load_audio
-    from rewire_lib.featurizer import masked_mean
+    from rewire_lib.data.audio import load_audio
+    from rewire_lib.models.featurizer import masked_mean
 
     if batch_size < 1:
         raise IsotropyError(f"batch size must be >= 1, got {batch_size}")

@@ -26,9 +26,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Dict, Iterable, List, Optional, Sequence
 
-from rewire_lib.atomic import atomic_write_json
-from rewire_lib.audio import read_mono
-from rewire_lib.manifest import read_manifest, resolve_wav
+from rewire_lib.data.audio import read_mono
+from rewire_lib.data.manifest import read_manifest, resolve_wav
+from rewire_lib.files.atomic import atomic_write_json
 
 SOURCE_WAVS = "source_wavs"  # manifest column: the recordings a constructed utterance was made from
 SOURCE_SEP = "|"  # between the paths of `source_wavs` (a space may be part of a path)

@@ -9,7 +9,7 @@ Views work on one 16 kHz waveform (a 1-D float tensor); batching is left to the 
   Each span starts uniformly in [0, len - span] (for 20% spans: in the first 80%). With several
   spans the starts are drawn independently, so spans MAY OVERLAP (then fewer samples are zeroed).
 - `NeutralView(tts_cache)`: anchor = the waveform, positive = the TTS rendering of its transcript
-  (`rewire_lib.tts.TTSCache`). With `half` = 0 / 1 (the utterance was halved by `LengthRules`),
+  (`rewire_lib.views.tts.TTSCache`). With `half` = 0 / 1 (the utterance was halved by `LengthRules`),
   the matching half of the rendering is used: `tts[:m // 2]` / `tts[m // 2:]`.
   A text without a rendering raises `MissingPositive` (the builder handles it, see below).
 - `MixedView(twin, neutral, p_neutral=0.5)`: draws u ~ U[0, 1) from the generator; neutral if
@@ -336,7 +336,7 @@ def make_pair_builder(view: str = "twin", *, seed: int = 0, mask_fraction: float
         chosen = twin
     else:
         if tts_cache is None:
-            from rewire_lib.tts import TTSCache, make_backend
+            from rewire_lib.views.tts import TTSCache, make_backend
 
             tts_cache = TTSCache(tts_cache_dir, make_backend(tts_backend, **(tts_settings or {})))
         neutral = NeutralView(tts_cache)

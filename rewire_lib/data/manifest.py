@@ -26,9 +26,9 @@ from typing import Dict, Iterable, List, Optional, Sequence, Tuple
 
 from tqdm import tqdm
 
-from rewire_lib.audio import AudioError, audio_info
-from rewire_lib.logs import atomic_write_csv
-from rewire_lib.outputs import output_error
+from rewire_lib.data.audio import AudioError, audio_info
+from rewire_lib.files.logs import atomic_write_csv
+from rewire_lib.files.outputs import output_error
 
 log = logging.getLogger(__name__)
 
@@ -54,7 +54,7 @@ SPLIT_FILES = {"train": ("train.csv",), "dev": ("dev.csv", "valid.csv"), "valid"
 
 def make_hint(path: os.PathLike) -> str:
     """The command that makes a manifest: the default data's, or a corpus preparer's."""
-    from rewire_lib.paths import data_dir
+    from rewire_lib.files.paths import data_dir
 
     try:
         Path(path).resolve().relative_to(data_dir().resolve())
@@ -78,7 +78,7 @@ def split_csv(data_folder: os.PathLike, split: str, must_exist: bool = True) -> 
     """The manifest of `split` in `data_folder`: `train.csv`, `test.csv`, and for "dev" (or "valid")
     `dev.csv` or else `valid.csv`. Missing: ManifestNotFoundError listing the names looked for (or, with
     `must_exist=False`, the first name, for a preparer that runs later). For YAML:
-    `valid_csv: !apply:rewire_lib.manifest.split_csv [!ref <data_folder>, dev]`."""
+    `valid_csv: !apply:rewire_lib.data.manifest.split_csv [!ref <data_folder>, dev]`."""
     names = SPLIT_FILES.get(split, (f"{split}.csv",))
     folder = Path(data_folder)
     for name in names:

@@ -33,7 +33,7 @@ from typing import Any, Dict
 
 from speechbrain.utils.distributed import ddp_barrier, run_on_main
 
-from rewire_lib.atomic import atomic_write_json
+from rewire_lib.files.atomic import atomic_write_json
 
 logger = logging.getLogger(__name__)
 

@@ -14,9 +14,9 @@ import speechbrain as sb
 import torch
 from hyperpyyaml import load_hyperpyyaml
 
-from rewire_lib.outputs import check_writable, output_error
-from rewire_lib.paths import REPO_ROOT
-from rewire_lib.run_stamp import result_settings
+from rewire_lib.files.outputs import check_writable, output_error
+from rewire_lib.files.paths import REPO_ROOT
+from rewire_lib.training.run_stamp import result_settings
 
 logger = logging.getLogger(__name__)
 
@@ -133,7 +133,7 @@ def load_hparams(hparams_file: str, overrides: str, run_opts: dict, schema: dict
     apply_num_threads(hparams.get("num_threads"), hparams_file)
     if (run_opts.get("device") or "cpu").startswith("cuda") and not torch.cuda.is_available():
         raise HparamsError("--device cuda was asked for but no GPU is visible; use --device cpu")
-    # every result-changing setting, derived once (rewire_lib.run_stamp): the stamp, result.json, model card
+    # every result-changing setting, derived once (rewire_lib.training.run_stamp): the stamp, result.json, model card
     hparams["run_settings"] = result_settings(text, override_dict, run_opts)
     return hparams, RunRecord(hparams_file, text, dict(override_dict))
 

@@ -1,6 +1,6 @@
-"""Command line of `rewire_lib.isotropy`: measure the isotropy of one or more encoders, per layer, and draw it.
+"""Command line of `rewire_lib.analysis.isotropy`: measure the isotropy of one or more encoders, per layer, and draw it.
 
-    python -m rewire_lib.isotropy --encoder BASE --encoder REWIRED --manifest data/fsdd/test.csv \\
+    python -m rewire_lib.analysis.isotropy --encoder BASE --encoder REWIRED --manifest data/fsdd/test.csv \\
         --level frame --out results/isotropy [--max-vectors 20000] [--seed 0] [--layers 0,4-6]
 
 Writes DIR/isotropy.json (settings + one row per encoder/level/layer), DIR/isotropy.csv (the same rows) and
@@ -17,8 +17,8 @@ import sys
 from pathlib import Path
 from typing import List, Optional, Sequence
 
-from rewire_lib.atomic import atomic_write_bytes
-from rewire_lib.isotropy import (DEFAULT_MAX_VECTORS, DEFAULT_PAIRS, DEFAULT_TOP_K, IsotropyError, _check_levels,
+from rewire_lib.files.atomic import atomic_write_bytes
+from rewire_lib.analysis.isotropy import (DEFAULT_MAX_VECTORS, DEFAULT_PAIRS, DEFAULT_TOP_K, IsotropyError, _check_levels,
                                  measure_encoder)
 
 logger = logging.getLogger(__name__)
@@ -75,7 +75,7 @@ def _short_names(encoders: Sequence[str]) -> dict:
 
 def plot(path: Path, rows: Sequence[dict], settings: dict) -> None:
     """One panel per measure vs layer index; one colour per encoder, one line style per level."""
-    from rewire_lib.logs import pyplot
+    from rewire_lib.files.logs import pyplot
 
     plt = pyplot()
 
@@ -116,7 +116,7 @@ def plot(path: Path, rows: Sequence[dict], settings: dict) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
-        prog="python -m rewire_lib.isotropy",
+        prog="python -m rewire_lib.analysis.isotropy",
         description="Isotropy (I(W), average cosine, IsoScore, top-PC share) of encoders, per layer.")
     p.add_argument("--encoder", action="append", required=True,
                    help="hub id or local folder; repeat to compare a base and its rewired versions")
@@ -146,8 +146,8 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Optional[Sequence[str]] = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    from rewire_lib.encoder import EncoderLoadError
-    from rewire_lib.outputs import check_writable, output_error
+    from rewire_lib.files.outputs import check_writable, output_error
+    from rewire_lib.models.encoder import EncoderLoadError
 
     try:
         _check_levels(args.level)

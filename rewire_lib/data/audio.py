@@ -6,7 +6,7 @@
   read by content, not by name.
 - `read_mono(path) -> (numpy float32 [samples], sample rate)`: the same checks and down-mix, no resampling.
 - `audio_info(path) -> AudioInfo(sample_rate, channels, frames, duration)` from the header only.
-- `write_audio(path, wav, sr)`: 16-bit PCM WAV, crash-safe (`rewire_lib.atomic`).
+- `write_audio(path, wav, sr)`: 16-bit PCM WAV, crash-safe (`rewire_lib.files.atomic`).
 
 Problems raise `AudioError` naming the file and the reason (missing, unreadable, truncated,
 empty, non-finite samples). Resampling and down-mixing are logged once per distinct source format.
@@ -22,7 +22,7 @@ from typing import NamedTuple, Union
 import numpy as np
 import soundfile as sf
 
-from rewire_lib.atomic import atomic_path
+from rewire_lib.files.atomic import atomic_path
 
 # torch is imported inside the functions that need it, so that light worker processes
 # (corpus synthesis) can write audio without paying for importing torch.

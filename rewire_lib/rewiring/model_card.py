@@ -16,7 +16,7 @@ from typing import Sequence
 
 import yaml
 
-from rewire_lib.atomic import atomic_write_text
+from rewire_lib.files.atomic import atomic_write_text
 
 VIEW_TEXT = {
     "twin": "twin pairs (the audio and a copy with a contiguous 20 % span zeroed)",
