@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from downstream_helpers import make_tiny_corpus, recipe_module
-from rewire_lib.logs import read_csv
+from rewire_lib.files.logs import read_csv
 from tests.test_downstream import run
 from tests.test_finetune import fast_env_log  # noqa: F401 (autouse: no pip freeze / git per run)
 
