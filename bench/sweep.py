@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Where a study's downstream run spends its time, beside a bound for each kind of time (issue 21).
+"""Where a study's downstream run spends its time, beside a bound for each kind of time.
 
     python bench/sweep.py                 # one group of runs per default task (pr, asr, ks, sid): base encoder, all seeds
     python bench/sweep.py --quick         # 2 seeds/folds, 30 steps, whole training sets only
@@ -15,7 +15,7 @@ group pays what a first study does.
 
 How time is attributed (nothing in the library is edited): well-chosen functions are wrapped with timers
 (`Attribution`, a stack: a call's time goes to the innermost wrapped call, so nested categories never count
-twice). Categories, then the issue's three kinds:
+twice). Categories, then three kinds of time:
 - features: the encoder's forward on cache misses, reading their audio, writing cache entries;
 - head training (the training loop): `Brain._fit_train` and `fit_batch` minus anything nested (dev passes,
   checkpoints, features): forward/backward/step, the data loader, feature-cache look-ups and padding;
@@ -410,7 +410,7 @@ def steps_trained(brain, batches: list) -> int:
 
 
 def split_run(r: dict, steps: int) -> dict:
-    """The issue's three kinds of time of one run, and its per-step cost."""
+    """The three kinds of time of one run, and its per-step cost."""
     cats = r["categories"]
     features = sum(cats.get(c, 0.0) for c in FEATURES)
     training = sum(cats.get(c, 0.0) for c in TRAINING)
@@ -454,7 +454,7 @@ def print_tables(result: dict) -> str:
 
 
 def verdict(results: List[dict]) -> str:
-    """The line the issue asks for last: the worst per-step ratio and the worst per-run fixed cost."""
+    """The last line printed: the worst per-step ratio and the worst per-run fixed cost."""
     worst_step = max(results, key=lambda r: r["step_over_bound"])
     worst_fixed = max(results, key=lambda r: r["median_fixed_s"])
     return (f"per-step cost / bound: max {worst_step['step_over_bound']:.2f} x ({worst_step['task']}); "

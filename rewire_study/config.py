@@ -17,7 +17,7 @@ TASKS = ["pr", "asr", "ks", "ic", "sid", "er"]
 DEFAULT_TASKS = ["pr", "asr", "ks", "sid"]
 VIEWS = ["twin", "neutral", "mixed"]
 BASE = "base"
-# Control encoder rows (issue 14 point 5): the base encoder's frozen features centred / whitened at the head's
+# Control encoder rows: the base encoder's frozen features centred / whitened at the head's
 # input (the downstream key `feature_transform`, fit on the training split), and a randomly initialised
 # encoder of the base's architecture (the floor).
 CONTROLS = {"centre": "base+centre", "whiten": "base+whiten", "random": "random"}

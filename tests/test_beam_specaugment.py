@@ -57,7 +57,7 @@ def test_without_specaugment_training_features_are_untouched(monkeypatch, ks, ti
 
 
 def test_beam_search_was_removed_and_asking_for_it_is_an_error(tmp_path, tiny_encoder_dir):
-    """Issue 12: beam search is tested or removed. It was removed (ASR decodes greedily, no language
+    """Beam search was removed (ASR decodes greedily, no language
     model); `--beam_size` must then be refused by name, not silently ignored."""
     argv = [str(REPO_ROOT / "recipes" / "asr" / "hparams" / "baseline.yaml"), "--encoder", str(tiny_encoder_dir),
             "--output_folder", str(tmp_path / "asr"), "--beam_size", "4"]

@@ -138,7 +138,7 @@ def test_freeze_cnn_decides_whether_the_convolutions_learn(ks, tiny_encoder_dir,
         assert cnn_weights <= cnn_changed, f"freeze_cnn false but not trained: {sorted(cnn_weights - cnn_changed)}"
 
 
-# ---------------------------------------------------------------------- stock configs (issue 12, section 1)
+# ---------------------------------------------------------------------- stock configs
 @pytest.mark.parametrize("family", STOCK_FAMILIES)
 def test_stock_config_encoder_runs_downstream_frozen_and_finetuned(ks, small_corpus, tmp_path, family):
     """Each family's library-default config (LayerDrop 0.5, SpecAugment masking, its CNN and position

@@ -1,4 +1,4 @@
-"""Required dependencies are present and their tests fail, never skip, without them (issue 13).
+"""Required dependencies are present and their tests fail, never skip, without them.
 
 Required: every package pinned in requirements.txt (eSpeak NG through espeakng-loader, soundfile,
 SpeechBrain, transformers, ...) and the committed encoder `pretrained/tiny-hubert`. Optional, and so

@@ -152,7 +152,7 @@ def _alive(pid: int) -> bool:
 
 
 def test_copied_study_is_resumed_and_sigterm_stops_its_workers(tiny_study, tmp_path, capsys):
-    """Issue 23: a study folder copied elsewhere keeps its rewired encoder and finished runs; SIGTERM to the
+    """A study folder copied elsewhere keeps its rewired encoder and finished runs; SIGTERM to the
     main process during the downstream stage leaves no worker alive; the same command then finishes."""
     tmp, _, encoder = tiny_study
     out = _copy_study(tiny_study, tmp_path / "moved")
@@ -197,7 +197,7 @@ def test_copied_study_is_resumed_and_sigterm_stops_its_workers(tiny_study, tmp_p
 
 
 def test_reused_study_folder_reports_only_this_invocations_data(tiny_study, tmp_path):
-    """Issue 23: a study folder reused on other data: the report's header, stage table and isotropy say which
+    """A study folder reused on other data: the report's header, stage table and isotropy say which
     invocation they come from, or leave the earlier one's numbers out."""
     tmp, _, encoder = tiny_study
     out = _copy_study(tiny_study, tmp_path / "reused")

@@ -52,7 +52,7 @@ def test_embedded_default_is_capped_user_folder_is_not(tmp_path):
     sizes = st.make_study_manifests(cfg)["sizes"]["ks"]
     assert (sizes["train"], sizes["dev"], sizes["test"]) == (400, 120, 120)
     assert sizes["preset"] == REAL and sizes["train_available"] == 400
-    # the budget: the recipe's 8 epochs x 13 steps of 32 over all 400 utterances, for every setting (issue 23)
+    # the budget: the recipe's 8 epochs x 13 steps of 32 over all 400 utterances, for every setting
     units = [u for *_, u in st.downstream_units(cfg)]
     assert {u.spec["setting"] for u in units} == {"all", "frac0.1"} and {u.spec["max_steps"] for u in units} == {104}
     argv = st.downstream_argv(cfg, units[-1])

@@ -1,4 +1,4 @@
-"""A study on the user's own data (issue 23), the fast pieces: a unit is known by content, not by where its
+"""A study on the user's own data, the fast pieces: a unit is known by content, not by where its
 files lie, and a finished rewired encoder is never deleted; a --data-folder task keeps its step budget at its
 smallest subset; --help, the seeds note, the recipes' thread setting and the memory sampler's cost.
 The end-to-end checks (a copied study folder, SIGTERM, a reused folder's report) are in test_run_all.py."""
