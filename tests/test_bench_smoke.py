@@ -164,3 +164,25 @@ def test_sweep_quick_smoke(bench_env, capsys):
     from rewire_lib.downstream.brain import DownstreamBrain
 
     assert not hasattr(DownstreamBrain.fit_batch, "__bench_original__")  # the timers are gone afterwards
+
+
+def test_compare_runs_pairs_result_files_and_names_the_first_difference(tmp_path, capsys):
+    from bench.compare_runs import main as compare_runs
+
+    result = {"task": "ks", "test_accuracy": 81.25, "best_dev_step": 45, "stop_reason": "patience",
+              "layer_weights": [0.5, 0.5], "wall_time_s": 3.0}
+    for side, wall in (("before", 3.0), ("after", 1.0)):  # timings may differ
+        for seed in (0, 1):
+            folder = tmp_path / side / "ks" / "base" / "all" / f"seed{seed}"
+            folder.mkdir(parents=True)
+            (folder / "result.json").write_text(json.dumps(dict(result, wall_time_s=wall)))
+    assert compare_runs([str(tmp_path / "before"), str(tmp_path / "after")]) == 0
+    assert "| ks | 2 | 0 | 0 |" in capsys.readouterr().out
+
+    changed = tmp_path / "after" / "ks" / "base" / "all" / "seed1" / "result.json"
+    changed.write_text(json.dumps(dict(result, layer_weights=[0.4, 0.6])))
+    assert compare_runs([str(tmp_path / "before"), str(tmp_path / "after")]) == 1
+    out = capsys.readouterr().out
+    assert "seed1: layer_weights.0 0.5 -> 0.4" in out and "DIFFERENT" in out
+    changed.unlink()
+    assert compare_runs([str(tmp_path / "before"), str(tmp_path / "after")]) == 1
