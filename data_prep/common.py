@@ -87,6 +87,16 @@ def is_done(save_folder: os.PathLike, fp: str) -> bool:
         return False
 
 
+def fingerprint_if_needed(save_folder: os.PathLike, force: bool, **kwargs) -> Optional[str]:
+    """The preparation's fingerprint (`fingerprint(**kwargs)`), or None when `save_folder` already holds a
+    finished preparation with it and `force` is off (logged): the preparer then returns at once."""
+    fp = fingerprint(**kwargs)
+    if not force and is_done(save_folder, fp):
+        log.info("%s: already prepared; skipping", save_folder)
+        return None
+    return fp
+
+
 def mark_done(save_folder: os.PathLike, fp: str, **info) -> None:
     atomic_write_text(Path(save_folder) / DONE_FILE,
                       json.dumps(dict(fingerprint=fp, **info), indent=1, sort_keys=True, default=str) + "\n")

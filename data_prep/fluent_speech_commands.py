@@ -16,8 +16,8 @@ from __future__ import annotations
 import csv
 from pathlib import Path
 
-from data_prep.common import (run_preparer, PrepError, finish, fingerprint, is_done, log, mark_done,
-                              require_dir, require_file)
+from data_prep.common import (fingerprint_if_needed, finish, mark_done, PrepError, require_dir, require_file,
+                              run_preparer)
 
 FILES = {"train": "train_data.csv", "dev": "valid_data.csv", "test": "test_data.csv"}
 COLUMNS = ("path", "speakerId", "transcription", "action", "object", "location")
@@ -46,9 +46,9 @@ def read_list(data_folder: Path, csv_path: Path, failures: list) -> list:
 def prepare(data_folder, save_folder, seed: int = 0, fractions=(0.1, 0.01), hours=(), force: bool = False) -> dict:
     data_folder = require_dir(data_folder, "Fluent Speech Commands")
     save_folder = Path(save_folder)
-    fp = fingerprint(corpus="fsc", data_folder=data_folder.resolve(), seed=seed, fractions=list(fractions), hours=list(hours))
-    if not force and is_done(save_folder, fp):
-        log.info("%s: already prepared; skipping", save_folder)
+    fp = fingerprint_if_needed(save_folder, force, corpus="fsc", data_folder=data_folder.resolve(), seed=seed,
+                               fractions=list(fractions), hours=list(hours))
+    if fp is None:
         return {}
     failures, splits = [], {}
     for name, fname in FILES.items():

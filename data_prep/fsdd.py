@@ -16,8 +16,8 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from data_prep.common import (run_preparer, PrepError, finish, fingerprint, group_split, is_done,
-                              log, mark_done, require_dir)
+from data_prep.common import (fingerprint_if_needed, finish, group_split, log, mark_done, PrepError, require_dir,
+                              run_preparer)
 from rewire_lib.files.paths import shared_data_dir
 
 DIGITS = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine")
@@ -32,9 +32,9 @@ def prepare(data_folder, save_folder, seed: int = 0, fractions=(0.1, 0.01), hour
     data_folder = require_dir(data_folder, "FSDD")
     rec = require_dir(data_folder / "recordings", "FSDD recordings (expected <data_folder>/recordings)")
     save_folder = Path(save_folder)
-    fp = fingerprint(corpus="fsdd", data_folder=data_folder.resolve(), seed=seed, fractions=list(fractions), hours=list(hours))
-    if not force and is_done(save_folder, fp):
-        log.info("%s: already prepared; skipping", save_folder)
+    fp = fingerprint_if_needed(save_folder, force, corpus="fsdd", data_folder=data_folder.resolve(), seed=seed,
+                               fractions=list(fractions), hours=list(hours))
+    if fp is None:
         return {}
     rows, failures = [], []
     for path in sorted(rec.iterdir()):

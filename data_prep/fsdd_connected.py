@@ -36,8 +36,8 @@ from typing import Dict, List, Sequence
 
 import numpy as np
 
-from data_prep.common import (run_preparer, PrepError, finish, fingerprint, group_split, is_done, log, mark_done,
-                              require_dir, validate_entries)
+from data_prep.common import (fingerprint_if_needed, finish, group_split, log, mark_done, PrepError, require_dir,
+                              run_preparer, validate_entries)
 from data_prep.fsdd import DIGITS, NAME
 from rewire_lib.data.audio import AudioError, load_audio, write_audio
 from rewire_lib.data.leakage import SOURCE_SEP
@@ -175,11 +175,11 @@ def prepare(data_folder, save_folder, seed: int = 0, fractions=(0.1, 0.01), hour
         raise PrepError(f"--digits: MIN MAX with 1 <= MIN <= MAX expected, got {list(digits)}")
     if not 0 <= gap[0] <= gap[1]:
         raise PrepError(f"--gap: MIN MAX seconds with 0 <= MIN <= MAX expected, got {list(gap)}")
-    fp = fingerprint(corpus="fsdd_connected", version=VERSION, data_folder=data_folder.resolve(), seed=seed,
-                     fractions=list(fractions), hours=list(hours), per_speaker=per_speaker,
-                     dev_utterances=dev_utterances, digits=list(digits), gap=list(gap))
-    if not force and is_done(save_folder, fp):
-        log.info("%s: already prepared; skipping", save_folder)
+    fp = fingerprint_if_needed(save_folder, force, corpus="fsdd_connected", version=VERSION,
+                               data_folder=data_folder.resolve(), seed=seed, fractions=list(fractions),
+                               hours=list(hours), per_speaker=per_speaker, dev_utterances=dev_utterances,
+                               digits=list(digits), gap=list(gap))
+    if fp is None:
         return {}
     failures: list = []
     index = index_recordings(rec, failures)

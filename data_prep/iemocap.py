@@ -17,8 +17,7 @@ import re
 from collections import Counter
 from pathlib import Path
 
-from data_prep.common import (run_preparer, PrepError, finish, fingerprint, is_done, log, mark_done,
-                              require_dir)
+from data_prep.common import (fingerprint_if_needed, finish, log, mark_done, PrepError, require_dir, run_preparer)
 from rewire_lib.data.manifest import validate_entries
 from rewire_lib.data.subsets import nested_subset
 
@@ -51,9 +50,9 @@ def read_session(data_folder: Path, k: int, failures: list, excluded: Counter) -
 def prepare(data_folder, save_folder, seed: int = 0, fractions=(0.1, 0.01), hours=(), force: bool = False) -> dict:
     data_folder = require_dir(data_folder, "IEMOCAP")
     save_folder = Path(save_folder)
-    fp = fingerprint(corpus="iemocap", data_folder=data_folder.resolve(), seed=seed, fractions=list(fractions), hours=list(hours))
-    if not force and is_done(save_folder, fp):
-        log.info("%s: already prepared; skipping", save_folder)
+    fp = fingerprint_if_needed(save_folder, force, corpus="iemocap", data_folder=data_folder.resolve(), seed=seed,
+                               fractions=list(fractions), hours=list(hours))
+    if fp is None:
         return {}
     failures, excluded, rows = [], Counter(), []
     for k in range(1, 6):

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from data_prep.common import (PrepError, finish, fingerprint, group_split, is_done, log, mark_done, require_dir,
+from data_prep.common import (fingerprint_if_needed, finish, group_split, log, mark_done, PrepError, require_dir,
                               run_preparer)
 
 SPLITS = {"train": ("train-clean-100",), "dev": ("dev-clean",), "test": ("test-clean",)}
@@ -107,10 +107,10 @@ def prepare(data_folder, save_folder, seed: int = 0, fractions=(0.1, 0.01), hour
         splits = {"all": tuple(found)}
     splits = splits or SPLITS
     save_folder = Path(save_folder)
-    fp = fingerprint(corpus="librispeech", data_folder=data_folder.resolve(), seed=seed, fractions=list(fractions),
-                     hours=list(hours), phonemes=phonemes, splits=splits, speaker_ratios=by_speaker and SPEAKER_RATIOS)
-    if not force and is_done(save_folder, fp):
-        log.info("%s: already prepared; skipping", save_folder)
+    fp = fingerprint_if_needed(save_folder, force, corpus="librispeech", data_folder=data_folder.resolve(), seed=seed,
+                               fractions=list(fractions), hours=list(hours), phonemes=phonemes, splits=splits,
+                               speaker_ratios=by_speaker and SPEAKER_RATIOS)
+    if fp is None:
         return {}
     failures, out = [], {}
     for name, parts in splits.items():

@@ -50,8 +50,8 @@ from collections import Counter, defaultdict
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence, Tuple
 
-from data_prep.common import (run_preparer, PrepError, finish, fingerprint, group_split, is_done, log, mark_done,
-                              require_dir, require_file)
+from data_prep.common import (fingerprint_if_needed, finish, group_split, log, mark_done, PrepError, require_dir,
+                              require_file, run_preparer)
 from rewire_lib.data.manifest import validate_entries
 
 SPLITS = ("train", "dev", "test")
@@ -302,15 +302,14 @@ def prepare(data_folder, save_folder, seed: int = 0, fractions=(0.1, 0.01), hour
     if other:
         log.info("%s: ignored %d file(s) with other extensions: %s", data_folder, sum(other.values()),
                  ", ".join(f"{e} ({n})" for e, n in other.most_common()))
-    fp = fingerprint(corpus="own_folder", data_folder=data_folder, seed=seed, fractions=list(fractions),
-                     hours=list(hours), labels=labels, transcripts=transcripts, speaker=speaker,
-                     split_ratios=list(split_ratios), extensions=list(extensions), relative_paths=relative_paths,
-                     **new_options(mapping, how, speaker),
-                     listing=_listing_digest(files, [spec.partition(":")[2] for spec in (labels, speaker)
-                                                     if spec and spec.partition(":")[0] in ("csv", "kaldi")]
-                                             + ([transcripts] if transcripts else [])))
-    if not force and is_done(save_folder, fp):
-        log.info("%s: already prepared; skipping", save_folder)
+    listed = [spec.partition(":")[2] for spec in (labels, speaker)
+              if spec and spec.partition(":")[0] in ("csv", "kaldi")]
+    fp = fingerprint_if_needed(save_folder, force, corpus="own_folder", data_folder=data_folder, seed=seed,
+                               fractions=list(fractions), hours=list(hours), labels=labels, transcripts=transcripts,
+                               speaker=speaker, split_ratios=list(split_ratios), extensions=list(extensions),
+                               relative_paths=relative_paths, **new_options(mapping, how, speaker),
+                               listing=_listing_digest(files, listed + ([transcripts] if transcripts else [])))
+    if fp is None:
         return {}
     failures: list = []
     label_of = collect(label_source, "label", files, failures)

@@ -16,8 +16,8 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from data_prep.common import (run_preparer, PrepError, finish, fingerprint, group_split, is_done,
-                              log, mark_done, require_dir)
+from data_prep.common import (fingerprint_if_needed, finish, group_split, mark_done, PrepError, require_dir,
+                              run_preparer)
 from rewire_lib.files.paths import shared_data_dir
 
 KEYWORDS = ("yes", "no", "up", "down", "left", "right", "on", "off", "stop", "go")
@@ -34,10 +34,9 @@ def _audio_files(folder: Path):
 def prepare(data_folder, save_folder, seed: int = 0, fractions=(0.1, 0.01), hours=(), force: bool = False) -> dict:
     data_folder = require_dir(data_folder, "Speech Commands test set")
     save_folder = Path(save_folder)
-    fp = fingerprint(corpus="speech_commands_test", data_folder=data_folder.resolve(), seed=seed,
-                     fractions=list(fractions), hours=list(hours))
-    if not force and is_done(save_folder, fp):
-        log.info("%s: already prepared; skipping", save_folder)
+    fp = fingerprint_if_needed(save_folder, force, corpus="speech_commands_test", data_folder=data_folder.resolve(),
+                               seed=seed, fractions=list(fractions), hours=list(hours))
+    if fp is None:
         return {}
     missing = [c for c in CLASSES if not (data_folder / c).is_dir()]
     if missing:

@@ -18,8 +18,8 @@ from __future__ import annotations
 import random
 from pathlib import Path
 
-from data_prep.common import (run_preparer, PrepError, finish, fingerprint, is_done, log, mark_done,
-                              require_dir, require_file)
+from data_prep.common import (fingerprint_if_needed, finish, mark_done, PrepError, require_dir, require_file,
+                              run_preparer)
 
 KEYWORDS = ("yes", "no", "up", "down", "left", "right", "on", "off", "stop", "go")
 SILENCE_RATIOS = (0.8, 0.1, 0.1)
@@ -83,10 +83,10 @@ def prepare(data_folder, save_folder, seed: int = 0, fractions=(0.1, 0.01), hour
             force: bool = False) -> dict:
     data_folder = require_dir(data_folder, "Speech Commands v1")
     save_folder = Path(save_folder)
-    fp = fingerprint(corpus="speech_commands_v1", data_folder=data_folder.resolve(), seed=seed, fractions=list(fractions),
-                     hours=list(hours), test_folder=str(Path(test_folder).resolve()) if test_folder else None)
-    if not force and is_done(save_folder, fp):
-        log.info("%s: already prepared; skipping", save_folder)
+    fp = fingerprint_if_needed(save_folder, force, corpus="speech_commands_v1", data_folder=data_folder.resolve(),
+                               seed=seed, fractions=list(fractions), hours=list(hours),
+                               test_folder=str(Path(test_folder).resolve()) if test_folder else None)
+    if fp is None:
         return {}
     lists = {}
     for name, fname in (("dev", "validation_list.txt"), ("test", "testing_list.txt")):

@@ -12,8 +12,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from data_prep.common import (run_preparer, PrepError, finish, fingerprint, is_done, log, mark_done,
-                              require_dir, require_file)
+from data_prep.common import (fingerprint_if_needed, finish, mark_done, PrepError, require_dir, require_file,
+                              run_preparer)
 
 SPLIT_IDS = {"1": "train", "2": "dev", "3": "test"}
 
@@ -24,10 +24,10 @@ def prepare(data_folder, save_folder, seed: int = 0, fractions=(0.1, 0.01), hour
     wav_dir = require_dir(data_folder / "wav", "VoxCeleb1 audio (expected <data_folder>/wav)")
     split_file = require_file(split_file or data_folder / "iden_split.txt", "VoxCeleb1 identification split")
     save_folder = Path(save_folder)
-    fp = fingerprint(corpus="voxceleb1", data_folder=data_folder.resolve(), split_file=str(Path(split_file).resolve()),
-                     seed=seed, fractions=list(fractions), hours=list(hours))
-    if not force and is_done(save_folder, fp):
-        log.info("%s: already prepared; skipping", save_folder)
+    fp = fingerprint_if_needed(save_folder, force, corpus="voxceleb1", data_folder=data_folder.resolve(),
+                               split_file=str(Path(split_file).resolve()), seed=seed, fractions=list(fractions),
+                               hours=list(hours))
+    if fp is None:
         return {}
     failures, splits = [], {"train": [], "dev": [], "test": []}
     for n, line in enumerate(split_file.read_text().splitlines(), 1):
