@@ -9,23 +9,10 @@ import sys
 import pytest
 
 from downstream_helpers import assert_loads_without_code, make_tiny_corpus, run_task
+from kill_helpers import killed_at_step_script
 from rewire_lib.files.logs import read_csv
 from rewire_lib.files.paths import REPO_ROOT
 
-KILL_AT_STEP = """
-import os, signal, sys
-sys.path.insert(0, {root!r}); sys.path.insert(0, {tests!r})
-import torch; torch.set_num_threads(1)
-from rewire_lib.downstream.brain import DownstreamBrain
-from downstream_helpers import run_task
-fit_batch = DownstreamBrain.fit_batch
-def dying_fit_batch(self, batch):
-    if self.optimizer_step == {kill_at}:
-        os.kill(os.getpid(), signal.SIGKILL)
-    return fit_batch(self, batch)
-DownstreamBrain.fit_batch = dying_fit_batch
-run_task({task!r}, {argv!r})
-"""
 
 
 @pytest.mark.parametrize("task", ["ks"])
@@ -39,8 +26,9 @@ def test_downstream_killed_mid_epoch_resumes_to_the_same_final_metrics(task, tmp
 
     straight = run_task(task, argv(tmp_path / "straight"))
     # killed at step 7 (epoch 2, 1 step in); its last checkpoint is from step 4 (mid-epoch 1)
-    code = KILL_AT_STEP.format(root=str(REPO_ROOT), tests=str(REPO_ROOT / "tests"), kill_at=7, task=task,
-                               argv=argv(tmp_path / "killed"))
+    call = f"from downstream_helpers import run_task; run_task({task!r}, {argv(tmp_path / 'killed')!r})"
+    code = killed_at_step_script("rewire_lib.downstream.brain.DownstreamBrain", call, kill_at=7,
+                                 paths=[str(REPO_ROOT), str(REPO_ROOT / "tests")], threads=1)
     proc = subprocess.run([sys.executable, "-c", code], cwd=REPO_ROOT, capture_output=True, text=True, timeout=300)
     assert proc.returncode == -signal.SIGKILL, proc.stderr[-2000:]
     assert not (tmp_path / "killed" / "result.json").exists()

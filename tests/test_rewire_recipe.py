@@ -12,6 +12,7 @@ from transformers import AutoModel
 from rewire_lib.files.paths import REPO_ROOT
 from rewire_lib.models.encoder import SpeechEncoder
 from rewire_lib.rewiring.brain import RewireBrain
+from tests.kill_helpers import killed_at_step_script
 from tests.rewire_helpers import fsdd_manifest, load_train_module
 
 HPARAMS = REPO_ROOT / "recipes" / "rewire" / "hparams"
@@ -71,19 +72,6 @@ def test_saved_encoder_reproduces_the_trained_outputs_exactly(tmp_path, tiny_enc
         assert torch.equal(trained(wavs, lens).hidden_states, loaded(wavs, lens).hidden_states)
 
 
-KILL_AT_STEP = """
-import os, signal, sys
-sys.path.insert(0, {root!r})
-from rewire_lib.rewiring.brain import RewireBrain
-from tests.rewire_helpers import load_train_module
-fit_batch = RewireBrain.fit_batch
-def dying_fit_batch(self, batch):
-    if self.optimizer_step == {kill_at}:
-        os.kill(os.getpid(), signal.SIGKILL)
-    return fit_batch(self, batch)
-RewireBrain.fit_batch = dying_fit_batch
-load_train_module("rewire").main({args!r})
-"""
 
 
 def test_run_killed_mid_epoch_resumes_and_ends_like_an_uninterrupted_run(tmp_path, tiny_encoder_dir):
@@ -93,7 +81,9 @@ def test_run_killed_mid_epoch_resumes_and_ends_like_an_uninterrupted_run(tmp_pat
     straight = recipe.main(_args("twin", tiny_encoder_dir, manifest, tmp_path / "straight", *extra))
 
     args = _args("twin", tiny_encoder_dir, manifest, tmp_path / "killed", *extra)
-    code = KILL_AT_STEP.format(root=str(REPO_ROOT), kill_at=7, args=args)
+    code = killed_at_step_script("rewire_lib.rewiring.brain.RewireBrain",
+                                 f"from tests.rewire_helpers import load_train_module; "
+                                 f"load_train_module('rewire').main({args!r})", kill_at=7, paths=[str(REPO_ROOT)])
     proc = subprocess.run([sys.executable, "-c", code], cwd=REPO_ROOT, capture_output=True, text=True)
     assert proc.returncode == -signal.SIGKILL, proc.stderr[-2000:]
     assert not (tmp_path / "killed" / "encoder").exists()
