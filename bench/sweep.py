@@ -187,16 +187,18 @@ def attribute_time(patches: Patches, tasks: List[str]) -> None:
                            (D, "raw_encoder_states", "feature lookup"), (D, "_run_encoder", "features"),
                            (feature_cache.FeatureCache, "put", "features"),
                            (D, "evaluate_dev_and_checkpoint", "dev passes"), (D, "evaluate", "test pass"),
-                           (Checkpointer, "save_and_keep_only", "checkpoints"),
+                           (D, "save_checkpoint", "checkpoints"),
                            (Checkpointer, "recover_if_possible", "checkpoints"),
                            (D, "write_result", "result files"), (logs.CSVLog, "append", "result files")):
         patches.method(cls, name, cat)
-    patches._set(feature_cache.FeatureCache, "get", disk_reads_as_features(feature_cache.FeatureCache.get, patches))
+    patches._set(feature_cache.FeatureCache, "get_stored",
+                 disk_reads_as_features(feature_cache.FeatureCache.get_stored, patches))
 
 
 def disk_reads_as_features(get: Callable, patches: Patches) -> Callable:
-    """FeatureCache.get: a read from the disk cache (the entry is not in memory yet, e.g. ASR reading what PR's
-    group wrote) is feature extraction; a memory hit stays with its caller (a training step, a dev pass)."""
+    """FeatureCache.get_stored (what `get` and the Brain read through): a read from the disk cache (the entry is
+    not in memory yet, e.g. ASR reading what PR's group wrote) is feature extraction; a memory hit stays with its
+    caller (a training step, a dev pass)."""
     timed = patches._timed(get, "features")
 
     @functools.wraps(get)
