@@ -4,7 +4,7 @@ A speed-up of the downstream run must not change what it computes. `bench/sweep.
 checkout before the change and once after (each with its own REWIRE_BENCH_WORK), leaves two trees of run
 folders made by the same study units; this script pairs their result.json files by relative path and prints,
 per task, how many runs were compared and the largest difference of any number in them (the test metric, the
-best dev metric and step, the steps run and why they stopped, the layer weights), leaving out timings.
+best dev metric and step, the steps run and why they stopped, the layer weights), leaving out timings and paths.
 
     python bench/compare_runs.py BEFORE/study-out/study/runs AFTER/study-out/study/runs
 
@@ -19,7 +19,10 @@ import sys
 from pathlib import Path
 from typing import Dict, Iterator, Tuple
 
-TIMINGS = {"wall_time_s", "epoch_times_s", "feature_cache", "train_csv_used", "settings"}
+# timings, and locations: two checkouts hold the same encoder and data under other paths (the encoder fingerprint
+# hashes the model config, whose `_name_or_path` is the folder the encoder was loaded from)
+IGNORED = {"wall_time_s", "epoch_times_s", "feature_cache", "train_csv_used", "settings", "encoder",
+           "encoder_fingerprint"}
 
 
 def numbers(value, prefix: str = "") -> Iterator[Tuple[str, object]]:
@@ -53,8 +56,8 @@ def compare(before: Path, after: Path) -> Dict[str, dict]:
         if rel not in found or rel not in made:
             row["missing"].append(str(rel))
             continue
-        a = dict(numbers({k: v for k, v in json.loads(found[rel].read_text()).items() if k not in TIMINGS}))
-        b = dict(numbers({k: v for k, v in json.loads(made[rel].read_text()).items() if k not in TIMINGS}))
+        a = dict(numbers({k: v for k, v in json.loads(found[rel].read_text()).items() if k not in IGNORED}))
+        b = dict(numbers({k: v for k, v in json.loads(made[rel].read_text()).items() if k not in IGNORED}))
         row["runs"] += 1
         for key in sorted(set(a) | set(b)):
             diff = difference(a.get(key), b.get(key))

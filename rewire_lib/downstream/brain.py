@@ -18,8 +18,8 @@ What every task shares lives here; what a task is (its `compute_forward`, `compu
   new best dev metric and at the end of training (at every evaluation with `checkpoint_every_eval`); at
   most two are kept: the best (the test pass loads it) and the latest (a killed run resumes there and
   replays the same steps, so its result is that of an unbroken run).
-- With a frozen encoder the dev set's batches and their padded features are held in memory after the
-  first evaluation (`hold_dev_features`): the later evaluations run the head alone.
+- With a frozen encoder the dev set's padded features are held in memory after the first evaluation
+  (`hold_dev_features`): the later evaluations run the head alone.
 - Stopping: `patience` N stops training after N dev evaluations in a row without a new best (`is_new_best`),
   so a run ends converged instead of at an arbitrary budget; `max_steps` is the cap and `number_of_epochs`
   the other limit. result.json says which ended the run (`stop_reason`: patience | cap | epochs). The
@@ -505,9 +505,9 @@ class DownstreamBrain(NonFiniteGuard, ShardedBatchesDDP, sb.Brain):
         if self.dev_set is None:
             return {self.metric: math.nan, "loss": math.nan}
         if not hasattr(self, "_dev_loader"):
+            # iterated anew each time even with held features: starting a DataLoader's iterator draws from the
+            # global RNG, and a training run's later random draws (dropout, SpecAugment) must not depend on it
             self._dev_loader = sb.dataio.dataloader.make_dataloader(self.dev_set, **self.eval_loader_kwargs(self.dev_set))
-            if self.held_dev is not None:  # the same batches every time: collated once
-                self._dev_loader = list(self._dev_loader)
         was_training = self.modules.training
         self.modules.eval()
         self.on_stage_start(sb.Stage.VALID, self._epoch)
