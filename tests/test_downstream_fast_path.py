@@ -88,3 +88,11 @@ def test_a_killed_fast_run_resumes_to_the_unbroken_result(tiny_encoder_dir, corp
         without_timings(read_csv(tmp_path / "unbroken" / "curve.csv"))
     saved = json.loads((tmp_path / "killed" / "result.json").read_text())
     assert saved["steps"] == 12 and saved["stop_reason"] == "cap"
+
+
+@pytest.mark.parametrize("key", ["checkpoint_every_eval", "hold_dev_features", "plots"])
+def test_a_switch_that_is_not_true_or_false_is_refused_by_name(key, tiny_encoder_dir, corpus, tmp_path):
+    from rewire_lib.training.recipe import HparamsError
+
+    with pytest.raises(HparamsError, match=rf"'{key}' must be bool, got 'sometimes'"):
+        run("ks", tiny_encoder_dir, corpus, tmp_path / "out", "--max_steps", "2", f"--{key}", "sometimes")
