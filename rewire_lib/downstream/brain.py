@@ -255,7 +255,7 @@ class DownstreamBrain(NonFiniteGuard, ShardedBatchesDDP, sb.Brain):
         if not self.encoder_trainable:
             self.encoder_module.eval()
         self.checkpoint_every_eval = bool(hparams.get("checkpoint_every_eval", False))
-        # the dev batches and their encoder states, kept after the first evaluation (frozen encoder only)
+        # each dev batch's encoder states (by utterance ids), kept after the first evaluation (frozen encoder only)
         self.held_dev: Optional[dict] = {} if hparams.get("hold_dev_features", True) and not self.encoder_trainable \
             else None
         self._best_checkpoint_dir: Optional[Path] = None
