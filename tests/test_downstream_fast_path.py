@@ -3,7 +3,11 @@
 Fast (the default): a checkpoint only at each new best dev metric and at the end, at most two kept; the dev
 batches' padded features held in memory after the first evaluation. Slow: `--checkpoint_every_eval
 true --hold_dev_features false` (a checkpoint at every evaluation, the dev features rebuilt each time), which
-is what every run did before. Same seed, same data: every number but the timings must be the same."""
+is what every run did before. Same seed, same data: every number but the timings must be the same.
+
+Pooled states (`pool_before_head`, heads that pool first): the layer weights and the head run on each utterance's
+per-layer mean, computed once, instead of on its frames every step: the same linear arithmetic in another order,
+so the run equals the frame-level one up to float rounding (same steps, stop, predictions; losses to 1e-5)."""
 import json
 
 import pytest
@@ -43,7 +47,7 @@ def test_fast_path_equals_the_slow_path_run_for_run(task, yaml, tiny_encoder_dir
     """PR on its connected-digit hparams has dropout: training draws from the RNG after every dev pass, so a
     fast path that drew less (or more) from it than the slow one would change the run."""
     budget = ("--max_steps", "12", "--number_of_epochs", "100", "--eval_every_steps", "2", "--patience", "3",
-              "--lr", "0.01", "--batch_size", "4")
+              "--lr", "0.01", "--batch_size", "4", "--pool_before_head", "false")  # frames: dev reads are counted
     fast = run(task, tiny_encoder_dir, corpus, tmp_path / "fast", *budget, yaml=yaml)
     slow = run(task, tiny_encoder_dir, corpus, tmp_path / "slow", *budget, *SLOW, yaml=yaml)
     assert fast["steps"] >= 4
@@ -90,7 +94,56 @@ def test_a_killed_fast_run_resumes_to_the_unbroken_result(tiny_encoder_dir, corp
     assert saved["steps"] == 12 and saved["stop_reason"] == "cap"
 
 
-@pytest.mark.parametrize("key", ["checkpoint_every_eval", "hold_dev_features", "plots"])
+def feature_reads(result):
+    return result["feature_cache"]["hits"] + result["feature_cache"]["misses"]
+
+
+def close(a, b, tol=1e-5):
+    return abs(float(a) - float(b)) <= tol * max(1.0, abs(float(a)))
+
+
+def split_rows(corpus):
+    return {s: len(read_csv(corpus / f"{s}.csv")) for s in ("train", "dev", "test")}
+
+
+@pytest.mark.parametrize("task,extra", [("ks", ()), ("ks", ("--feature_transform", "whiten")), ("sid", ()),
+                                        ("ic", ())])
+def test_pooled_states_give_the_frame_level_run(task, extra, tiny_encoder_dir, corpus, tmp_path):
+    budget = ("--max_steps", "12", "--number_of_epochs", "100", "--eval_every_steps", "2", "--patience", "3",
+              "--lr", "0.01", "--batch_size", "4", *extra)
+    pooled = run(task, tiny_encoder_dir, corpus, tmp_path / "pooled", *budget)
+    frames = run(task, tiny_encoder_dir, corpus, tmp_path / "frames", *budget, "--pool_before_head", "false")
+    metric = pooled["metric"]
+    same = ("steps", "stop_reason", "best_dev_step", f"best_dev_{metric}", f"test_{metric}", "num_train")
+    assert {k: pooled[k] for k in same} == {k: frames[k] for k in same}
+    assert pooled["steps"] >= 4 and close(pooled["test_loss"], frames["test_loss"])
+    assert close(pooled["best_dev_loss"], frames["best_dev_loss"])
+    assert (tmp_path / "pooled" / "test_predictions.csv").read_text() == \
+        (tmp_path / "frames" / "test_predictions.csv").read_text()
+    rows_p, rows_f = read_csv(tmp_path / "pooled" / "curve.csv"), read_csv(tmp_path / "frames" / "curve.csv")
+    assert [r["step"] for r in rows_p] == [r["step"] for r in rows_f]
+    for rp, rf in zip(rows_p, rows_f):
+        assert rp[f"dev_{metric}"] == rf[f"dev_{metric}"]
+        assert close(rp["train_loss"], rf["train_loss"]) and close(rp["dev_loss"], rf["dev_loss"])
+    head_p, head_f = best_checkpoint_head(tmp_path / "pooled"), best_checkpoint_head(tmp_path / "frames")
+    assert all(torch.allclose(head_p[k], head_f[k], atol=1e-5) for k in head_p)
+    # the pooled run read each utterance's frames once (the whitener's fit reads the training split once more);
+    # the frame-level run read a batch's frames at every step
+    n = split_rows(corpus)
+    fits = n["train"] if extra else 0
+    assert feature_reads(pooled) == n["train"] + n["dev"] + n["test"] + fits
+    assert feature_reads(frames) == pooled["steps"] * 4 + n["dev"] + n["test"] + fits > feature_reads(pooled)
+
+
+def test_training_crops_keep_the_frames(tiny_encoder_dir, corpus, tmp_path):
+    """SID's crops pick frames while training: that stage cannot read pooled states (dev and test still do)."""
+    result = run("sid", tiny_encoder_dir, corpus, tmp_path / "crop", "--max_steps", "8", "--number_of_epochs", "100",
+                 "--eval_every_steps", "4", "--batch_size", "4", "--train_crop_seconds", "0.2")
+    n = split_rows(corpus)
+    assert feature_reads(result) == 8 * 4 + n["dev"] + n["test"]
+
+
+@pytest.mark.parametrize("key", ["checkpoint_every_eval", "hold_dev_features", "pool_before_head", "plots"])
 def test_a_switch_that_is_not_true_or_false_is_refused_by_name(key, tiny_encoder_dir, corpus, tmp_path):
     from rewire_lib.training.recipe import HparamsError
 

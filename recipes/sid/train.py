@@ -32,6 +32,10 @@ class SpeakerIdentificationBrain(UtteranceClassifierBrain):
     """Utterance classification as KS and ER do it (rewire_lib/downstream/classification.py:
     compute_objectives = cross-entropy, accuracy on dev/test), with SUPERB's training crops."""
 
+    def frame_level(self, stage) -> bool:
+        """A training crop picks frames: the crop's stage reads frames, not pooled states."""
+        return super().frame_level(stage) or (stage == sb.Stage.TRAIN and bool(self.hparams.train_crop_seconds))
+
     def compute_forward(self, batch, stage):
         feats, mask = self.layer_features(batch, stage)  # [B, T, D] weighted layers, frame mask [B, T]
         if stage == sb.Stage.TRAIN and self.hparams.train_crop_seconds:

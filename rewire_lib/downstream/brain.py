@@ -20,6 +20,11 @@ What every task shares lives here; what a task is (its `compute_forward`, `compu
   replays the same steps, so its result is that of an unbroken run).
 - With a frozen encoder the dev set's padded features are held in memory after the first evaluation
   (`hold_dev_features`): the later evaluations run the head alone.
+- A head that pools first (`pools_first`: KS, SID, ER, IC) over a frozen, cached encoder reads pooled states
+  (`pool_before_head`): each utterance's per-layer mean over its frames, computed once and held. The weighted
+  layer sum, the centre/whiten transform and the mean over frames are all linear, so pooling first computes
+  the same numbers in another order (equal up to float rounding) on [B, D] vectors instead of [B, T, D]
+  frames. A stage that changes frames (SpecAugment, SID's training crops: `frame_level`) keeps the frames.
 - Stopping: `patience` N stops training after N dev evaluations in a row without a new best (`is_new_best`),
   so a run ends converged instead of at an arbitrary budget; `max_steps` is the cap and `number_of_epochs`
   the other limit. result.json says which ended the run (`stop_reason`: patience | cap | epochs). The
@@ -258,6 +263,9 @@ class DownstreamBrain(NonFiniteGuard, ShardedBatchesDDP, sb.Brain):
         # each dev batch's encoder states (by utterance ids), kept after the first evaluation (frozen encoder only)
         self.held_dev: Optional[dict] = {} if hparams.get("hold_dev_features", True) and not self.encoder_trainable \
             else None
+        # each utterance's pooled states [L+1, D] by (stage, id), for a pooling-first head (`pooled_states`)
+        self.held_pooled: Optional[dict] = {} if hparams.get("pool_before_head", True) and self.cache is not None \
+            and getattr(unwrap_ddp(modules["head"]), "pools_first", False) else None
         self._best_checkpoint_dir: Optional[Path] = None
         self._last_meta: Optional[dict] = None
         self._saved_step = -1
@@ -292,15 +300,38 @@ class DownstreamBrain(NonFiniteGuard, ShardedBatchesDDP, sb.Brain):
         hidden = out.hidden_states * out.frame_mask[None, :, :, None].to(out.hidden_states.dtype)
         return hidden, out.frame_mask
 
+    def frame_level(self, stage) -> bool:
+        """Whether `stage` changes individual frames before the head pools them (then it cannot read pooled
+        states): SpecAugment while training; a recipe with more (SID's crops) extends this."""
+        return stage == sb.Stage.TRAIN and bool(self.hparams.specaugment)
+
     def encoder_states(self, batch, stage):
         """All hidden states [L+1, B, T, D] (zero on padded frames; centred/whitened with
-        `feature_transform`) and the frame mask [B, T]; a dev batch's from memory after its first evaluation."""
+        `feature_transform`) and the frame mask [B, T]; a dev batch's from memory after its first evaluation.
+        For a pooling-first head: pooled states [L+1, B, 1, D] and an all-true mask [B, 1] (`pooled_states`)."""
+        if self.held_pooled is not None and not self.frame_level(stage):
+            return self.pooled_states(batch, stage)
         if stage == sb.Stage.VALID and self.held_dev is not None:
             key = tuple(batch.id)
             if key not in self.held_dev:
                 self.held_dev[key] = self._encoder_states(batch, stage)
             return self.held_dev[key]
         return self._encoder_states(batch, stage)
+
+    def pooled_states(self, batch, stage):
+        """Each utterance's hidden states averaged over its valid frames, per layer, stacked as [L+1, B, 1, D]
+        with a mask of ones [B, 1]: a pooling head's mean over that one frame is the vector itself, so
+        featurizer and head run unchanged. Computed from the (cached) frames the first time an utterance is seen,
+        then held in float32 (L+1 x D numbers an utterance) for the rest of the run."""
+        keys = [(stage, uid) for uid in batch.id]
+        if any(k not in self.held_pooled for k in keys):
+            hidden, mask = self._encoder_states(batch, stage)  # [L+1, B, T, D], zero on padded frames
+            counts = mask.sum(dim=1).clamp(min=1).to(hidden.dtype)  # [B]
+            pooled = hidden.sum(dim=2) / counts[None, :, None]  # [L+1, B, D]
+            for j, key in enumerate(keys):
+                self.held_pooled.setdefault(key, pooled[:, j].clone())
+        pooled = torch.stack([self.held_pooled[k] for k in keys], dim=1)[:, :, None, :]
+        return pooled, torch.ones(pooled.shape[1], 1, dtype=torch.bool, device=pooled.device)
 
     def _encoder_states(self, batch, stage):
         hidden, mask = self.raw_encoder_states(batch, stage)

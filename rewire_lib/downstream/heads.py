@@ -54,6 +54,8 @@ class BiLSTMCTCHead(torch.nn.Module):
 class PooledLinearHead(torch.nn.Module):
     """KS / SID / ER: mean over valid frames, then linear to class logits [B, C]."""
 
+    pools_first = True  # the Brain may hand it pooled states (one frame an utterance): DownstreamBrain.pooled_states
+
     def __init__(self, input_dim: int, num_classes: int):
         super().__init__()
         self.out = torch.nn.Linear(input_dim, num_classes)
@@ -64,6 +66,8 @@ class PooledLinearHead(torch.nn.Module):
 
 class MultiSlotHead(torch.nn.Module):
     """IC: mean over valid frames, then one linear layer per slot: {slot: logits [B, C_slot]}."""
+
+    pools_first = True
 
     def __init__(self, input_dim: int, slot_sizes: Dict[str, int]):
         super().__init__()
