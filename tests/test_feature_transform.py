@@ -36,7 +36,7 @@ def record_training_states(monkeypatch):
 def test_head_sees_transformed_training_features(mode, monkeypatch, tiny_encoder_dir, corpus, tmp_path):
     seen = record_training_states(monkeypatch)
     result = run("ks", tiny_encoder_dir, corpus, tmp_path / mode, "--max_steps", "8", "--feature_transform", mode,
-                 "--feature_cache_dtype", "float32")
+                 "--feature_cache_dtype", "float32", "--pool_before_head", "false")  # frames: what the fit centres
     assert len(seen) == 24 and result["steps"] == 8 and result["settings"]["feature_transform"] == mode
     frames = torch.cat(list(seen.values()), dim=1).double()  # [L+1, N, D]: every training frame once
     mean = frames.mean(dim=1)

@@ -18,8 +18,9 @@ What every task shares lives here; what a task is (its `compute_forward`, `compu
   new best dev metric and at the end of training (at every evaluation with `checkpoint_every_eval`); at
   most two are kept: the best (the test pass loads it) and the latest (a killed run resumes there and
   replays the same steps, so its result is that of an unbroken run).
-- With a frozen encoder the dev set's padded features are held in memory after the first evaluation
-  (`hold_dev_features`): the later evaluations run the head alone.
+- With a frozen encoder the dev batches and their padded features are held in memory after the first
+  evaluation (`hold_dev_features`): the later evaluations run the head alone, with the one RNG draw the
+  dev loader would have made.
 - A head that pools first (`pools_first`: KS, SID, ER, IC) over a frozen, cached encoder reads pooled states
   (`pool_before_head`): each utterance's per-layer mean over its frames, computed once and held. The weighted
   layer sum, the centre/whiten transform and the mean over frames are all linear, so pooling first computes
@@ -263,9 +264,10 @@ class DownstreamBrain(NonFiniteGuard, ShardedBatchesDDP, sb.Brain):
         # each dev batch's encoder states (by utterance ids), kept after the first evaluation (frozen encoder only)
         self.held_dev: Optional[dict] = {} if hparams.get("hold_dev_features", True) and not self.encoder_trainable \
             else None
-        # each utterance's pooled states [L+1, D] by (stage, id), for a pooling-first head (`pooled_states`)
-        self.held_pooled: Optional[dict] = {} if hparams.get("pool_before_head", True) and self.cache is not None \
-            and getattr(unwrap_ddp(modules["head"]), "pools_first", False) else None
+        # a pooling-first head reads each utterance's pooled states from the cache (`pooled_states`)
+        self.pool_before_head = bool(hparams.get("pool_before_head", True)) and self.cache is not None \
+            and getattr(unwrap_ddp(modules["head"]), "pools_first", False)
+        self.held_dev_batches: Optional[list] = None  # the dev batches themselves, once their features are held
         self._best_checkpoint_dir: Optional[Path] = None
         self._last_meta: Optional[dict] = None
         self._saved_step = -1
@@ -309,7 +311,7 @@ class DownstreamBrain(NonFiniteGuard, ShardedBatchesDDP, sb.Brain):
         """All hidden states [L+1, B, T, D] (zero on padded frames; centred/whitened with
         `feature_transform`) and the frame mask [B, T]; a dev batch's from memory after its first evaluation.
         For a pooling-first head: pooled states [L+1, B, 1, D] and an all-true mask [B, 1] (`pooled_states`)."""
-        if self.held_pooled is not None and not self.frame_level(stage):
+        if self.pool_before_head and not self.frame_level(stage):
             return self.pooled_states(batch, stage)
         if stage == sb.Stage.VALID and self.held_dev is not None:
             key = tuple(batch.id)
@@ -320,18 +322,32 @@ class DownstreamBrain(NonFiniteGuard, ShardedBatchesDDP, sb.Brain):
 
     def pooled_states(self, batch, stage):
         """Each utterance's hidden states averaged over its valid frames, per layer, stacked as [L+1, B, 1, D]
-        with a mask of ones [B, 1]: a pooling head's mean over that one frame is the vector itself, so
-        featurizer and head run unchanged. Computed from the (cached) frames the first time an utterance is seen,
-        then held in float32 (L+1 x D numbers an utterance) for the rest of the run."""
-        keys = [(stage, uid) for uid in batch.id]
-        if any(k not in self.held_pooled for k in keys):
-            hidden, mask = self._encoder_states(batch, stage)  # [L+1, B, T, D], zero on padded frames
-            counts = mask.sum(dim=1).clamp(min=1).to(hidden.dtype)  # [B]
-            pooled = hidden.sum(dim=2) / counts[None, :, None]  # [L+1, B, D]
-            for j, key in enumerate(keys):
-                self.held_pooled.setdefault(key, pooled[:, j].clone())
-        pooled = torch.stack([self.held_pooled[k] for k in keys], dim=1)[:, :, None, :]
-        return pooled, torch.ones(pooled.shape[1], 1, dtype=torch.bool, device=pooled.device)
+        (centred/whitened with `feature_transform`, which is affine per layer and so commutes with the mean) with
+        a mask of ones [B, 1]: a pooling head's mean over that one frame is the vector itself, so featurizer and
+        head run unchanged. The means live in the feature cache (`FeatureCache.get_pooled`), which the runs of a
+        study group share: computed once per utterance, not once per run."""
+        keys = [self.cache.key(p) for p in batch.wav]
+        pooled = [self.cache.get_pooled(k) for k in keys]
+        missing = [i for i, p in enumerate(pooled) if p is None]
+        if missing:
+            self.fill_cache([batch.wav[i] for i in missing], [keys[i] for i in missing])
+            for i in missing:
+                pooled[i] = self.cache.get_pooled(keys[i])
+                self.cache.hits -= 1  # that read-back was part of the miss
+        hidden = torch.stack(pooled, dim=1)[:, :, None, :].to(self.device)
+        mask = torch.ones(hidden.shape[1], 1, dtype=torch.bool, device=hidden.device)
+        if self.feature_transform is not None:
+            hidden = self.feature_transform(hidden, mask)
+        return hidden, mask
+
+    def fill_cache(self, wav_paths: list, keys: list) -> None:
+        """Run the frozen encoder on utterances the cache does not hold yet, and store their states."""
+        if self.encoder_module.training:
+            self.encoder_module.eval()  # frozen: no dropout (SpeechBrain's fit sets modules to train mode each epoch)
+        wavs, wav_lens = batch_pad_right([load_audio(p) for p in wav_paths])
+        hidden, mask = self._run_encoder(wavs, wav_lens, grad=False)
+        for j, key in enumerate(keys):
+            self.cache.put(key, hidden[:, j, : int(mask[j].sum())])
 
     def _encoder_states(self, batch, stage):
         hidden, mask = self.raw_encoder_states(batch, stage)
@@ -360,10 +376,8 @@ class DownstreamBrain(NonFiniteGuard, ShardedBatchesDDP, sb.Brain):
             feats = [self.cache.get_stored(k) for k in keys]
             missing = [i for i, f in enumerate(feats) if f is None]
             if missing:
-                wavs, wav_lens = batch_pad_right([load_audio(batch.wav[i]) for i in missing])
-                hidden, mask = self._run_encoder(wavs, wav_lens, grad=False)
-                for j, i in enumerate(missing):
-                    self.cache.put(keys[i], hidden[:, j, : int(mask[j].sum())])
+                self.fill_cache([batch.wav[i] for i in missing], [keys[i] for i in missing])
+                for i in missing:
                     feats[i] = self.cache.get_stored(keys[i])
                     self.cache.hits -= 1  # that read-back was part of the miss
             hidden, mask = pad_features(feats)  # in the cache's dtype, then one conversion for the batch
@@ -536,17 +550,27 @@ class DownstreamBrain(NonFiniteGuard, ShardedBatchesDDP, sb.Brain):
         if self.dev_set is None:
             return {self.metric: math.nan, "loss": math.nan}
         if not hasattr(self, "_dev_loader"):
-            # iterated anew each time even with held features: starting a DataLoader's iterator draws from the
-            # global RNG, and a training run's later random draws (dropout, SpecAugment) must not depend on it
             self._dev_loader = sb.dataio.dataloader.make_dataloader(self.dev_set, **self.eval_loader_kwargs(self.dev_set))
+        if self.held_dev_batches is not None:
+            # the batches (ids, labels) and their features are held: replayed, with the one number a DataLoader's
+            # iterator draws from the global RNG when it starts (torch's _BaseDataLoaderIter), so that a training
+            # run's later random draws (dropout, SpecAugment) are those of a run that iterated the loader
+            torch.empty((), dtype=torch.int64).random_(generator=self._dev_loader.generator)
+            batches, keep = self.held_dev_batches, None
+        else:
+            batches, keep = self._dev_loader, ([] if self.held_dev is not None else None)
         was_training = self.modules.training
         self.modules.eval()
         self.on_stage_start(sb.Stage.VALID, self._epoch)
         total, n = 0.0, 0
-        for batch in self._dev_loader:
+        for batch in batches:
             loss = self.evaluate_batch(batch, sb.Stage.VALID)
             total += float(loss) * len(batch.id)
             n += len(batch.id)
+            if keep is not None:
+                keep.append(batch)
+        if keep is not None:
+            self.held_dev_batches = keep
         self.on_stage_end(sb.Stage.VALID, total / n if n else math.nan, self._epoch)
         if was_training:
             self.modules.train()

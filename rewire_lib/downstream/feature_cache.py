@@ -73,9 +73,11 @@ class FeatureCache:
         self.settings = json.dumps(dict(settings or {}, dtype=str(dtype), format=CACHE_FORMAT), sort_keys=True)
         self.folder = Path(cache_dir) / encoder_fp[:16] if mode == "disk" else None
         self._memory: Dict[str, torch.Tensor] = {}
+        self._pooled: Dict[str, torch.Tensor] = {}  # key -> [L+1, D] float32 mean over frames (get_pooled)
         self._keys: Dict[str, str] = {}  # wav path -> key, for this cache's life (one run, a recipe's folds, a study group)
         self.hits = 0
         self.misses = 0
+        self.pooled_hits = 0
         self.bad_files = 0
 
     # ------------------------------------------------------------------ keys
@@ -121,6 +123,20 @@ class FeatureCache:
         self.hits += 1
         return feats
 
+    def get_pooled(self, key: str) -> Optional[torch.Tensor]:
+        """The utterance's hidden states averaged over its frames, [L+1, D] float32, or None (not cached yet).
+        Computed from the stored frames once (a frame read, counted) and kept beside them, so that every later
+        run of the group reads L+1 x D numbers instead of the frames (`pooled_hits`)."""
+        pooled = self._pooled.get(key)
+        if pooled is not None:
+            self.pooled_hits += 1
+            return pooled
+        feats = self.get_stored(key)
+        if feats is None:
+            return None
+        pooled = self._pooled[key] = feats.float().mean(dim=1)
+        return pooled
+
     def put(self, key: str, feats: torch.Tensor) -> None:
         """Store one utterance's [L+1, T, D] hidden states (padding already trimmed)."""
         if feats.dim() != 3:
@@ -136,7 +152,7 @@ class FeatureCache:
 
     def stats(self) -> dict:
         return dict(mode=self.mode, entries=len(self._memory), hits=self.hits, misses=self.misses,
-                    bad_files=self.bad_files, dtype=str(self.dtype))
+                    pooled_hits=self.pooled_hits, bad_files=self.bad_files, dtype=str(self.dtype))
 
 
 class FeatureCachePool:
