@@ -87,7 +87,7 @@ PRESETS = {
         task_overrides={}, eval_every=15, rewire_utts=768, rewire_epochs={"twin": 1, "neutral": 1, "mixed": 1}, rewire_batch=8,
         rewire_lr=0.0002, rewire_source="librispeech_short/train.csv", rewire_max_s=6.0, rewire_split_s=2.0,
         iso_source="librispeech_short/test.csv",
-        iso_utts=200, iso_max_vectors=4000,
+        iso_utts=200, iso_max_vectors=4000, iso_fit_clips=400,
     ),
     "quick": dict(
         tasks=["ks", "sid"], fractions=[1.0], per_class=[5], seeds=[0, 1], folds={}, task_seeds={}, task_eval_every={},
@@ -97,7 +97,7 @@ PRESETS = {
         eval_every=20, rewire_utts=240, rewire_epochs={"twin": 1, "neutral": 1, "mixed": 1}, rewire_batch=8,
         rewire_lr=0.0002, rewire_source="librispeech_short/train.csv", rewire_max_s=6.0, rewire_split_s=2.0,
         iso_source="librispeech_short/test.csv",
-        iso_utts=100, iso_max_vectors=2000,
+        iso_utts=100, iso_max_vectors=2000, iso_fit_clips=100,
     ),
 }
 # What a real corpus or user data gets instead of the embedded default's caps. max_steps None: the budget is the
@@ -158,6 +158,7 @@ class StudyConfig:
     patience: Dict[str, Optional[int]] = field(default_factory=dict)  # task -> dev evaluations without a new best (None: off)
     per_class: List[int] = field(default_factory=list)  # classification tasks: k labelled utterances per class
     controls: List[str] = field(default_factory=list)  # from CONTROLS
+    iso_fit_clips: int = 400  # rewiring clips the base's centre/whiten embedding transforms are fit on
     in_domain: List[str] = field(default_factory=list)  # tasks also rewired on their own training split, per fold
     rewire_lr: Optional[float] = None  # None: the rewiring recipe's own lr
     rewire_source: Optional[str] = None  # manifest (relative to data_dir) rewired on by default
@@ -287,7 +288,7 @@ def presets_help(active: str, fed: Dict[str, str]) -> str:
     """Every preset value, and which preset each task takes with the options given so far."""
     keys = ["tasks", "fractions", "per_class", "seeds", "folds", "task_seeds", "views", "controls", "train_cap", "eval_cap", "min_train", "max_steps",
             "patience", "eval_every", "task_eval_every", "rewire_utts", "rewire_epochs", "rewire_batch", "rewire_lr",
-            "rewire_source", "rewire_max_s", "rewire_split_s", "iso_source", "iso_utts", "iso_max_vectors",
+            "rewire_source", "rewire_max_s", "rewire_split_s", "iso_source", "iso_utts", "iso_max_vectors", "iso_fit_clips",
             "task_overrides"]
     lines = ["Presets (an option given on the command line replaces the preset value; caps: 0 = all):"]
     lines.append(f"  {'key':<16}{'default':<44}{'quick':<44}{REAL}")
@@ -377,6 +378,8 @@ def build_parser(active: str = "default", fed: Optional[Dict[str, str]] = None) 
     p.add_argument("--task-override", action="append", default=[], metavar="TASK:KEY=VALUE",
                    help="extra override for a downstream recipe (repeatable), e.g. asr:lr=0.002 or all:batch_size=8")
     p.add_argument("--iso-utts", type=int, default=None, help="utterances for the isotropy measurement")
+    p.add_argument("--iso-fit-clips", type=int, default=None,
+                   help="rewiring clips the centre/whiten transforms of the base's embeddings are fit on")
     p.add_argument("--iso-max-vectors", type=int, default=None, help="vectors sampled per layer and level")
     p.add_argument("--iso-manifest", default=None, help="manifest for isotropy and embedding geometry "
                    "(default: the preset's iso_source, speakers the rewiring never heard)")
@@ -557,6 +560,7 @@ def parse_args(argv=None) -> StudyConfig:
         eval_every=pick(a.eval_every, "eval_every"), rewire_utts=rewire_utts,
         rewire_epochs=rewire_epochs, rewire_batch=pick(a.rewire_batch, "rewire_batch"),
         iso_utts=pick(a.iso_utts, "iso_utts"), iso_max_vectors=pick(a.iso_max_vectors, "iso_max_vectors"),
+        iso_fit_clips=pick(a.iso_fit_clips, "iso_fit_clips"),
         data_dir=Path(a.data_dir).resolve(), shared_dir=Path(a.shared_dir).resolve() if a.shared_dir else None,
         synth_scale=a.synth_scale, cache_dir=Path(a.cache_dir).resolve(), corpora=corpora,
         data_folders=data_folders, rewire_csv=a.rewire_csv, iso_manifest=a.iso_manifest,

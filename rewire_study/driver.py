@@ -41,7 +41,7 @@ def _settings(cfg: StudyConfig, name: str) -> dict:
                 "tts": st.tts_choice(cfg), "encoders_written": str(cfg.work / "rewire")}
     if name == "isotropy":
         return {"encoders": list(st.encoder_paths(cfg)), "utterances": cfg.iso_utts,
-                "max_vectors": cfg.iso_max_vectors, "levels": ["frame", "utterance"]}
+                "max_vectors": cfg.iso_max_vectors, "levels": ["frame", "utterance"], "fit_clips": cfg.iso_fit_clips}
     if name == "downstream":
         return {"tasks": cfg.tasks, "encoders": list(st.encoder_paths(cfg)), "fractions": cfg.fractions,
                 "per_class": cfg.per_class, "controls": cfg.controls,

@@ -496,9 +496,6 @@ def continue_by_hand(cfg: StudyConfig, in_report: bool = False) -> str:
 
 
 # ---------------------------------------------------------------------- 4. isotropy
-FIT_CLIPS = 400  # training clips the centre/whiten transforms of the base's embeddings are fit on
-
-
 def isotropy_unit(cfg: StudyConfig, name: str, encoder: str) -> Unit:
     manifest = cfg.work / "data" / "isotropy.csv"
     spec = {"encoder": encoder, "encoder_stamp": encoder_stamp(encoder), "manifest": str(manifest),
@@ -507,7 +504,8 @@ def isotropy_unit(cfg: StudyConfig, name: str, encoder: str) -> Unit:
     transforms = [c for c in cfg.controls if c in ("centre", "whiten")] if name == BASE else []
     if transforms:  # the controls' "isotropy for free", fit on training clips (those of the rewiring)
         fit = rewire_source_csv(cfg)
-        spec.update(transforms=transforms, fit_manifest=str(fit), fit_fingerprint=data_fingerprint(fit))
+        spec.update(transforms=transforms, fit_manifest=str(fit), fit_fingerprint=data_fingerprint(fit),
+                    fit_clips=cfg.iso_fit_clips)
     return Unit(cfg.work / "isotropy" / name, spec, outputs=["rows.json", "embedding.json"], root=cfg.out)
 
 
@@ -528,7 +526,7 @@ def _isotropy_one(cfg: StudyConfig, item) -> dict:
     with quiet(None):
         held_out = read_stage_manifest(unit.spec["manifest"])[1]
         transforms = unit.spec.get("transforms", [])
-        fit_rows = read_stage_manifest(unit.spec["fit_manifest"])[1][:FIT_CLIPS] if transforms else []
+        fit_rows = read_stage_manifest(unit.spec["fit_manifest"])[1][:cfg.iso_fit_clips] if transforms else []
         atomic_write_json(unit.folder / "embedding.json",
                           alignment_uniformity(enc, held_out, seed=cfg.seed, fit_rows=fit_rows, transforms=transforms))
     unit.finish()
