@@ -326,19 +326,25 @@ class DownstreamBrain(NonFiniteGuard, ShardedBatchesDDP, sb.Brain):
         a mask of ones [B, 1]: a pooling head's mean over that one frame is the vector itself, so featurizer and
         head run unchanged. The means live in the feature cache (`FeatureCache.get_pooled`), which the runs of a
         study group share: computed once per utterance, not once per run."""
-        keys = [self.cache.key(p) for p in batch.wav]
-        pooled = [self.cache.get_pooled(k) for k in keys]
-        missing = [i for i, p in enumerate(pooled) if p is None]
-        if missing:
-            self.fill_cache([batch.wav[i] for i in missing], [keys[i] for i in missing])
-            for i in missing:
-                pooled[i] = self.cache.get_pooled(keys[i])
-                self.cache.hits -= 1  # that read-back was part of the miss
+        pooled = self.read_cache(batch.wav, self.cache.get_pooled)
         hidden = torch.stack(pooled, dim=1)[:, :, None, :].to(self.device)
         mask = torch.ones(hidden.shape[1], 1, dtype=torch.bool, device=hidden.device)
         if self.feature_transform is not None:
             hidden = self.feature_transform(hidden, mask)
         return hidden, mask
+
+    def read_cache(self, wav_paths: list, read) -> list:
+        """`read(key)` of each utterance (`FeatureCache.get_stored` or `get_pooled`), the encoder run first on the
+        utterances the cache does not hold yet."""
+        keys = [self.cache.key(p) for p in wav_paths]
+        found = [read(k) for k in keys]
+        missing = [i for i, f in enumerate(found) if f is None]
+        if missing:
+            self.fill_cache([wav_paths[i] for i in missing], [keys[i] for i in missing])
+            for i in missing:
+                found[i] = read(keys[i])
+                self.cache.hits -= 1  # that read-back was part of the miss
+        return found
 
     def fill_cache(self, wav_paths: list, keys: list) -> None:
         """Run the frozen encoder on utterances the cache does not hold yet, and store their states."""
@@ -372,14 +378,7 @@ class DownstreamBrain(NonFiniteGuard, ShardedBatchesDDP, sb.Brain):
             self.encoder_module.eval()  # frozen: no dropout (SpeechBrain's fit sets modules to train mode each epoch)
         frozen = self._encoder_frozen_now()
         if self.cache is not None and frozen:
-            keys = [self.cache.key(p) for p in batch.wav]
-            feats = [self.cache.get_stored(k) for k in keys]
-            missing = [i for i, f in enumerate(feats) if f is None]
-            if missing:
-                self.fill_cache([batch.wav[i] for i in missing], [keys[i] for i in missing])
-                for i in missing:
-                    feats[i] = self.cache.get_stored(keys[i])
-                    self.cache.hits -= 1  # that read-back was part of the miss
+            feats = self.read_cache(batch.wav, self.cache.get_stored)
             hidden, mask = pad_features(feats)  # in the cache's dtype, then one conversion for the batch
             return hidden.to(self.device, torch.float32), mask.to(self.device)
         wavs, wav_lens = batch.sig
