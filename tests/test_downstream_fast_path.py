@@ -149,3 +149,44 @@ def test_a_switch_that_is_not_true_or_false_is_refused_by_name(key, tiny_encoder
 
     with pytest.raises(HparamsError, match=rf"'{key}' must be bool, got 'sometimes'"):
         run("ks", tiny_encoder_dir, corpus, tmp_path / "out", "--max_steps", "2", f"--{key}", "sometimes")
+
+
+def test_pooled_states_are_computed_once_and_shared(tmp_path):
+    """FeatureCache.get_pooled: None before the frames are cached; then the mean over frames of what is stored,
+    computed from one frame read and served from memory afterwards (counted apart from frame reads)."""
+    from rewire_lib.downstream.feature_cache import FeatureCache
+
+    wav = tmp_path / "a.wav"
+    wav.write_bytes(b"RIFF")
+    cache = FeatureCache("fp", mode="memory", dtype=torch.float16)
+    key = cache.key(str(wav))
+    assert cache.get_pooled(key) is None and cache.misses == 1
+    feats = torch.randn(3, 7, 5)
+    cache.put(key, feats)
+    pooled = cache.get_pooled(key)
+    assert pooled.dtype == torch.float32 and pooled.shape == (3, 5)
+    assert torch.allclose(pooled, feats.half().float().mean(dim=1))
+    assert cache.get_pooled(key) is pooled and (cache.hits, cache.pooled_hits) == (1, 1)
+
+
+def test_a_group_shares_pooled_states_without_changing_a_run(tiny_encoder_dir, corpus, tmp_path):
+    """The runs of a study group share one FeatureCachePool: a later run reads no frames at all, and its result is
+    that of the same run alone."""
+    from downstream_helpers import run_task
+    from rewire_lib.downstream.feature_cache import FeatureCachePool
+    from rewire_lib.files.paths import REPO_ROOT
+
+    def argv(out, seed):
+        return [str(REPO_ROOT / "recipes/ks/hparams/baseline.yaml"), "--noprogressbar", "--encoder",
+                str(tiny_encoder_dir), "--data_folder", str(corpus), "--output_folder", str(out), "--batch_size", "4",
+                "--number_of_epochs", "100", "--max_steps", "8", "--eval_every_steps", "4", "--seed", str(seed)]
+
+    pool = FeatureCachePool()
+    first = run_task("ks", argv(tmp_path / "first", 0), feature_caches=pool)["feature_cache"]
+    shared = run_task("ks", argv(tmp_path / "shared", 1), feature_caches=pool)
+    alone = run_task("ks", argv(tmp_path / "alone", 1))
+    after = shared["feature_cache"]  # the shared cache's counts, the first run's included
+    assert (after["hits"], after["misses"]) == (first["hits"], first["misses"]) and first["misses"] > 0
+    assert after["pooled_hits"] > first["pooled_hits"]
+    keep = lambda r: {k: v for k, v in r.items() if k not in TIMINGS}  # noqa: E731
+    assert keep(shared) == keep(alone)
