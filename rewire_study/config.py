@@ -499,6 +499,9 @@ def parse_args(argv=None) -> StudyConfig:
         patience_given = _per_task_ints(a.patience, "--patience")
         if any(n < 0 for n in patience_given.values()):
             raise argparse.ArgumentTypeError(f"--patience: N >= 0 expected (0: off), got {a.patience!r}")
+        if a.iso_fit_clips is not None and a.iso_fit_clips < 2:
+            raise argparse.ArgumentTypeError(f"--iso-fit-clips: N >= 2 expected (a centre/whiten fit needs clips), "
+                                             f"got {a.iso_fit_clips}")
         rewire_epochs = dict(pre["rewire_epochs"])
         if a.rewire_epochs:
             given = {k: _int(v, "--rewire-epochs") for k, v in _pairs(a.rewire_epochs, "--rewire-epochs").items()}

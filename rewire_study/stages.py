@@ -526,7 +526,7 @@ def _isotropy_one(cfg: StudyConfig, item) -> dict:
     with quiet(None):
         held_out = read_stage_manifest(unit.spec["manifest"])[1]
         transforms = unit.spec.get("transforms", [])
-        fit_rows = read_stage_manifest(unit.spec["fit_manifest"])[1][:cfg.iso_fit_clips] if transforms else []
+        fit_rows = read_stage_manifest(unit.spec["fit_manifest"])[1][:unit.spec["fit_clips"]] if transforms else []
         atomic_write_json(unit.folder / "embedding.json",
                           alignment_uniformity(enc, held_out, seed=cfg.seed, fit_rows=fit_rows, transforms=transforms))
     unit.finish()

@@ -95,6 +95,7 @@ def test_help_shows_every_preset_value_and_the_active_one(capsys, tmp_path):
     (["--data-folder", "ks2=/x"], "--data-folder: unknown task 'ks2'; valid: pr, asr, ks, ic, sid, er"),
     (["--folds", "ks=3"], "--folds: unknown task with speaker folds 'ks'; valid: pr, asr"),
     (["--folds", "asr=0"], "--folds: N >= 1 expected"),
+    (["--iso-fit-clips", "1"], "--iso-fit-clips: N >= 2 expected"),
 ])
 def test_misspelt_keys_are_one_line_errors(argv, words, capsys):
     with pytest.raises(SystemExit) as exc:
@@ -223,3 +224,12 @@ def test_task_data_folders_are_the_recipes_own():
 
     assert TASK_DATA["pr"].folder == recipe_data_folder("pr", "fsdd_connected") == "fsdd/connected"
     assert TASK_DATA["ks"].folder == recipe_data_folder("ks", "rewired") == "speech_commands"  # via extends
+
+
+def test_the_whitening_fit_size_comes_from_the_preset_or_the_option(tmp_path):
+    assert parse_args(base_argv(tmp_path)).iso_fit_clips == 400
+    assert parse_args(base_argv(tmp_path, "--quick")).iso_fit_clips == 100
+    cfg = parse_args(base_argv(tmp_path, "--iso-fit-clips", "50", "--controls", "whiten"))
+    from rewire_study.stages import isotropy_unit
+
+    assert cfg.iso_fit_clips == 50 and isotropy_unit(cfg, "base", cfg.encoders["base"]).spec["fit_clips"] == 50
