@@ -41,6 +41,9 @@ def _init_worker(q, threads: int) -> None:
     global _QUEUE
     _QUEUE = q
     os.environ["OMP_NUM_THREADS"] = str(threads)
+    from rewire_lib.training.cpu_memory import bound_kernel_cache
+
+    bound_kernel_cache()  # before the worker's first unit builds a kernel
     import torch
 
     torch.set_num_threads(threads)

@@ -16,6 +16,7 @@ from hyperpyyaml import load_hyperpyyaml
 
 from rewire_lib.files.outputs import check_writable, output_error
 from rewire_lib.files.paths import REPO_ROOT
+from rewire_lib.training.cpu_memory import bound_kernel_cache
 from rewire_lib.training.run_stamp import result_settings
 
 logger = logging.getLogger(__name__)
@@ -131,6 +132,7 @@ def load_hparams(hparams_file: str, overrides: str, run_opts: dict, schema: dict
         raise output_error(err, err.filename, f"{hparams_file}: output_folder") from err
     _check_types(hparams, schema or {}, hparams_file)
     apply_num_threads(hparams.get("num_threads"), hparams_file)
+    bound_kernel_cache()  # before any model runs (rewire_lib.training.cpu_memory)
     if (run_opts.get("device") or "cpu").startswith("cuda") and not torch.cuda.is_available():
         raise HparamsError("--device cuda was asked for but no GPU is visible; use --device cpu")
     # every result-changing setting, derived once (rewire_lib.training.run_stamp): the stamp, result.json, model card
