@@ -122,8 +122,10 @@ def run_groups(fn: Callable, cfg, groups: List[list], jobs: int, threads: int, d
             done, pending = wait(pending, timeout=0.5, return_when=FIRST_COMPLETED)
             for fut in done:
                 fut.result()  # a worker that died raises here
-        _drain(q, bar)
         pool.shutdown(wait=True)
+        # after the workers have exited: a worker's queue is flushed by its feeder thread at exit, so a
+        # last unit's message can arrive after its future is done (the third rewiring's line went missing)
+        _drain(q, bar)
         for fut in futures:  # the authoritative results (queue messages are for showing progress)
             results.extend(fut.result())
         bar.n = total
