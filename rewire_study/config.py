@@ -72,7 +72,7 @@ REWIRE_CORPUS = "librispeech_short"
 # cell's result covers several speakers instead of one (measured: test WER 33-59 % depending on the speaker). The
 # default runs folds 1-3 (test speakers nicolas, yweweler, george): PR and ASR were 76 % of the downstream stage's
 # run-seconds with six folds, their heads' arithmetic at its bound (bench/README.md), and six folds took the study
-# to 57 minutes against its 40; `--folds pr=6,asr=6` runs every speaker (about 18 minutes more on 2 cores).
+# to 57 minutes against its 40; `--folds pr=6,asr=6` runs every speaker (42 more runs, ~9 minutes on 2 cores).
 # Rewiring: real read sentences (rewire_source, relative to the data dir), rewire_epochs x rewire_utts /
 # rewire_batch optimiser steps at rewire_lr. The authors' length rules, scaled to a 2-core CPU: an utterance
 # longer than rewire_max_s seconds is skipped, one longer than rewire_split_s is cut in half and one half kept
