@@ -246,10 +246,10 @@ def test_effective_fraction_keeps_a_minimum():
 def test_cli_presets_and_errors(capsys):
     full = parse_args([])
     assert full.tasks == [t for t in TASKS if t not in ("ic", "er")] and full.per_class == [5] and full.seeds == [0, 1, 2, 3, 4]
-    assert full.seeds_of("ks") == full.seeds_of("sid") == [0, 1, 2, 3, 4] and full.seeds_of("asr") == [0, 1, 2, 3, 4, 5]
+    assert full.seeds_of("ks") == full.seeds_of("sid") == [0, 1, 2, 3, 4] and full.seeds_of("asr") == [0, 1, 2]
     assert full.views == ["twin", "neutral", "mixed"] and full.controls == ["centre", "whiten", "random"]
     assert full.eval_cap == {t: 0 for t in full.tasks}  # whole dev and test sets
-    assert parse_args(["--seeds", "0,1"]).seeds_of("asr") == [0, 1, 2, 3, 4, 5]  # speaker folds: one run each
+    assert parse_args(["--seeds", "0,1"]).seeds_of("asr") == [0, 1, 2]  # speaker folds 1-3: one run each
     assert parse_args(["--seeds", "0,1,2,3,4", "--folds", "none"]).seeds_of("asr") == [0, 1, 2, 3, 4]  # given seeds
     quick = parse_args(["--quick"])
     assert quick.mode == "quick" and quick.views == PRESETS["quick"]["views"] and quick.seeds == [0, 1]
