@@ -119,6 +119,8 @@ def _kernel_cache_setting(cfg, item) -> dict:
 def test_study_workers_and_recipes_bound_onednn_kernel_cache_unless_the_user_set_it(monkeypatch, tmp_path):
     """oneDNN kept a kernel per input shape (1024 by default): two rewirings side by side were the default study's
     8.2 GB peak (3.6 GB a rewiring; 2.4 GB with the bound, in the same time)."""
+    import os
+
     from rewire_lib.training.cpu_memory import CACHE_VARIABLE, DEFAULT_CAPACITY, bound_kernel_cache
     from rewire_lib.training.recipe import load_hparams
     from rewire_study.pool import run_groups
@@ -132,8 +134,6 @@ def test_study_workers_and_recipes_bound_onednn_kernel_cache_unless_the_user_set
     yaml = tmp_path / "h.yaml"
     yaml.write_text("num_threads: 1\nx: 1\n")
     load_hparams(str(yaml), "", {})
-    import os
-
     assert os.environ[CACHE_VARIABLE] == str(DEFAULT_CAPACITY)
     # the user's own value wins
     monkeypatch.setenv(CACHE_VARIABLE, "64")
@@ -141,6 +141,8 @@ def test_study_workers_and_recipes_bound_onednn_kernel_cache_unless_the_user_set
 
 
 def test_a_last_partial_round_of_rewirings_shares_the_idle_workers_threads(tmp_path, monkeypatch, tiny_encoder_dir):
+    import json
+
     import torch
 
     from rewire_study import launch as launch_mod
@@ -170,6 +172,4 @@ def test_a_last_partial_round_of_rewirings_shares_the_idle_workers_threads(tmp_p
     finally:
         torch.set_num_threads(before)
     assert seen["threads"] == "2" and msg["threads"] == 2 and "(2 threads)" in msg["text"]
-    import json
-
     assert json.loads(stages.rewire_unit(cfg, "twin").marker.read_text())["threads"] == 2
