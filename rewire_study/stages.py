@@ -24,7 +24,7 @@ from rewire_study.config import (BASE, CLASS_TASKS, REAL_CORPORA, REWIRE_CORPUS,
 from rewire_study import in_domain
 from rewire_study.layout import (encoder_rows, random_encoder_dir, read_sizes, run_data_folder, sizes_path,
                                  study_data_folder, task_source, tts_views)
-from rewire_study.launch import run_units
+from rewire_study.launch import freeze_import_time_objects, run_units
 from rewire_study.recipes import recipe_hparams
 from rewire_study.units import StageError, Unit, data_fingerprint, encoder_stamp, is_inside, quiet, shown_path
 
@@ -715,6 +715,7 @@ class DownstreamRuns:
         self.feature_caches = FeatureCachePool()
 
     def __call__(self, cfg: StudyConfig, item) -> dict:
+        freeze_import_time_objects()
         task, unit = item[0], item[4]
         self.feature_caches.keep_for((task, unit.spec["encoder"]))
         return _downstream_one(cfg, item, self.feature_caches)
