@@ -25,6 +25,7 @@ import speechbrain as sb
 import torch
 
 from rewire_lib.downstream.brain import DownstreamBrain
+from rewire_lib.downstream.classification import accuracy_of
 from rewire_lib.downstream.data import split_datasets
 from rewire_lib.downstream.labels import fit_label_encoder
 from rewire_lib.downstream.predictions import rows_from_classification_stats
@@ -66,8 +67,8 @@ class IntentClassificationBrain(DownstreamBrain):
 
     def on_stage_end(self, stage, stage_loss, epoch=None):
         if stage != sb.Stage.TRAIN:
-            per_slot = {f"{s}_accuracy": 100.0 * m.summarize("accuracy") for s, m in self.slot_metrics.items()}
-            self.report_stage(stage, stage_loss, accuracy=100.0 * self.intent_metric.summarize("accuracy"), **per_slot)
+            per_slot = {f"{s}_accuracy": 100.0 * accuracy_of(m) for s, m in self.slot_metrics.items()}
+            self.report_stage(stage, stage_loss, accuracy=100.0 * accuracy_of(self.intent_metric), **per_slot)
         super().on_stage_end(stage, stage_loss, epoch)
 
 
