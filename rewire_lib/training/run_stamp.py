@@ -24,6 +24,8 @@ anything is written, so all ranks see the same old stamp, take the same branch a
 """
 from __future__ import annotations
 
+import copy
+import functools
 import hashlib
 import json
 import logging
@@ -48,7 +50,7 @@ HARMLESS_KEYS = frozenset({
     "feature_cache", "num_threads", "num_workers", "tts_workers", "on_changed_run", "log_every_steps", "plot_smooth",
     "find_unused_parameters", "gradient_checkpointing", "eval_batch_size", "ckpt_interval_steps",
     "max_nonfinite_in_a_row", "checkpointer", "epoch_counter", "train_logger", "modules",
-    "checkpoint_every_eval", "hold_dev_features", "plots",
+    "checkpoint_every_eval", "hold_dev_features", "hold_train_items", "plots",
     "pool_before_head",  # the same linear arithmetic in another order (equal up to float rounding)
     # the budget and the evaluation cadence: the same run started again with a larger budget trains on from its
     # checkpoint (its patience counter included), with a smaller or spent one it stops at once
@@ -106,18 +108,25 @@ def _flatten(prefix: str, value: Any, out: Dict[str, Any]) -> None:
         out[prefix] = value
 
 
-def result_settings(yaml_text: str, overrides: Dict[str, Any], run_opts: Dict[str, Any] | None = None) -> Dict[str, Any]:
-    """Every setting of a run that changes its results, flattened (`lr`, `head.!`, `head.hidden_dim`, ...): the
-    merged YAML under the command line's overrides, minus HARMLESS_KEYS, plus the `precision` run option."""
+@functools.lru_cache(maxsize=16)
+def _plain_yaml(yaml_text: str) -> Dict[str, Any]:
+    """The merged YAML's keys as plain values, parsed once per text (a study worker stamps hundreds of runs of
+    the same few YAML texts; the parse was 12 ms a run). Callers copy it before changing it."""
     import ruamel.yaml
 
     doc = ruamel.yaml.YAML().load(yaml_text) or {}
-    values = {str(k): v for k, v in doc.items()}
-    values.update({str(k): v for k, v in (overrides or {}).items()})
+    return {str(k): _plain(v) for k, v in doc.items()}
+
+
+def result_settings(yaml_text: str, overrides: Dict[str, Any], run_opts: Dict[str, Any] | None = None) -> Dict[str, Any]:
+    """Every setting of a run that changes its results, flattened (`lr`, `head.!`, `head.hidden_dim`, ...): the
+    merged YAML under the command line's overrides, minus HARMLESS_KEYS, plus the `precision` run option."""
+    values = copy.deepcopy(_plain_yaml(yaml_text))
+    values.update({str(k): _plain(v) for k, v in (overrides or {}).items()})
     out: Dict[str, Any] = {}
     for key in sorted(values):
         if key not in HARMLESS_KEYS:
-            _flatten(key, _plain(values[key]), out)
+            _flatten(key, values[key], out)
     out["precision"] = (run_opts or {}).get("precision") or DEFAULT_PRECISION
     if (run_opts or {}).get("eval_precision"):
         out["eval_precision"] = run_opts["eval_precision"]
