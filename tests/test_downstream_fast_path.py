@@ -1,9 +1,11 @@
 """The downstream run's fast path gives the run of the slow one, run for run.
 
 Fast (the default): a checkpoint only at each new best dev metric and at the end, at most two kept; the dev
-batches' padded features held in memory after the first evaluation. Slow: `--checkpoint_every_eval
-true --hold_dev_features false` (a checkpoint at every evaluation, the dev features rebuilt each time), which
-is what every run did before. Same seed, same data: every number but the timings must be the same.
+batches' padded (or pooled) features held in memory after the first evaluation; the training split's items made
+once and batched without the per-item pipeline. Slow: `--checkpoint_every_eval true --hold_dev_features false
+--hold_train_items false` (a checkpoint at every evaluation, the dev features rebuilt each time, SpeechBrain's
+pipeline and PaddedBatch on every visit), which is what every run did before. Same seed, same data: every number
+but the timings must be the same.
 
 Pooled states (`pool_before_head`, heads that pool first): the layer weights and the head run on each utterance's
 per-layer mean, computed once, instead of on its frames every step: the same linear arithmetic in another order,
@@ -19,7 +21,7 @@ from tests.test_downstream import run
 from tests.test_finetune import fast_env_log  # noqa: F401 (autouse: no pip freeze / git per run)
 
 TIMINGS = {"wall_time_s", "epoch_times_s", "feature_cache"}  # feature_cache: hit counts differ by design
-SLOW = ("--checkpoint_every_eval", "true", "--hold_dev_features", "false")
+SLOW = ("--checkpoint_every_eval", "true", "--hold_dev_features", "false", "--hold_train_items", "false")
 
 
 @pytest.fixture(scope="module")
@@ -42,14 +44,27 @@ def without_timings(rows):
     return [{k: v for k, v in r.items() if k not in ("wall_time_s", "eval_time_s")} for r in rows]
 
 
-@pytest.mark.parametrize("task,yaml", [("ks", "baseline.yaml"), ("pr", "fsdd_connected.yaml")])
-def test_fast_path_equals_the_slow_path_run_for_run(task, yaml, tiny_encoder_dir, corpus, tmp_path):
+@pytest.mark.parametrize("task,yaml,pooled", [("ks", "baseline.yaml", False), ("ks", "baseline.yaml", True),
+                                               ("sid", "baseline.yaml", True), ("pr", "fsdd_connected.yaml", False)])
+def test_fast_path_equals_the_slow_path_run_for_run(task, yaml, pooled, tiny_encoder_dir, corpus, tmp_path, monkeypatch):
     """PR on its connected-digit hparams has dropout: training draws from the RNG after every dev pass, so a
-    fast path that drew less (or more) from it than the slow one would change the run."""
+    fast path that drew less (or more) from it than the slow one would change the run. Pooled KS and SID: the
+    default study's path (pooled dev states held per batch)."""
+    from rewire_lib.data import dataio
+
+    held, make_held = [], dataio.HeldItems.__init__
+
+    def counted(self, dataset):
+        held.append(len(dataset))
+        make_held(self, dataset)
+
+    monkeypatch.setattr(dataio.HeldItems, "__init__", counted)
     budget = ("--max_steps", "12", "--number_of_epochs", "100", "--eval_every_steps", "2", "--patience", "3",
-              "--lr", "0.01", "--batch_size", "4", "--pool_before_head", "false")  # frames: dev reads are counted
+              "--lr", "0.01", "--batch_size", "4", "--pool_before_head", str(pooled).lower())
     fast = run(task, tiny_encoder_dir, corpus, tmp_path / "fast", *budget, yaml=yaml)
+    assert held == [fast["num_train"]]  # the fast run batched held items (made once)
     slow = run(task, tiny_encoder_dir, corpus, tmp_path / "slow", *budget, *SLOW, yaml=yaml)
+    assert held == [fast["num_train"]]  # the slow one did not
     assert fast["steps"] >= 4
     assert {k: v for k, v in fast.items() if k not in TIMINGS} == {k: v for k, v in slow.items() if k not in TIMINGS}
     assert without_timings(read_csv(tmp_path / "fast" / "curve.csv")) == \
@@ -60,7 +75,8 @@ def test_fast_path_equals_the_slow_path_run_for_run(task, yaml, tiny_encoder_dir
     assert fast_head.keys() == slow_head.keys() and all(torch.equal(fast_head[k], slow_head[k]) for k in fast_head)
     # the dev features were held: the slow run read the dev split from the feature cache at every evaluation,
     # the fast one at the first only
-    reads = lambda r: r["feature_cache"]["hits"] + r["feature_cache"]["misses"]  # noqa: E731
+    reads = lambda r: (r["feature_cache"]["pooled_hits"] if pooled else  # noqa: E731
+                       r["feature_cache"]["hits"] + r["feature_cache"]["misses"])
     evaluations, dev_rows = len(read_csv(tmp_path / "fast" / "curve.csv")), len(read_csv(corpus / "dev.csv"))
     assert evaluations >= 2 and reads(slow) - reads(fast) == (evaluations - 1) * dev_rows
     assert len(checkpoints(tmp_path / "fast")) <= 2
@@ -143,7 +159,8 @@ def test_training_crops_keep_the_frames(tiny_encoder_dir, corpus, tmp_path):
     assert feature_reads(result) == 8 * 4 + n["dev"] + n["test"]
 
 
-@pytest.mark.parametrize("key", ["checkpoint_every_eval", "hold_dev_features", "pool_before_head", "plots"])
+@pytest.mark.parametrize("key", ["checkpoint_every_eval", "hold_dev_features", "hold_train_items", "pool_before_head",
+                                 "plots"])
 def test_a_switch_that_is_not_true_or_false_is_refused_by_name(key, tiny_encoder_dir, corpus, tmp_path):
     from rewire_lib.training.recipe import HparamsError
 

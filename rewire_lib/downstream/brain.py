@@ -21,6 +21,8 @@ What every task shares lives here; what a task is (its `compute_forward`, `compu
 - With a frozen encoder the dev batches and their padded features are held in memory after the first
   evaluation (`hold_dev_features`): the later evaluations run the head alone, with the one RNG draw the
   dev loader would have made.
+- With a frozen, cached encoder the training split's items (ids, paths, labels) are computed once and batched
+  without SpeechBrain's per-item pipeline (`hold_train_items`; `HeldItems`, `collate_held`): the same batches.
 - A head that pools first (`pools_first`: KS, SID, ER, IC) over a frozen, cached encoder reads pooled states
   (`pool_before_head`): each utterance's per-layer mean over its frames, computed once and held. The weighted
   layer sum, the centre/whiten transform and the mean over frames are all linear, so pooling first computes
@@ -46,6 +48,7 @@ from typing import Optional
 
 import speechbrain as sb
 import torch
+from speechbrain.dataio.dataset import DynamicItemDataset
 from speechbrain.utils.checkpoints import mark_as_loader, mark_as_saver, register_checkpoint_hooks
 from speechbrain.utils.data_utils import batch_pad_right
 from speechbrain.utils.distributed import ddp_barrier, if_main_process
@@ -53,7 +56,7 @@ from speechbrain.utils.distributed import ddp_barrier, if_main_process
 from rewire_lib.analysis.stats import best_checkpoint
 from rewire_lib.analysis.whitening import FeatureWhitener
 from rewire_lib.data.audio import load_audio
-from rewire_lib.data.dataio import BucketBatchSampler, ShardedBatchesDDP, durations
+from rewire_lib.data.dataio import BucketBatchSampler, HeldItems, ShardedBatchesDDP, collate_held, durations
 from rewire_lib.downstream.feature_cache import FeatureCache, FeatureCachePool, encoder_fingerprint
 from rewire_lib.downstream.predictions import FILENAME as PREDICTIONS_FILE, write_predictions
 from rewire_lib.files.atomic import atomic_write_json
@@ -268,6 +271,7 @@ class DownstreamBrain(NonFiniteGuard, ShardedBatchesDDP, sb.Brain):
         self.pool_before_head = bool(hparams.get("pool_before_head", True)) and self.cache is not None \
             and getattr(unwrap_ddp(modules["head"]), "pools_first", False)
         self.held_dev_batches: Optional[list] = None  # the dev batches themselves, once their features are held
+        self.hold_train_items = bool(hparams.get("hold_train_items", True))  # `holds_train_items`
         self._best_checkpoint_dir: Optional[Path] = None
         self._last_meta: Optional[dict] = None
         self._saved_step = -1
@@ -311,13 +315,16 @@ class DownstreamBrain(NonFiniteGuard, ShardedBatchesDDP, sb.Brain):
         """All hidden states [L+1, B, T, D] (zero on padded frames; centred/whitened with
         `feature_transform`) and the frame mask [B, T]; a dev batch's from memory after its first evaluation.
         For a pooling-first head: pooled states [L+1, B, 1, D] and an all-true mask [B, 1] (`pooled_states`)."""
-        if self.pool_before_head and not self.frame_level(stage):
-            return self.pooled_states(batch, stage)
         if stage == sb.Stage.VALID and self.held_dev is not None:
             key = tuple(batch.id)
             if key not in self.held_dev:
-                self.held_dev[key] = self._encoder_states(batch, stage)
+                self.held_dev[key] = self._states_of(batch, stage)
             return self.held_dev[key]
+        return self._states_of(batch, stage)
+
+    def _states_of(self, batch, stage):
+        if self.pool_before_head and not self.frame_level(stage):
+            return self.pooled_states(batch, stage)
         return self._encoder_states(batch, stage)
 
     def pooled_states(self, batch, stage):
@@ -494,8 +501,17 @@ class DownstreamBrain(NonFiniteGuard, ShardedBatchesDDP, sb.Brain):
         for dataset in (train_set, valid_set):
             self._audio_keys_for_cache(dataset)
         kwargs.setdefault("train_loader_kwargs", self.train_loader_kwargs(train_set))
+        if self.holds_train_items(train_set):
+            train_set = HeldItems(train_set)
+            kwargs["train_loader_kwargs"].setdefault("collate_fn", collate_held)
         super().fit(epoch_counter, train_set, **kwargs)
         logger.info("training stopped at step %d: %s", self.optimizer_step, self.stop_text())
+
+    def holds_train_items(self, train_set) -> bool:
+        """`hold_train_items` where it is sound: a frozen, cached encoder whose batches carry audio paths, not
+        audio (`_audio_keys_for_cache`), so every item is the same on every visit and small."""
+        return self.hold_train_items and self.cache is not None and not self.encoder_trainable \
+            and isinstance(train_set, DynamicItemDataset) and "sig" not in train_set.pipeline.output_mapping
 
     # ------------------------------------------------------------------ stopping
     @property
@@ -559,7 +575,7 @@ class DownstreamBrain(NonFiniteGuard, ShardedBatchesDDP, sb.Brain):
         else:
             batches, keep = self._dev_loader, ([] if self.held_dev is not None else None)
         was_training = self.modules.training
-        self.modules.eval()
+        self.set_head_mode(training=False)
         self.on_stage_start(sb.Stage.VALID, self._epoch)
         total, n = 0.0, 0
         for batch in batches:
@@ -572,8 +588,17 @@ class DownstreamBrain(NonFiniteGuard, ShardedBatchesDDP, sb.Brain):
             self.held_dev_batches = keep
         self.on_stage_end(sb.Stage.VALID, total / n if n else math.nan, self._epoch)
         if was_training:
-            self.modules.train()
+            self.set_head_mode(training=True)
         return self.stage_metrics[sb.Stage.VALID]
+
+    def set_head_mode(self, training: bool) -> None:
+        """`self.modules.train(training)` without walking a frozen encoder's submodules (137 for the tiny HuBERT:
+        0.3 ms a switch, two switches a dev pass, 40 dev passes a KS run): a frozen encoder is put in eval mode
+        wherever it runs (`raw_encoder_states`, `fill_cache`), so only what learns changes mode here."""
+        self.modules.training = training
+        for name, module in self.modules.items():
+            if name != "encoder" or self.encoder_trainable:
+                module.train(training)
 
     def evaluate_dev_and_checkpoint(self, final: bool = False):
         """final: training ends after this evaluation (also known from the step cap and the patience)."""
