@@ -207,3 +207,34 @@ def test_a_group_shares_pooled_states_without_changing_a_run(tiny_encoder_dir, c
     assert after["pooled_hits"] > first["pooled_hits"]
     keep = lambda r: {k: v for k, v in r.items() if k not in TIMINGS}  # noqa: E731
     assert keep(shared) == keep(alone)
+
+
+def test_a_frozen_encoder_is_not_walked_by_every_epochs_mode_switch(tiny_encoder_dir, corpus, tmp_path, monkeypatch):
+    """SpeechBrain's fit puts every module in train mode at each epoch; a frozen encoder is kept in eval mode
+    instead (`kept_in_eval`), so its submodules are not walked each epoch (nor walked back by the next batch), and
+    the run is the same as one that walked them."""
+    import contextlib
+
+    from rewire_lib.downstream import brain as brain_module
+
+    walks = []
+    train = torch.nn.Module.train
+
+    def counted(module, mode=True):
+        if type(module).__module__.startswith("transformers."):  # the encoder's submodules, not the head's
+            walks.append(mode)
+        return train(module, mode)
+
+    monkeypatch.setattr(torch.nn.Module, "train", counted)
+    budget = ("--max_steps", "12", "--number_of_epochs", "100", "--eval_every_steps", "4", "--batch_size", "8",
+              "--lr", "0.01", "--patience", "0")
+    kept = run("ks", tiny_encoder_dir, corpus, tmp_path / "kept", *budget)
+    walks_kept, walks[:] = len(walks), []
+    monkeypatch.setattr(brain_module, "kept_in_eval", lambda module, active=True: contextlib.nullcontext(module))
+    walked = run("ks", tiny_encoder_dir, corpus, tmp_path / "walked", *budget)
+    epochs = walked["epochs"]
+    assert epochs >= 2 and walks_kept > 0  # the encoder still goes to eval mode outside fit (loading, test pass)
+    assert len(walks) >= walks_kept + epochs * 10  # each epoch walked it (at least 10 submodules) without the keep
+    assert {k: v for k, v in kept.items() if k not in TIMINGS} == {k: v for k, v in walked.items() if k not in TIMINGS}
+    assert (tmp_path / "kept" / "test_predictions.csv").read_text() == \
+        (tmp_path / "walked" / "test_predictions.csv").read_text()

@@ -23,6 +23,7 @@ What every task shares lives here; what a task is (its `compute_forward`, `compu
   dev loader would have made.
 - With a frozen, cached encoder the training split's items (ids, paths, labels) are computed once and batched
   without SpeechBrain's per-item pipeline (`hold_train_items`; `HeldItems`, `collate_held`): the same batches.
+  A frozen encoder stays in eval mode through fit's per-epoch `modules.train()` (`kept_in_eval`).
 - A head that pools first (`pools_first`: KS, SID, ER, IC) over a frozen, cached encoder reads pooled states
   (`pool_before_head`): each utterance's per-layer mean over its frames, computed once and held. The weighted
   layer sum, the centre/whiten transform and the mean over frames are all linear, so pooling first computes
@@ -62,6 +63,7 @@ from rewire_lib.downstream.predictions import FILENAME as PREDICTIONS_FILE, writ
 from rewire_lib.files.atomic import atomic_write_json
 from rewire_lib.files.logs import CSVLog, plot_columns, plot_layer_weights
 from rewire_lib.files.paths import cache_dir
+from rewire_lib.models.eval_mode import kept_in_eval
 from rewire_lib.training.nonfinite import NonFiniteGuard
 from rewire_lib.training.recipe import HparamsError, unwrap_ddp
 
@@ -504,7 +506,8 @@ class DownstreamBrain(NonFiniteGuard, ShardedBatchesDDP, sb.Brain):
         if self.holds_train_items(train_set):
             train_set = HeldItems(train_set)
             kwargs["train_loader_kwargs"].setdefault("collate_fn", collate_held)
-        super().fit(epoch_counter, train_set, **kwargs)
+        with kept_in_eval(self.encoder_module, active=not self.encoder_trainable):  # fit switches modes every epoch
+            super().fit(epoch_counter, train_set, **kwargs)
         logger.info("training stopped at step %d: %s", self.optimizer_step, self.stop_text())
 
     def holds_train_items(self, train_set) -> bool:
@@ -575,7 +578,7 @@ class DownstreamBrain(NonFiniteGuard, ShardedBatchesDDP, sb.Brain):
         else:
             batches, keep = self._dev_loader, ([] if self.held_dev is not None else None)
         was_training = self.modules.training
-        self.set_head_mode(training=False)
+        self.modules.eval()
         self.on_stage_start(sb.Stage.VALID, self._epoch)
         total, n = 0.0, 0
         for batch in batches:
@@ -588,17 +591,8 @@ class DownstreamBrain(NonFiniteGuard, ShardedBatchesDDP, sb.Brain):
             self.held_dev_batches = keep
         self.on_stage_end(sb.Stage.VALID, total / n if n else math.nan, self._epoch)
         if was_training:
-            self.set_head_mode(training=True)
+            self.modules.train()
         return self.stage_metrics[sb.Stage.VALID]
-
-    def set_head_mode(self, training: bool) -> None:
-        """`self.modules.train(training)` without walking a frozen encoder's submodules (137 for the tiny HuBERT:
-        0.3 ms a switch, two switches a dev pass, 40 dev passes a KS run): a frozen encoder is put in eval mode
-        wherever it runs (`raw_encoder_states`, `fill_cache`), so only what learns changes mode here."""
-        self.modules.training = training
-        for name, module in self.modules.items():
-            if name != "encoder" or self.encoder_trainable:
-                module.train(training)
 
     def evaluate_dev_and_checkpoint(self, final: bool = False):
         """final: training ends after this evaluation (also known from the step cap and the patience)."""
