@@ -155,6 +155,13 @@ def test_sweep_quick_smoke(bench_env, capsys):
     saved = json.loads((bench_env["out"] / "sweep.json").read_text())
     assert saved["verdict"] == printed[-1] == result["verdict"]
     assert [r["task"] for r in saved["results"]] == ["ks", "asr"]
+    together = saved["together"]
+    assert together["wall_s"] == pytest.approx(sum(r["group_wall_s"] for r in saved["results"]))
+    assert together["over_bound"] == pytest.approx(together["wall_s"] / sum(r["stage_bound_s"] for r in saved["results"]))
+    first, second = saved["results"]  # the stage's bound counts an audio file's encoder forward once: the first
+    assert first["stage_bound_s"] == pytest.approx(first["group_bound_s"])  # group's files are all new to it
+    assert second["stage_bound_s"] < second["group_bound_s"]  # the two tasks' folders share their audio files
+    assert sum(line.startswith("All groups together (KS, ASR): wall ") for line in printed) == 1
     for r in saved["results"]:
         assert r["n_runs"] == 2 and r["median_bound_step_ms"] > 0 and r["encoder_forward"]["seconds"] > 0
         assert set(r["fixed_parts_median_s"]) == set(sweep.FIXED)
