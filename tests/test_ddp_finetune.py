@@ -53,7 +53,7 @@ def test_two_process_finetuning_equals_one_process_with_the_global_batch(tmp_pat
         [str(REPO_ROOT), str(REPO_ROOT / "tests"), os.environ.get("PYTHONPATH", "")]))
     command = [TORCHRUN, "--standalone", "--nproc_per_node=2", str(tmp_path / "driver.py"),
                *ks_argv(encoder, corpus, ddp, batch_size=2, **FINETUNE)]
-    proc = run_torchrun(command, REPO_ROOT, env, fresh=[ddp])  # once more on a teardown SIGABRT
+    proc = run_torchrun(command, REPO_ROOT, env, fresh=[ddp])  # again (twice at most) on a teardown SIGABRT
     errors = [line for line in proc.stderr.splitlines() if "Error" in line and "ChildFailedError" not in line]
     assert proc.returncode == 0, "\n".join(errors[:6]) + "\n...\n" + proc.stderr[-2000:]
 

@@ -68,7 +68,7 @@ def test_two_processes_match_one_process_with_the_global_batch(tmp_path, tiny_en
     torchrun = shutil.which("torchrun") or str(REPO_ROOT / ".venv" / "bin" / "torchrun")
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(REPO_ROOT))
     proc = run_torchrun([torchrun, "--standalone", "--nproc_per_node=2", str(tmp_path / "driver.py")], REPO_ROOT, env,
-                        fresh=[ddp])  # once more on a teardown SIGABRT
+                        fresh=[ddp])  # again (twice at most) on a teardown SIGABRT
     assert proc.returncode == 0, proc.stderr[-4000:]
 
     # rewiring: the NT-Xent loss of every step (the global batch's loss, logged by rank 0)
