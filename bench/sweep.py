@@ -400,7 +400,7 @@ def bench_group(cfg, task: str, items: list, clock: Attribution, capture: RunCap
                   flush=True)
         wavs = group_wavs(cfg, items)
         forward = encoder_forward_seconds(brain, wavs, args.bound_utterances)
-        extracted = set() if extracted is None else extracted
+        extracted = set() if extracted is None else extracted  # None: a group on its own
         new_audio_s = sum(seconds for wav, seconds in wavs.items() if wav not in extracted)
         forward["stage_seconds"] = forward["seconds"] * new_audio_s / forward["audio_s"] if forward["audio_s"] else 0.0
         extracted.update(wavs)
@@ -442,7 +442,7 @@ def summarise_task(task: str, runs: List[dict], forward: dict) -> dict:
             "group_wall_s": wall, "group_features_s": features, "encoder_forward": forward,
             "features_over_bound": features / forward["seconds"] if forward["seconds"] else math.nan,
             "group_bound_s": bound, "group_over_bound": wall / bound if bound else math.nan,
-            "stage_bound_s": forward.get("stage_seconds", forward["seconds"]) + loops}
+            "stage_bound_s": forward["stage_seconds"] + loops}
 
 
 # --------------------------------------------------------------------------------------- output

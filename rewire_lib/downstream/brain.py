@@ -358,7 +358,7 @@ class DownstreamBrain(NonFiniteGuard, ShardedBatchesDDP, sb.Brain):
     def fill_cache(self, wav_paths: list, keys: list) -> None:
         """Run the frozen encoder on utterances the cache does not hold yet, and store their states."""
         if self.encoder_module.training:
-            self.encoder_module.eval()  # frozen: no dropout (SpeechBrain's fit sets modules to train mode each epoch)
+            self.encoder_module.eval()  # frozen: no dropout (fit itself keeps it in eval: kept_in_eval)
         wavs, wav_lens = batch_pad_right([load_audio(p) for p in wav_paths])
         hidden, mask = self._run_encoder(wavs, wav_lens, grad=False)
         for j, key in enumerate(keys):
@@ -384,7 +384,7 @@ class DownstreamBrain(NonFiniteGuard, ShardedBatchesDDP, sb.Brain):
     def raw_encoder_states(self, batch, stage):
         """The encoder's hidden states [L+1, B, T, D] (zero on padded frames) and the frame mask [B, T]."""
         if not self.encoder_trainable and self.encoder_module.training:
-            self.encoder_module.eval()  # frozen: no dropout (SpeechBrain's fit sets modules to train mode each epoch)
+            self.encoder_module.eval()  # frozen: no dropout (fit itself keeps it in eval: kept_in_eval)
         frozen = self._encoder_frozen_now()
         if self.cache is not None and frozen:
             feats = self.read_cache(batch.wav, self.cache.get_stored)
