@@ -238,3 +238,45 @@ def test_a_frozen_encoder_is_not_walked_by_every_epochs_mode_switch(tiny_encoder
     assert {k: v for k, v in kept.items() if k not in TIMINGS} == {k: v for k, v in walked.items() if k not in TIMINGS}
     assert (tmp_path / "kept" / "test_predictions.csv").read_text() == \
         (tmp_path / "walked" / "test_predictions.csv").read_text()
+
+
+def test_pooled_dev_and_test_passes_go_in_pooled_eval_batches(tiny_encoder_dir, corpus, tmp_path, monkeypatch):
+    """A head that reads pooled states evaluates `pooled_eval_batch_size` utterances a batch (one batch for the
+    whole tiny dev set by default), frames go in `eval_batch_size` ones; the run is the same either way up to
+    float rounding (same steps, stop, predictions)."""
+    import math
+
+    from rewire_lib.downstream.brain import DownstreamBrain
+
+    sizes = []
+    evaluate_batch = DownstreamBrain.evaluate_batch
+
+    def counted(self, batch, stage):
+        sizes.append(len(batch.id))
+        return evaluate_batch(self, batch, stage)
+
+    monkeypatch.setattr(DownstreamBrain, "evaluate_batch", counted)
+    n = split_rows(corpus)
+    budget = ("--max_steps", "8", "--number_of_epochs", "100", "--eval_every_steps", "4", "--batch_size", "4",
+              "--lr", "0.01", "--eval_batch_size", "3")
+    one = run("ks", tiny_encoder_dir, corpus, tmp_path / "one", *budget)
+    evaluations = len(read_csv(tmp_path / "one" / "curve.csv"))
+    assert evaluations >= 2 and sizes == [n["dev"]] * evaluations + [n["test"]]
+    sizes[:] = []
+    small = run("ks", tiny_encoder_dir, corpus, tmp_path / "small", *budget, "--pooled_eval_batch_size", "2")
+    assert len(sizes) == evaluations * math.ceil(n["dev"] / 2) + math.ceil(n["test"] / 2) and max(sizes) == 2
+    sizes[:] = []
+    frames = run("ks", tiny_encoder_dir, corpus, tmp_path / "frames", *budget, "--pool_before_head", "false")
+    assert max(sizes) == 3 and len(sizes) == evaluations * math.ceil(n["dev"] / 3) + math.ceil(n["test"] / 3)
+    same = ("steps", "stop_reason", "best_dev_step", "best_dev_accuracy", "test_accuracy")
+    assert {k: one[k] for k in same} == {k: small[k] for k in same} == {k: frames[k] for k in same}
+    assert close(one["test_loss"], small["test_loss"]) and close(one["best_dev_loss"], small["best_dev_loss"])
+    assert (tmp_path / "one" / "test_predictions.csv").read_text() == \
+        (tmp_path / "small" / "test_predictions.csv").read_text()
+
+
+def test_a_pooled_eval_batch_size_below_one_is_refused_by_name(tiny_encoder_dir, corpus, tmp_path):
+    from rewire_lib.training.recipe import HparamsError
+
+    with pytest.raises(HparamsError, match=r"pooled_eval_batch_size: an integer >= 1 is expected .* got 0"):
+        run("ks", tiny_encoder_dir, corpus, tmp_path / "out", "--max_steps", "2", "--pooled_eval_batch_size", "0")

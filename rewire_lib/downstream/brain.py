@@ -272,6 +272,10 @@ class DownstreamBrain(NonFiniteGuard, ShardedBatchesDDP, sb.Brain):
         # a pooling-first head reads each utterance's pooled states from the cache (`pooled_states`)
         self.pool_before_head = bool(hparams.get("pool_before_head", True)) and self.cache is not None \
             and getattr(unwrap_ddp(modules["head"]), "pools_first", False)
+        self.pooled_eval_batch_size = int(hparams.get("pooled_eval_batch_size", 1024))  # `eval_loader_kwargs`
+        if self.pooled_eval_batch_size < 1:
+            raise HparamsError(f"pooled_eval_batch_size: an integer >= 1 is expected (dev/test utterances a batch "
+                               f"where the head reads pooled states), got {self.pooled_eval_batch_size}")
         self.held_dev_batches: Optional[list] = None  # the dev batches themselves, once their features are held
         self.hold_train_items = bool(hparams.get("hold_train_items", True))  # `holds_train_items`
         self._best_checkpoint_dir: Optional[Path] = None
@@ -374,7 +378,7 @@ class DownstreamBrain(NonFiniteGuard, ShardedBatchesDDP, sb.Brain):
 
     def fit_feature_transform(self, train_set) -> None:
         """One pass over the training split (through the feature cache: no extra encoder pass when it is on)."""
-        loader = sb.dataio.dataloader.make_dataloader(train_set, **self.eval_loader_kwargs(train_set))
+        loader = sb.dataio.dataloader.make_dataloader(train_set, **self.eval_loader_kwargs(train_set, frames=True))
         t0 = time.time()
         with torch.no_grad():
             self.feature_transform.fit(self.raw_encoder_states(batch, sb.Stage.TRAIN) for batch in loader)
@@ -428,8 +432,13 @@ class DownstreamBrain(NonFiniteGuard, ShardedBatchesDDP, sb.Brain):
                                      drop_last=False, ddp_shard=True)
         return {"batch_sampler": sampler}
 
-    def eval_loader_kwargs(self, dataset) -> dict:
-        batch_size = int(self.hparams.eval_batch_size or self.hparams.batch_size)
+    def eval_loader_kwargs(self, dataset, frames: bool = False) -> dict:
+        """Dev and test batches: `pooled_eval_batch_size` utterances where the head reads pooled states (one
+        [L+1, D] vector set an utterance, whatever its duration: a KS dev pass of 582 clips is one batch instead
+        of 19, each of which cost ~0.4 ms of Python around microseconds of arithmetic), else `eval_batch_size`.
+        frames: the batches are read as frames whatever the head (the feature transform's fit)."""
+        pooled = self.pool_before_head and not frames
+        batch_size = self.pooled_eval_batch_size if pooled else int(self.hparams.eval_batch_size or self.hparams.batch_size)
         return {"batch_sampler": BucketBatchSampler(durations(dataset), batch_size, shuffle=False, drop_last=False)}
 
     @property

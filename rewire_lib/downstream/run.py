@@ -37,7 +37,7 @@ SCHEMA = {
     "encoder_spec_augment": bool, "encoder_layerdrop": float, "on_changed_run": str,
     "feature_transform": str, "feature_transform_shrinkage": float,
     "checkpoint_every_eval": bool, "hold_dev_features": bool, "hold_train_items": bool,
-    "pool_before_head": bool, "plots": bool,
+    "pool_before_head": bool, "pooled_eval_batch_size": int, "plots": bool,
 }
 REWIRE_COMMAND = "python recipes/rewire/train.py recipes/rewire/hparams/{view}.yaml"
 

@@ -51,7 +51,7 @@ HARMLESS_KEYS = frozenset({
     "find_unused_parameters", "gradient_checkpointing", "eval_batch_size", "ckpt_interval_steps",
     "max_nonfinite_in_a_row", "checkpointer", "epoch_counter", "train_logger", "modules",
     "checkpoint_every_eval", "hold_dev_features", "hold_train_items", "plots",
-    "pool_before_head",  # the same linear arithmetic in another order (equal up to float rounding)
+    "pool_before_head", "pooled_eval_batch_size",  # the same linear arithmetic in another order (float rounding)
     # the budget and the evaluation cadence: the same run started again with a larger budget trains on from its
     # checkpoint (its patience counter included), with a smaller or spent one it stops at once
     "number_of_epochs", "max_steps", "patience", "eval_every_steps",
