@@ -4,6 +4,7 @@ import csv
 import json
 import math
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -114,6 +115,15 @@ def test_feature_cache_invalidation(tiny_encoder_dir, tmp_path, fsdd_files):
     enc = SpeechEncoder.from_pretrained(tiny_encoder_dir)
     fp = encoder_fingerprint(enc)
     assert fp == encoder_fingerprint(SpeechEncoder.from_pretrained(tiny_encoder_dir))  # stable
+    # the same files named another way (relative to the working directory, or a copy elsewhere): the same encoder
+    relative = os.path.relpath(tiny_encoder_dir)
+    assert relative != str(tiny_encoder_dir) and encoder_fingerprint(SpeechEncoder.from_pretrained(relative)) == fp
+    copy = shutil.copytree(tiny_encoder_dir, tmp_path / "copy")
+    assert encoder_fingerprint(SpeechEncoder.from_pretrained(copy)) == fp
+    changed = SpeechEncoder.from_pretrained(copy)
+    with torch.no_grad():
+        next(changed.parameters()).add_(1e-3)
+    assert encoder_fingerprint(changed) != fp  # one weight moved: another encoder
     other = SpeechEncoder.from_pretrained(make_tiny_encoder(tmp_path / "other", seed=1))
     assert encoder_fingerprint(other) != fp
     wav = tmp_path / "a.wav"

@@ -33,13 +33,17 @@ CACHE_FORMAT = 1  # bump when what a cache entry holds changes
 
 
 def encoder_fingerprint(encoder: torch.nn.Module) -> str:
-    """sha1 of the encoder's class, config, input preparation and every state-dict tensor."""
+    """sha1 of the encoder's class, config, input preparation and every state-dict tensor: what it computes, not
+    where it was loaded from (the config's `_name_or_path`, which is the path as typed, is left out: the same
+    encoder named `pretrained/x` or by its absolute path is one encoder, one cache and one run stamp)."""
     h = hashlib.sha1()
     model = getattr(encoder, "model", encoder)
     h.update(type(model).__name__.encode())
     config = getattr(model, "config", None)
     if config is not None and hasattr(config, "to_json_string"):
-        h.update(config.to_json_string(use_diff=False).encode())
+        settings = json.loads(config.to_json_string(use_diff=False))
+        settings.pop("_name_or_path", None)
+        h.update(json.dumps(settings, sort_keys=True).encode())
     for attr in ("do_normalize", "use_attention_mask"):
         h.update(f"{attr}={getattr(encoder, attr, None)}".encode())
     for name, tensor in sorted(encoder.state_dict().items()):
