@@ -30,6 +30,11 @@ utterance the group reads, plus for each run a bare PyTorch loop with the run's 
 (`compute_cost`) and optimiser class, for the run's number of steps, over that run's first training batches
 (`--bound-batches`, cycled), built from the feature cache and padded beforehand. No data loading, no checks,
 no logging; gradient clipping and SID's random training crop are left out (neither changes the arithmetic much).
+
+The dev passes, part of the fixed cost, get their own bound (`bare_dev_passes_seconds`): the run's featurizer and head
+(eval, no_grad) and its loss over the held dev states its dev passes read, once per pass, with no decoding, metrics
+or logging. A CTC run's dev passes are mostly this arithmetic; what is beside it, and the fixed cost outside the
+dev and test passes, is printed on the line before the last.
 """
 from __future__ import annotations
 
@@ -288,34 +293,48 @@ def padded_batches(brain, batches: list, limit: int) -> list:
     """(hidden [L+1, B, T, D], mask [B, T], targets) of the run's first `limit` training batches, from the
     feature cache (its hit counters left as the run left them)."""
     from rewire_lib.downstream.brain import pad_features
-    from rewire_lib.downstream.ctc import CTCBrain
 
     cache, out = brain.cache, []
     hits, misses = cache.hits, cache.misses
     for batch in batches[:limit]:
         hidden, mask = pad_features([cache.get(cache.key(w)) for w in batch.wav])
-        targets = batch.tokens if isinstance(brain, CTCBrain) else batch.label_encoded.data[:, 0]
-        out.append((hidden, mask, targets))
+        out.append((hidden, mask, targets_of(brain, batch)))
     cache.hits, cache.misses = hits, misses
     return out
 
 
-def bare_step_fn(brain, modules, opt) -> Callable:
-    """One training step in plain PyTorch: the run's featurizer, head and `compute_cost`, its optimiser class."""
+def bare_loss_fn(brain, modules) -> Callable:
+    """The loss of one batch in plain PyTorch: the run's featurizer, head and `compute_cost`."""
     from rewire_lib.downstream.ctc import CTCBrain
 
     featurizer, head = modules
     cost = brain.hparams.compute_cost
     ctc = isinstance(brain, CTCBrain)
 
-    def step(hidden, mask, targets):
+    def loss_of(hidden, mask, targets):
         x = featurizer(hidden) * mask[..., None].to(hidden.dtype)
         out = head(x, mask)
         if ctc:
             tokens, token_lens = targets
-            loss = cost(out, tokens, mask.sum(dim=1) / mask.shape[1], token_lens)
-        else:
-            loss = cost(out, targets)
+            return cost(out, tokens, mask.sum(dim=1) / mask.shape[1], token_lens)
+        return cost(out, targets)
+
+    return loss_of
+
+
+def targets_of(brain, batch):
+    """What `compute_cost` compares with: (tokens, lengths) for CTC, class indices otherwise."""
+    from rewire_lib.downstream.ctc import CTCBrain
+
+    return batch.tokens if isinstance(brain, CTCBrain) else batch.label_encoded.data[:, 0]
+
+
+def bare_step_fn(brain, modules, opt) -> Callable:
+    """One training step in plain PyTorch: the run's featurizer, head and `compute_cost`, its optimiser class."""
+    loss_of = bare_loss_fn(brain, modules)
+
+    def step(hidden, mask, targets):
+        loss = loss_of(hidden, mask, targets)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
@@ -337,6 +356,37 @@ def bare_loop_seconds(brain, batches: list, steps: int, limit: int, warmup: int 
         for i in range(steps):
             step(*data[i % len(data)])
     return {"seconds": c.seconds, "cpu_seconds": c.cpu_seconds, "batches": len(data)}
+
+
+def bare_dev_passes_seconds(brain, passes: int, repeats: int = 3) -> dict:
+    """The dev passes' bound: the run's featurizer and head (copies, eval mode, no_grad) and `compute_cost` over the
+    dev batches' held states (what the run's own dev passes read: padded frames, or pooled states), no decoding,
+    metrics or logging; `repeats` passes timed after one warm-up, scaled to the run's `passes`."""
+    import torch
+
+    from rewire_lib.training.recipe import unwrap_ddp
+
+    if not passes or not brain.held_dev_batches or not brain.held_dev:
+        return {"seconds": 0.0, "passes": passes, "batches": 0}
+    data = [(*brain.held_dev[tuple(b.id)], targets_of(brain, b)) for b in brain.held_dev_batches]
+    modules = [copy.deepcopy(unwrap_ddp(brain.modules[n])).eval() for n in ("featurizer", "head")]
+    loss_of = bare_loss_fn(brain, modules)
+    with torch.no_grad():
+        for batch in data:
+            loss_of(*batch)
+        with common.Clock() as c:
+            for _ in range(repeats):
+                for batch in data:
+                    loss_of(*batch)
+    return {"seconds": c.seconds * passes / repeats, "passes": passes, "batches": len(data)}
+
+
+def dev_passes_of(folder: Path) -> int:
+    """The run's dev evaluations: its curve.csv rows."""
+    from rewire_lib.files.logs import read_csv
+
+    curve = Path(folder) / "curve.csv"
+    return len(read_csv(curve)) if curve.is_file() else 0
 
 
 def encoder_forward_seconds(brain, wavs: Dict[str, float], sample: int, seed: int = 0) -> dict:
@@ -393,6 +443,7 @@ def bench_group(cfg, task: str, items: list, clock: Attribution, capture: RunCap
             r.update(split_run(r, steps_trained(brain, batches)))
             r["bound_loop"] = bare_loop_seconds(brain, batches, r["steps"], args.bound_batches)
             r["bound_step_ms"] = 1000 * r["bound_loop"]["seconds"] / max(1, r["steps"])
+            r["bound_dev"] = bare_dev_passes_seconds(brain, dev_passes_of(item[4].folder))
             runs.append(r)
             print(f"  [{task} {k}/{len(items)}] {r['label']}: {r['wall_s']:.1f} s wall = features "
                   f"{r['features_s']:.1f} + training {r['training_s']:.1f} ({r['step_ms']:.1f} ms/step x "
@@ -425,11 +476,14 @@ def split_run(r: dict, steps: int) -> dict:
     features = sum(cats.get(c, 0.0) for c in FEATURES)
     training = sum(cats.get(c, 0.0) for c in TRAINING)
     return {"steps": steps, "features_s": features, "training_s": training,
-            "fixed_s": r["wall_s"] - features - training, "step_ms": 1000 * training / max(1, steps)}
+            "fixed_s": r["wall_s"] - features - training, "step_ms": 1000 * training / max(1, steps),
+            "dev_s": cats.get("dev passes", 0.0),
+            "outside_eval_s": r["wall_s"] - features - training - cats.get("dev passes", 0.0) - cats.get("test pass", 0.0)}
 
 
 def summarise_task(task: str, runs: List[dict], forward: dict) -> dict:
-    med = lambda key: common.median(r[key] for r in runs)  # noqa: E731
+    med_of = common.median
+    med = lambda key: med_of(r[key] for r in runs)  # noqa: E731
     fixed_parts = {c: common.median(r["categories"].get(c, 0.0) for r in runs) for c in FIXED}
     wall = sum(r["wall_s"] for r in runs)
     features = sum(r["features_s"] for r in runs)
@@ -442,7 +496,15 @@ def summarise_task(task: str, runs: List[dict], forward: dict) -> dict:
             "group_wall_s": wall, "group_features_s": features, "encoder_forward": forward,
             "features_over_bound": features / forward["seconds"] if forward["seconds"] else math.nan,
             "group_bound_s": bound, "group_over_bound": wall / bound if bound else math.nan,
-            "stage_bound_s": forward["stage_seconds"] + loops}
+            "stage_bound_s": forward["stage_seconds"] + loops,
+            "median_dev_passes": med_of(r["bound_dev"]["passes"] for r in runs), "median_dev_s": med("dev_s"),
+            "median_dev_bound_s": med_of(r["bound_dev"]["seconds"] for r in runs),
+            "dev_over_bound": ratio(med("dev_s"), med_of(r["bound_dev"]["seconds"] for r in runs)),
+            "median_outside_eval_s": med("outside_eval_s")}
+
+
+def ratio(a: float, b: float) -> float:
+    return a / b if b else math.nan
 
 
 # --------------------------------------------------------------------------------------- output
@@ -460,7 +522,14 @@ def print_tables(result: dict) -> str:
     parts = common.table("Per-run fixed cost by part: seconds, median per run",
                          ["task"] + list(FIXED),
                          [[r["task"].upper()] + [r["fixed_parts_median_s"][c] for c in FIXED] for r in res])
-    text = main + "\n" + parts
+    dev = common.table("Dev passes against their bare forward (featurizer, head and loss over the held dev states; "
+                       "no decoding or metrics): seconds, medians per run",
+                       ["task", "dev passes", "dev passes s", "bare forward s", "dev / bound", "test pass s",
+                        "fixed outside dev/test passes"],
+                       [[r["task"].upper(), r["median_dev_passes"], r["median_dev_s"], r["median_dev_bound_s"],
+                         f"{r['dev_over_bound']:.2f}x", r["fixed_parts_median_s"]["test pass"],
+                         r["median_outside_eval_s"]] for r in res])
+    text = main + "\n" + parts + "\n" + dev
     print(text, flush=True)
     return text
 
@@ -473,6 +542,16 @@ def together(results: List[dict]) -> dict:
     bound = sum(r["stage_bound_s"] for r in results)
     return {"tasks": [r["task"] for r in results], "wall_s": wall, "bound_s": bound,
             "over_bound": wall / bound if bound else math.nan}
+
+
+def evaluation_line(results: List[dict]) -> str:
+    """The fixed cost that is not evaluation, and how close the dev passes are to their own arithmetic."""
+    worst_out = max(results, key=lambda r: r["median_outside_eval_s"])
+    rated = [r for r in results if not math.isnan(r["dev_over_bound"])]
+    worst_dev = max(rated, key=lambda r: r["dev_over_bound"]) if rated else None
+    dev = f"{worst_dev['dev_over_bound']:.2f} x ({worst_dev['task']})" if worst_dev else "n/a"
+    return (f"fixed cost outside dev/test passes: max {worst_out['median_outside_eval_s']:.2f} s ({worst_out['task']}); "
+            f"dev passes / their bare forward: max {dev}")
 
 
 def verdict(results: List[dict]) -> str:
@@ -543,6 +622,8 @@ def main(argv=None) -> dict:
     print(f"All groups together ({', '.join(t.upper() for t in result['together']['tasks'])}): wall "
           f"{result['together']['wall_s']:.0f} s / bound {result['together']['bound_s']:.0f} s = "
           f"{result['together']['over_bound']:.2f}x (each audio file's encoder forward counted once)", flush=True)
+    result["evaluation"] = evaluation_line(results)
+    print(result["evaluation"], flush=True)
     result["verdict"] = verdict(results)
     path = common.save_json(SCRIPT, result, args.out)
     print(f"\nJSON: {path}")

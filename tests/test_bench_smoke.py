@@ -162,12 +162,18 @@ def test_sweep_quick_smoke(bench_env, capsys):
     assert first["stage_bound_s"] == pytest.approx(first["group_bound_s"])  # group's files are all new to it
     assert second["stage_bound_s"] < second["group_bound_s"]  # the two tasks' folders share their audio files
     assert sum(line.startswith("All groups together (KS, ASR): wall ") for line in printed) == 1
+    assert saved["evaluation"] in printed and saved["evaluation"].startswith(
+        "fixed cost outside dev/test passes: max ") and "dev passes / their bare forward: max " in saved["evaluation"]
     for r in saved["results"]:
         assert r["n_runs"] == 2 and r["median_bound_step_ms"] > 0 and r["encoder_forward"]["seconds"] > 0
         assert set(r["fixed_parts_median_s"]) == set(sweep.FIXED)
         for run in r["runs"]:
             assert run["steps"] == 4 and run["training_s"] > 0 and run["wall_s"] >= run["training_s"] + run["features_s"]
             assert abs(sum(run["categories"].values()) - run["wall_s"]) < 0.05 * run["wall_s"] + 0.05
+            # dev passes at steps 2 and 4 (every 2, 4 steps), their bound timed over the held dev batches
+            assert run["bound_dev"]["passes"] == 2 and run["bound_dev"]["batches"] >= 1 and run["bound_dev"]["seconds"] > 0
+            assert run["outside_eval_s"] == pytest.approx(run["fixed_s"] - run["dev_s"] - run["categories"]["test pass"])
+        assert r["dev_over_bound"] == pytest.approx(r["median_dev_s"] / r["median_dev_bound_s"])
         assert r["group_features_s"] > 0  # the first run fills the group's cache
     from rewire_lib.downstream.brain import DownstreamBrain
 
