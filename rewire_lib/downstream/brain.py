@@ -278,6 +278,7 @@ class DownstreamBrain(NonFiniteGuard, ShardedBatchesDDP, sb.Brain):
                                f"where the head reads pooled states), got {self.pooled_eval_batch_size}")
         self.held_dev_batches: Optional[list] = None  # the dev batches themselves, once their features are held
         self.hold_train_items = bool(hparams.get("hold_train_items", True))  # `holds_train_items`
+        self._test_loss: Optional[list] = None  # while testing: [loss summed over utterances, utterances]
         self._best_checkpoint_dir: Optional[Path] = None
         self._last_meta: Optional[dict] = None
         self._saved_step = -1
@@ -567,8 +568,28 @@ class DownstreamBrain(NonFiniteGuard, ShardedBatchesDDP, sb.Brain):
                               "best_score": self.state.best_score,
                               "best_step": self.state.best_step, "best_loss": self.state.best_loss, "train_time_s": float(self.state.train_time_s),
                               "last_dev": dict(self.last_dev)}
-        super().evaluate(test_set, max_key=max_key, min_key=min_key, **kwargs)
+        self._test_loss = [0.0, 0]  # sum over utterances, utterances (`update_average`)
+        try:
+            super().evaluate(test_set, max_key=max_key, min_key=min_key, **kwargs)
+        finally:
+            self._test_loss = None
         return self.stage_metrics.get(sb.Stage.TEST, {})
+
+    def evaluate_batch(self, batch, stage):
+        loss = super().evaluate_batch(batch, stage)
+        if stage == sb.Stage.TEST and self._test_loss is not None and torch.isfinite(loss):
+            self._test_loss[0] += float(loss) * len(batch.id)
+            self._test_loss[1] += len(batch.id)
+        return loss
+
+    def update_average(self, loss, avg_loss):
+        """The test loss is the mean over the test utterances, as the dev loss is (`run_dev`), whatever the batches:
+        SpeechBrain's running mean of batch means would weigh a short last batch's utterances more, so the test loss
+        would depend on the batch size (pooled states and frames are evaluated in batches of different sizes)."""
+        if self._test_loss is not None:
+            total, count = self._test_loss
+            return total / count if count else avg_loss
+        return super().update_average(loss, avg_loss)
 
     # ------------------------------------------------------------------ dev evaluation
     @torch.no_grad()
