@@ -248,20 +248,27 @@ def test_pooled_dev_and_test_passes_go_in_pooled_eval_batches(tiny_encoder_dir, 
 
     from rewire_lib.downstream.brain import DownstreamBrain
 
-    sizes = []
-    evaluate_batch = DownstreamBrain.evaluate_batch
+    sizes, encoded = [], []
+    evaluate_batch, run_encoder = DownstreamBrain.evaluate_batch, DownstreamBrain._run_encoder
 
     def counted(self, batch, stage):
         sizes.append(len(batch.id))
         return evaluate_batch(self, batch, stage)
 
+    def encoder_counted(self, wavs, wav_lens, grad):
+        encoded.append(len(wavs))
+        return run_encoder(self, wavs, wav_lens, grad)
+
     monkeypatch.setattr(DownstreamBrain, "evaluate_batch", counted)
+    monkeypatch.setattr(DownstreamBrain, "_run_encoder", encoder_counted)
     n = split_rows(corpus)
     budget = ("--max_steps", "8", "--number_of_epochs", "100", "--eval_every_steps", "4", "--batch_size", "4",
               "--lr", "0.01", "--eval_batch_size", "7")
     one = run("ks", tiny_encoder_dir, corpus, tmp_path / "one", *budget)
     evaluations = len(read_csv(tmp_path / "one" / "curve.csv"))
     assert evaluations >= 2 and sizes == [n["dev"]] * evaluations + [n["test"]]
+    # the cache misses of a one-batch dev/test pass went through the encoder eval_batch_size clips at a time
+    assert n["dev"] > 7 and max(encoded) == 7 and sum(encoded) == sum(n.values())
     sizes[:] = []
     small = run("ks", tiny_encoder_dir, corpus, tmp_path / "small", *budget, "--pooled_eval_batch_size", "5")
     assert len(sizes) == evaluations * math.ceil(n["dev"] / 5) + math.ceil(n["test"] / 5) and max(sizes) == 5

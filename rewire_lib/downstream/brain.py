@@ -340,24 +340,29 @@ class DownstreamBrain(NonFiniteGuard, ShardedBatchesDDP, sb.Brain):
         a mask of ones [B, 1]: a pooling head's mean over that one frame is the vector itself, so featurizer and
         head run unchanged. The means live in the feature cache (`FeatureCache.get_pooled`), which the runs of a
         study group share: computed once per utterance, not once per run."""
-        pooled = self.read_cache(batch.wav, self.cache.get_pooled)
+        # a pooled dev/test batch holds up to pooled_eval_batch_size utterances: its cache misses (the group's first
+        # run) go through the encoder in batches of the frame-level eval size, as they did before
+        chunk = None if stage == sb.Stage.TRAIN else self.frame_eval_batch_size
+        pooled = self.read_cache(batch.wav, self.cache.get_pooled, chunk)
         hidden = torch.stack(pooled, dim=1)[:, :, None, :].to(self.device)
         mask = torch.ones(hidden.shape[1], 1, dtype=torch.bool, device=hidden.device)
         if self.feature_transform is not None:
             hidden = self.feature_transform(hidden, mask)
         return hidden, mask
 
-    def read_cache(self, wav_paths: list, read) -> list:
+    def read_cache(self, wav_paths: list, read, chunk: Optional[int] = None) -> list:
         """`read(key)` of each utterance (`FeatureCache.get_stored` or `get_pooled`), the encoder run first on the
-        utterances the cache does not hold yet."""
+        utterances the cache does not hold yet (`chunk` of them at a time; None: all at once)."""
         keys = [self.cache.key(p) for p in wav_paths]
         found = [read(k) for k in keys]
         missing = [i for i, f in enumerate(found) if f is None]
-        if missing:
-            self.fill_cache([wav_paths[i] for i in missing], [keys[i] for i in missing])
-            for i in missing:
-                found[i] = read(keys[i])
-                self.cache.hits -= 1  # that read-back was part of the miss
+        chunk = chunk or max(1, len(missing))
+        for start in range(0, len(missing), chunk):
+            part = missing[start:start + chunk]
+            self.fill_cache([wav_paths[i] for i in part], [keys[i] for i in part])
+        for i in missing:
+            found[i] = read(keys[i])
+            self.cache.hits -= 1  # that read-back was part of the miss
         return found
 
     def fill_cache(self, wav_paths: list, keys: list) -> None:
@@ -433,13 +438,17 @@ class DownstreamBrain(NonFiniteGuard, ShardedBatchesDDP, sb.Brain):
                                      drop_last=False, ddp_shard=True)
         return {"batch_sampler": sampler}
 
+    @property
+    def frame_eval_batch_size(self) -> int:
+        return int(self.hparams.eval_batch_size or self.hparams.batch_size)
+
     def eval_loader_kwargs(self, dataset, frames: bool = False) -> dict:
         """Dev and test batches: `pooled_eval_batch_size` utterances where the head reads pooled states (one
         [L+1, D] vector set an utterance, whatever its duration: a KS dev pass of 582 clips is one batch instead
         of 19, each of which cost ~0.4 ms of Python around microseconds of arithmetic), else `eval_batch_size`.
         frames: the batches are read as frames whatever the head (the feature transform's fit)."""
         pooled = self.pool_before_head and not frames
-        batch_size = self.pooled_eval_batch_size if pooled else int(self.hparams.eval_batch_size or self.hparams.batch_size)
+        batch_size = self.pooled_eval_batch_size if pooled else self.frame_eval_batch_size
         return {"batch_sampler": BucketBatchSampler(durations(dataset), batch_size, shuffle=False, drop_last=False)}
 
     @property
