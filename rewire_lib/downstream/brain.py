@@ -445,7 +445,7 @@ class DownstreamBrain(NonFiniteGuard, ShardedBatchesDDP, sb.Brain):
     def eval_loader_kwargs(self, dataset, frames: bool = False) -> dict:
         """Dev and test batches: `pooled_eval_batch_size` utterances where the head reads pooled states (one
         [L+1, D] vector set an utterance, whatever its duration: a KS dev pass of 582 clips is one batch instead
-        of 19, each of which cost ~0.4 ms of Python around microseconds of arithmetic), else `eval_batch_size`.
+        of 19, each of which cost ~0.3 ms of Python around microseconds of arithmetic), else `eval_batch_size`.
         frames: the batches are read as frames whatever the head (the feature transform's fit)."""
         pooled = self.pool_before_head and not frames
         batch_size = self.pooled_eval_batch_size if pooled else self.frame_eval_batch_size
