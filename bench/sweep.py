@@ -403,7 +403,7 @@ def encoder_forward_seconds(brain, wavs: Dict[str, float], sample: int, seed: in
     names = sorted(wavs)
     chosen = random.Random(seed).sample(names, sample) if 0 < sample < len(names) else names
     audio = sorted((load_audio(w) for w in chosen), key=len)
-    size = int(brain.hparams.eval_batch_size or brain.hparams.batch_size)
+    size = brain.frame_eval_batch_size
     encoder = brain.encoder_module.eval()
     with torch.no_grad(), common.Clock() as c:
         for i in range(0, len(audio), size):
@@ -475,15 +475,15 @@ def split_run(r: dict, steps: int) -> dict:
     cats = r["categories"]
     features = sum(cats.get(c, 0.0) for c in FEATURES)
     training = sum(cats.get(c, 0.0) for c in TRAINING)
-    return {"steps": steps, "features_s": features, "training_s": training,
-            "fixed_s": r["wall_s"] - features - training, "step_ms": 1000 * training / max(1, steps),
-            "dev_s": cats.get("dev passes", 0.0),
-            "outside_eval_s": r["wall_s"] - features - training - cats.get("dev passes", 0.0) - cats.get("test pass", 0.0)}
+    fixed, dev = r["wall_s"] - features - training, cats.get("dev passes", 0.0)
+    return {"steps": steps, "features_s": features, "training_s": training, "fixed_s": fixed,
+            "step_ms": 1000 * training / max(1, steps), "dev_s": dev,
+            "outside_eval_s": fixed - dev - cats.get("test pass", 0.0)}
 
 
 def summarise_task(task: str, runs: List[dict], forward: dict) -> dict:
-    med_of = common.median
-    med = lambda key: med_of(r[key] for r in runs)  # noqa: E731
+    med = lambda key: common.median(r[key] for r in runs)  # noqa: E731
+    dev_bound = common.median(r["bound_dev"]["seconds"] for r in runs)
     fixed_parts = {c: common.median(r["categories"].get(c, 0.0) for r in runs) for c in FIXED}
     wall = sum(r["wall_s"] for r in runs)
     features = sum(r["features_s"] for r in runs)
@@ -494,12 +494,11 @@ def summarise_task(task: str, runs: List[dict], forward: dict) -> dict:
             "median_step_ms": med("step_ms"), "median_bound_step_ms": med("bound_step_ms"),
             "step_over_bound": med("step_ms") / med("bound_step_ms"), "fixed_parts_median_s": fixed_parts,
             "group_wall_s": wall, "group_features_s": features, "encoder_forward": forward,
-            "features_over_bound": features / forward["seconds"] if forward["seconds"] else math.nan,
-            "group_bound_s": bound, "group_over_bound": wall / bound if bound else math.nan,
+            "features_over_bound": ratio(features, forward["seconds"]),
+            "group_bound_s": bound, "group_over_bound": ratio(wall, bound),
             "stage_bound_s": forward["stage_seconds"] + loops,
-            "median_dev_passes": med_of(r["bound_dev"]["passes"] for r in runs), "median_dev_s": med("dev_s"),
-            "median_dev_bound_s": med_of(r["bound_dev"]["seconds"] for r in runs),
-            "dev_over_bound": ratio(med("dev_s"), med_of(r["bound_dev"]["seconds"] for r in runs)),
+            "median_dev_passes": common.median(r["bound_dev"]["passes"] for r in runs), "median_dev_s": med("dev_s"),
+            "median_dev_bound_s": dev_bound, "dev_over_bound": ratio(med("dev_s"), dev_bound),
             "median_outside_eval_s": med("outside_eval_s")}
 
 
@@ -541,7 +540,7 @@ def together(results: List[dict]) -> dict:
     wall = sum(r["group_wall_s"] for r in results)
     bound = sum(r["stage_bound_s"] for r in results)
     return {"tasks": [r["task"] for r in results], "wall_s": wall, "bound_s": bound,
-            "over_bound": wall / bound if bound else math.nan}
+            "over_bound": ratio(wall, bound)}
 
 
 def evaluation_line(results: List[dict]) -> str:
