@@ -4,7 +4,7 @@ import importlib.util
 import pytest
 import torch
 
-from rewire_lib.downstream.heads import ConvCTCHead
+from rewire_lib.downstream.heads import ConvCTCHead, frames_conv
 from rewire_lib.files.paths import REPO_ROOT
 
 
@@ -38,6 +38,25 @@ def test_conv_ctc_head_sees_its_context_and_no_further():
     changed[0, 4] += 5.0  # frame 4 reaches frames 3..5 only
     diff = (head(x, mask) - head(changed, mask)).abs().sum(-1)[0]
     assert diff[3:6].min() > 0 and diff[:3].max() == 0 and diff[6:].max() == 0
+
+
+def test_frames_conv_is_the_1d_convolution_with_its_gradients():
+    """The head's 2-D form of its 1-D convolution (faster on CPU) gives Conv1d's outputs and the same gradients
+    for the input, the kernel and the bias, so a checkpoint trained either way is the same model."""
+    torch.manual_seed(0)
+    conv = torch.nn.Conv1d(12, 7, 5, padding=2)
+    x = torch.randn(3, 11, 12, requires_grad=True)
+    weights = torch.randn(3, 7, 11)
+    reference = conv(x.transpose(1, 2))
+    grads_ref = torch.autograd.grad((reference * weights).sum(), [x, conv.weight, conv.bias])
+    out = frames_conv(x, conv)
+    grads = torch.autograd.grad((out * weights).sum(), [x, conv.weight, conv.bias])
+    assert out.shape == reference.shape == (3, 7, 11)
+    assert torch.allclose(out, reference, atol=1e-5)
+    for got, want in zip(grads, grads_ref):
+        assert got.shape == want.shape and torch.allclose(got, want, atol=1e-4)
+    assert set(ConvCTCHead(12, 4, hidden_dim=7, context=5).state_dict()) >= {"conv.weight", "conv.bias"}
+    assert ConvCTCHead(12, 4, hidden_dim=7, context=5).state_dict()["conv.weight"].shape == (7, 12, 5)
 
 
 def test_conv_ctc_head_rejects_even_context():
