@@ -110,9 +110,9 @@ def frames_conv(x: torch.Tensor, conv: torch.nn.Conv1d) -> torch.Tensor:
     """`conv` (stride 1, zero padding of `conv.padding` frames, as ConvCTCHead builds it) over the frames of
     x [B, T, D], as [B, C_out, T]: the arithmetic of `conv(x.transpose(1, 2))`, equal up to float rounding, run as a
     2-D convolution over a [B, D, 1, T] view with the kernel viewed as [C_out, D, 1, K]. Why: on CPU, torch 2.14's
-    1-D convolution made the PR/ASR head's training step 1.65x as long (60 ms against 36, forward and backward;
-    256 -> 128 channels over 9 frames, batches of 16 x 90-160 frames, 1 thread; bench/README.md). The parameters
-    and their state-dict keys stay the Conv1d's."""
+    1-D convolution is the slower kernel for these shapes (256 -> 128 channels over 9 frames, 1 thread): with it a
+    study's PR training step took 72.8 ms against 49.6 and a dev pass 206 ms against 149 (`bench/sweep.py`,
+    bench/README.md section 5). The parameters and their state-dict keys stay the Conv1d's."""
     out = torch.nn.functional.conv2d(x.transpose(1, 2).unsqueeze(2), conv.weight.unsqueeze(2), conv.bias,
                                      padding=(0, conv.padding[0]))
     return out.squeeze(2)
