@@ -39,6 +39,7 @@ dev and test passes, is printed on the line before the last.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import copy
 import functools
 import math
@@ -342,26 +343,44 @@ def bare_step_fn(brain, modules, opt) -> Callable:
     return step
 
 
+@contextlib.contextmanager
+def denormals_flushed():
+    """CPU arithmetic with denormal floats read and written as zero, for the bounds' loops, then torch's default back.
+    Why: the bare loop trains on the run's first 16 batches over and over, and a CTC head that has learnt them pushes
+    the other tokens' probabilities into the denormal range, where x86 arithmetic takes a slow path: measured, the
+    same ASR bound read 228 ms a step without this and 35 ms with it, against the recipe's own 39 ms, which sees
+    every batch (2026-12-07, bench/README.md section 5). A bound is the arithmetic, not that slow path."""
+    import torch
+
+    torch.set_flush_denormal(True)
+    try:
+        yield
+    finally:
+        torch.set_flush_denormal(False)
+
+
 def bare_loop_seconds(brain, batches: list, steps: int, limit: int, warmup: int = 2) -> dict:
-    """Wall and CPU seconds of `steps` bare steps over the run's first `limit` batches, padded beforehand."""
+    """Wall and CPU seconds of `steps` bare steps over the run's first `limit` batches, padded beforehand, with
+    denormals flushed (`denormals_flushed`)."""
     from rewire_lib.training.recipe import unwrap_ddp
 
     data = padded_batches(brain, batches, limit)
     modules = [copy.deepcopy(unwrap_ddp(brain.modules[n])).train() for n in ("featurizer", "head")]
     opt = brain.hparams.opt_class([p for m in modules for p in m.parameters() if p.requires_grad])
     step = bare_step_fn(brain, modules, opt)
-    for i in range(warmup):
-        step(*data[i % len(data)])
-    with common.Clock() as c:
-        for i in range(steps):
+    with denormals_flushed():
+        for i in range(warmup):
             step(*data[i % len(data)])
+        with common.Clock() as c:
+            for i in range(steps):
+                step(*data[i % len(data)])
     return {"seconds": c.seconds, "cpu_seconds": c.cpu_seconds, "batches": len(data)}
 
 
 def bare_dev_passes_seconds(brain, passes: int, repeats: int = 3) -> dict:
     """The dev passes' bound: the run's featurizer and head (copies, eval mode, no_grad) and `compute_cost` over the
     dev batches' held states (what the run's own dev passes read: padded frames, or pooled states), no decoding,
-    metrics or logging; `repeats` passes timed after one warm-up, scaled to the run's `passes`."""
+    metrics or logging; `repeats` passes timed after one warm-up, scaled to the run's `passes`; denormals flushed."""
     import torch
 
     from rewire_lib.training.recipe import unwrap_ddp
@@ -371,7 +390,7 @@ def bare_dev_passes_seconds(brain, passes: int, repeats: int = 3) -> dict:
     data = [(*brain.held_dev[tuple(b.id)], targets_of(brain, b)) for b in brain.held_dev_batches]
     modules = [copy.deepcopy(unwrap_ddp(brain.modules[n])).eval() for n in ("featurizer", "head")]
     loss_of = bare_loss_fn(brain, modules)
-    with torch.no_grad():
+    with torch.no_grad(), denormals_flushed():
         for batch in data:
             loss_of(*batch)
         with common.Clock() as c:
