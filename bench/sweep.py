@@ -28,8 +28,9 @@ Per-step cost = head-training time / steps; per-run fixed cost = run wall - feat
 The bound: the encoder's forward (eval, no_grad, batches of the eval batch size, audio read beforehand) over every
 utterance the group reads, plus for each run a bare PyTorch loop with the run's own featurizer, head, loss
 (`compute_cost`) and optimiser class, for the run's number of steps, over that run's first training batches
-(`--bound-batches`, cycled), built from the feature cache and padded beforehand. No data loading, no checks,
-no logging; gradient clipping and SID's random training crop are left out (neither changes the arithmetic much).
+(`--bound-batches`, cycled), built from the feature cache and padded beforehand, with denormals flushed
+(`denormals_flushed`). No data loading, no checks, no logging; gradient clipping and SID's random training crop are
+left out (neither changes the arithmetic much).
 
 The dev passes, part of the fixed cost, get their own bound (`bare_dev_passes_seconds`): the run's featurizer and head
 (eval, no_grad) and its loss over the held dev states its dev passes read, once per pass, with no decoding, metrics

@@ -55,8 +55,9 @@ def test_frames_conv_is_the_1d_convolution_with_its_gradients():
     assert torch.allclose(out, reference, atol=1e-5)
     for got, want in zip(grads, grads_ref):
         assert got.shape == want.shape and torch.allclose(got, want, atol=1e-4)
-    assert set(ConvCTCHead(12, 4, hidden_dim=7, context=5).state_dict()) >= {"conv.weight", "conv.bias"}
-    assert ConvCTCHead(12, 4, hidden_dim=7, context=5).state_dict()["conv.weight"].shape == (7, 12, 5)
+    state = ConvCTCHead(12, 4, hidden_dim=7, context=5).state_dict()
+    assert set(state) >= {"conv.weight", "conv.bias"}
+    assert state["conv.weight"].shape == (7, 12, 5)
 
 
 def test_conv_ctc_head_rejects_even_context():
